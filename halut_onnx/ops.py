@@ -1,0 +1,12 @@
+"""Names shared by the graph passes, the custom-op library and the tests: one place, so they cannot drift."""
+
+DOMAIN = "ai.halut"
+DOMAIN_VERSION = 1
+
+ENCODE_TREE = "HalutEncodeTree"
+ENCODE_PQ = "HalutEncodePQ"
+LOOKUP = "HalutLookup"
+
+NUM_CODES = 16  # 4-bit codes: 16 prototypes per codebook
+TREE_DEPTH = 4
+TREE_NODES = 15  # 1 + 2 + 4 + 8 thresholds per codebook

@@ -1,0 +1,96 @@
+"""The executable specification of the Halut ops, in plain numpy.
+
+Every kernel (numba, C++ SIMD, CUDA) is tested against these functions: codes must agree exactly and the integer
+LUT sums must agree exactly, so each function fixes its floating-point evaluation order (docs/ops.md states the same
+rules in prose). Arrays are 2-D here (rows x features); the ops flatten any leading dims onto rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import NUM_CODES, TREE_DEPTH, TREE_NODES
+
+
+def slice_bounds(D: int, C: int) -> np.ndarray:
+    """Start offsets of the C contiguous input slices, plus D at the end (int64, length C + 1).
+
+    The first ``D % C`` slices hold ``D // C + 1`` columns, the rest ``D // C`` (numpy.array_split's rule), so
+    codebook c covers columns ``bounds[c]:bounds[c + 1]``.
+    """
+    if C < 1 or D < C:
+        raise ValueError(f"need 1 <= C <= D for {C} codebooks over {D} input columns")
+    c = np.arange(C + 1, dtype=np.int64)
+    return c * (D // C) + np.minimum(c, D % C)
+
+
+def encode_tree(X: np.ndarray, split_dims: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Codes (uint8, N x C) from C depth-4 decision trees.
+
+    At level l the tree compares column ``split_dims[c, l]`` with ``thresholds[c, 2**l - 1 + node]`` and moves to
+    ``node = 2 * node + (x > threshold)``; after 4 levels ``node`` (0..15) is the code. A NaN compares false.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    C = split_dims.shape[0]
+    assert split_dims.shape == (C, TREE_DEPTH) and thresholds.shape == (C, TREE_NODES)
+    node = np.zeros((X.shape[0], C), dtype=np.int64)
+    cols = np.arange(C)
+    for level in range(TREE_DEPTH):
+        x = X[:, split_dims[:, level]]  # N x C
+        t = thresholds[cols[None, :], (1 << level) - 1 + node]
+        node = 2 * node + (x > t)
+    return node.astype(np.uint8)
+
+
+def encode_pq(X: np.ndarray, vectors: np.ndarray, biases: np.ndarray) -> np.ndarray:
+    """Codes (uint8, N x C) by nearest prototype under a folded (output-space) metric.
+
+    For codebook c over columns s..e-1 (``slice_bounds``) and prototype k:
+    ``score[k] = biases[c, k]``, then for d = s, s+1, ..., e-1 in that order
+    ``score[k] = fl32(score[k] + fl32(X[n, d] * vectors[k, d]))`` (no fused multiply-add). The code is the first k
+    whose score is smallest in the scan ``best = 0; for k in 1..15: if score[k] < score[best]: best = k``.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    C = biases.shape[0]
+    D = X.shape[1]
+    assert vectors.shape == (NUM_CODES, D) and biases.shape == (C, NUM_CODES)
+    bounds = slice_bounds(D, C)
+    codes = np.empty((X.shape[0], C), dtype=np.uint8)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(C):
+            score = np.repeat(biases[c][None, :].astype(np.float32), X.shape[0], axis=0)  # N x 16
+            for d in range(bounds[c], bounds[c + 1]):
+                score = score + X[:, d : d + 1] * vectors[None, :, d]
+            best = np.zeros(X.shape[0], dtype=np.int64)
+            best_score = score[:, 0].copy()
+            for k in range(1, NUM_CODES):
+                better = score[:, k] < best_score
+                best[better] = k
+                best_score[better] = score[better, k]
+            codes[:, c] = best
+    return codes
+
+
+def lut_sums(codes: np.ndarray, lut_q: np.ndarray) -> np.ndarray:
+    """Exact integer sums ``S[n, m] = sum_c lut_q[m, c, codes[n, c] & 15]`` (int32, N x M)."""
+    M, C, K = lut_q.shape
+    assert K == NUM_CODES and codes.shape[1] == C
+    S = np.zeros((codes.shape[0], M), dtype=np.int32)
+    for c in range(C):
+        S += lut_q[:, c, :].T.astype(np.int32)[codes[:, c] & 15]
+    return S
+
+
+def lookup(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The lookup op: ``y[n, m] = fl32(fl32(scale[m] * float32(S[n, m])) + offset[m])`` (float32, N x M)."""
+    S = lut_sums(codes, lut_q).astype(np.float32)
+    return S * scale.astype(np.float32) + offset.astype(np.float32)
+
+
+def lookup_float(codes: np.ndarray, lut: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The float-LUT form used while learning: ``y[n, m] = sum_c lut[m, c, codes[n, c]] + bias[m]`` (float32)."""
+    M, C, _ = lut.shape
+    y = np.zeros((codes.shape[0], M), dtype=np.float32)
+    for c in range(C):
+        y += lut[:, c, :].T.astype(np.float32)[codes[:, c]]
+    return y + bias.astype(np.float32)

@@ -1,0 +1,16 @@
+from click.testing import CliRunner
+
+import halut_onnx
+from halut_onnx.cli import main
+
+
+def test_version_matches_package():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"halut-onnx, version {halut_onnx.__version__}"
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
