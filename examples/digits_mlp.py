@@ -1,0 +1,136 @@
+"""Handwritten digits with a small MLP: train in scikit-learn, export with skl2onnx, replace its three MatMuls by
+Halut table lookups, compare test accuracy.
+
+    python examples/digits_mlp.py [--out DIR] [--quick]
+
+The classifier is MLPClassifier(hidden_layer_sizes=(128, 64), random_state=0) trained on scikit-learn's digits
+(8x8 images, 64 features in 0..16, no scaling) with a stratified 70/30 split (random_state=0). skl2onnx exports it
+without ZipMap, so the model's outputs are plain tensors, ``label`` (int64) and ``probabilities`` ([N, 10]); the
+ai.onnx.ml ArrayFeatureExtractor that maps argmax to class labels stays in the graph. The training rows are the
+calibration data, the test rows the evaluation data. ``--quick`` converts with the default settings and with the
+pq encoder only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_tools as tools  # noqa: E402
+
+INPUT = "X"
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}  # read by onnxruntime >= 1.15; skl2onnx lowers it to what the model needs
+SETTINGS_FULL = [("default", [])] + [
+    (f"-C {c} --encoder {enc}", ["-C", str(c), "--encoder", enc]) for enc in ("tree", "pq") for c in (16, 32, 64)
+]
+SETTINGS_QUICK = [("default", []), ("--encoder pq", ["--encoder", "pq"])]
+CALIB_BATCH = 256
+
+
+def train():
+    """The classifier and its split: (model, X_train, X_test, y_train, y_test), features as float32."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    features, labels = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        features.astype(np.float32), labels, test_size=0.3, random_state=0, stratify=labels
+    )
+    model = MLPClassifier(hidden_layer_sizes=(128, 64), random_state=0, max_iter=1000)
+    model.fit(x_train, y_train)
+    return model, x_train, x_test, y_train, y_test
+
+
+def export(model, path: Path) -> Path:
+    """skl2onnx export without ZipMap; ir_version capped at 10 for onnxruntime."""
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(
+        model,
+        initial_types=[(INPUT, FloatTensorType([None, model.n_features_in_]))],
+        target_opset=TARGET_OPSET,
+        options={id(model): {"zipmap": False}},
+    )
+    onx.ir_version = min(onx.ir_version, 10)
+    onnx.checker.check_model(onx)
+    onnx.save(onx, str(path))
+    return path
+
+
+def write_rows(folder: Path, rows: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.npz"):
+        old.unlink()
+    for k, start in enumerate(range(0, len(rows), CALIB_BATCH)):
+        np.savez(folder / f"{k:04d}.npz", **{INPUT: rows[start : start + CALIB_BATCH]})
+    return folder
+
+
+def accuracy(model_path: Path, rows: np.ndarray, labels: np.ndarray, halut: bool) -> float:
+    predicted = tools.session(model_path, halut=halut).run(["label"], {INPUT: rows})[0]
+    return float(np.mean(predicted.reshape(-1) == labels))
+
+
+def run(out: Path, quick: bool) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    model, x_train, x_test, _, y_test = train()
+    original = export(model, out / "digits_mlp.onnx")
+    write_rows(out / "calib", x_train)
+    write_rows(out / "eval", x_test)
+
+    sklearn_acc = float(model.score(x_test, y_test))
+    onnx_acc = accuracy(original, x_test, y_test, halut=False)
+    if abs(onnx_acc - sklearn_acc) > 1e-12:
+        raise RuntimeError(f"the ONNX export disagrees with scikit-learn: accuracy {onnx_acc} vs {sklearn_acc}")
+    print(f"scikit-learn test accuracy {100 * sklearn_acc:.2f} % ({model.n_iter_} iterations); ONNX export equal")
+    print(f"constant-weight MatMul/Gemm layers: {tools.matmul_layers(original)}")
+    if not tools.convert_available():
+        raise SystemExit("halut-onnx has no convert command yet: nothing to compare")
+
+    results = []
+    for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
+        slug = label.replace("--encoder ", "").replace("-C ", "C").replace(" ", "_")
+        converted = tools.convert(original, out / "calib", out / f"digits_mlp.{slug}.onnx", options)
+        acc = accuracy(converted, x_test, y_test, halut=True)
+        results.append(
+            {
+                "setting": label,
+                "layers": tools.converted_layers(converted),
+                "original": onnx_acc,
+                "converted": acc,
+                "drop": onnx_acc - acc,
+            }
+        )
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="default and pq settings only (for tests)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(args.out or Path(tmp), args.quick)
+    print(f"custom-op library registered: {tools.custom_library_registered()}")
+    print(
+        tools.format_table(
+            ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],
+            [
+                [r["setting"], r["layers"], f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
+                 f"{100 * r['drop']:.2f}"]
+                for r in results
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

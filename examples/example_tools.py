@@ -1,0 +1,96 @@
+"""What every example does the same way: call the halut-onnx command line, open converted models in onnxruntime,
+count converted layers, print an aligned table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HALUT_DOMAIN = "ai.halut"
+LOOKUP_OP = "HalutLookup"
+
+
+def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``halut-onnx ARGS`` with this interpreter (so the example uses the halut_onnx it imports)."""
+    command = [sys.executable, "-m", "halut_onnx.cli", *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"halut-onnx {' '.join(args)} failed ({result.returncode}):\n{result.stderr.strip()}")
+    return result
+
+
+def convert_available() -> bool:
+    """Whether this halut_onnx has the ``convert`` command yet."""
+    return halut_cli("convert", "--help", check=False).returncode == 0
+
+
+def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
+    halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), *options)
+    return out
+
+
+def session(model_path: str | Path, halut: bool = False):
+    """An onnxruntime CPU session; for a converted model (``halut``) with the Halut custom-op library registered
+    when it is built. Without the library a converted model runs through its model-local ONNX functions."""
+    import onnxruntime as ort
+
+    options = None
+    if halut:
+        import halut_onnx
+
+        try:
+            options = halut_onnx.session_options()
+        except FileNotFoundError:
+            options = None
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def custom_library_registered() -> bool:
+    import halut_onnx
+
+    try:
+        halut_onnx.get_library_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def converted_layers(model_path: str | Path) -> int:
+    """Number of replaced layers: one HalutLookup node per layer in the main graph."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return sum(node.op_type == LOOKUP_OP and node.domain == HALUT_DOMAIN for node in graph.node)
+
+
+def matmul_layers(model_path: str | Path) -> int:
+    """MatMul / Gemm nodes whose second input is a constant (the layers the pass can replace)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return sum(node.op_type in ("MatMul", "Gemm") and node.input[1] in constants for node in graph.node)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An aligned text table: text columns left-aligned, numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(headers))]
+    numeric = [all(_is_number(row[k]) for row in cells[1:]) for k in range(len(headers))]
+    lines = []
+    for i, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if numeric[k] else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+    except ValueError:
+        return False
+    return True
