@@ -247,16 +247,21 @@ def det_map_agreement(reference: np.ndarray, candidate: np.ndarray, thresh: floa
 
 def det_box_recall(prob: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], scale: tuple[float, float],
                    thresh: float = DET_THRESH, min_cover: float = 0.5) -> float:
-    """Fraction of ground-truth line boxes whose area (scaled to the map) is at least ``min_cover`` text pixels."""
+    """Fraction of ground-truth line boxes found: at least ``min_cover`` of the box's core is text in the map.
+
+    The core is the middle third of the box's height and its middle 80 % of width: DB models mark a shrunk
+    text region (rapidocr's post-processing grows it back), so the box edges are background even when found.
+    """
     if not boxes:
         raise ValueError("no ground-truth boxes")
     mask = prob.reshape(prob.shape[-2:]) > thresh
     sy, sx = scale
     found = 0
     for x0, y0, x1, y1 in boxes:
-        region = mask[int(y0 * sy) : max(int(math.ceil(y1 * sy)), int(y0 * sy) + 1),
-                      int(x0 * sx) : max(int(math.ceil(x1 * sx)), int(x0 * sx) + 1)]
-        found += region.mean() >= min_cover
+        h, w = y1 - y0, x1 - x0
+        top, bottom = int((y0 + h / 3) * sy), int(math.ceil((y1 - h / 3) * sy))
+        left, right = int((x0 + w / 10) * sx), int(math.ceil((x1 - w / 10) * sx))
+        found += mask[top : max(bottom, top + 1), left : max(right, left + 1)].mean() >= min_cover
     return found / len(boxes)
 
 
@@ -374,7 +379,7 @@ def _cli_det(args: argparse.Namespace) -> None:
     print(f"model        {model}")
     print(f"calib        {len(calib_pages)} pages -> {Path(args.out) / 'calib'}")
     print(f"eval         {len(eval_pages)} pages -> {Path(args.out) / 'eval'}")
-    print(f"line recall  {100 * float(np.mean(recalls)):.1f} % (original model, box >= 50 % text pixels)")
+    print(f"line recall  {100 * float(np.mean(recalls)):.1f} % (original model, box core >= 50 % text pixels)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

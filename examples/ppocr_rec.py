@@ -1,0 +1,111 @@
+"""PP-OCR text recognition (the rec model rapidocr ships): replace its constant-weight MatMul layers by Halut table
+lookups and compare the character error rate on rendered English text lines.
+
+    python examples/ppocr_rec.py [--out DIR] [--quick]
+
+Calibration and evaluation lines are rendered from disjoint sets of sentences of Python's documentation and
+preprocessed as rapidocr's recognizer does (see ppocr_data.py). Reported per setting: layers converted, CER of the
+original and of the converted model against the true text, and top-1 agreement: the fraction of the original's
+non-blank frames (CTC time steps) where the converted model's most likely class is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_tools as tools  # noqa: E402
+import ppocr_data  # noqa: E402
+
+SIZES_FULL = (400, 200)  # calibration lines, evaluation lines
+SIZES_QUICK = (48, 24)
+SETTINGS_FULL = [
+    ("default", []),
+    ("--encoder pq", ["--encoder", "pq"]),
+    ("-C 32 --encoder tree", ["-C", "32", "--encoder", "tree"]),
+    ("-C 32 --encoder pq", ["-C", "32", "--encoder", "pq"]),
+]
+SETTINGS_QUICK = [("default", [])]
+
+
+def top1_agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """Fraction of the reference's non-blank frames where the candidate's argmax class is the same."""
+    agree = total = 0
+    for ref, cand in zip(reference, candidate):
+        chars = ref != 0
+        agree += int(np.sum((ref == cand) & chars))
+        total += int(np.sum(chars))
+    return agree / max(total, 1)
+
+
+def run(out: Path, quick: bool) -> tuple[dict, list[dict]]:
+    out.mkdir(parents=True, exist_ok=True)
+    model = ppocr_data.rec_model_path()
+    charset = ppocr_data.rec_charset(model)
+    name = ppocr_data.input_name(model)
+    n_calib, n_eval = SIZES_QUICK if quick else SIZES_FULL
+    calib_lines, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, model)
+    calib = ppocr_data.make_rec_set(calib_lines, seed=0)
+    evaluation = ppocr_data.make_rec_set(eval_lines, seed=1)
+    ppocr_data.write_set(out / "calib", name, calib.batches)
+    ppocr_data.write_set(out / "eval", name, evaluation.batches, labels=evaluation.texts)
+    references = evaluation.references
+
+    texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
+    original_cer = ppocr_data.cer(references, texts)
+    info = {"model": model, "calib": n_calib, "eval": n_eval, "cer": original_cer,
+            "layers": tools.matmul_layers(model)}
+    print(f"model {model.name}: {info['layers']} constant-weight MatMul/Gemm layers")
+    print(f"{n_calib} calibration lines, {n_eval} evaluation lines; original CER {100 * original_cer:.2f} %")
+    if not tools.convert_available():
+        raise SystemExit("halut-onnx has no convert command yet: nothing to compare")
+
+    results = []
+    for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
+        slug = label.replace("--encoder ", "").replace("-C ", "C").replace(" ", "_")
+        start = time.perf_counter()
+        converted = tools.convert(model, out / "calib", out / f"rec.{slug}.onnx", options)
+        seconds = time.perf_counter() - start
+        conv_texts, conv_frames = ppocr_data.run_rec(tools.session(converted, halut=True), evaluation.batches, charset)
+        results.append(
+            {
+                "setting": label,
+                "layers": tools.converted_layers(converted),
+                "cer_original": original_cer,
+                "cer_converted": ppocr_data.cer(references, conv_texts),
+                "agreement": top1_agreement(frames, conv_frames),
+                "convert_s": seconds,
+            }
+        )
+    return info, results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help=f"{SIZES_QUICK[0]} + {SIZES_QUICK[1]} lines, default "
+                        "settings only (for tests)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, results = run(args.out or Path(tmp), args.quick)
+    print(f"custom-op library registered: {tools.custom_library_registered()}")
+    print(
+        tools.format_table(
+            ["setting", "layers converted", "CER original %", "CER converted %", "top-1 agreement %", "convert s"],
+            [
+                [r["setting"], r["layers"], f"{100 * r['cer_original']:.2f}", f"{100 * r['cer_converted']:.2f}",
+                 f"{100 * r['agreement']:.2f}", f"{r['convert_s']:.1f}"]
+                for r in results
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
