@@ -1,0 +1,286 @@
+"""Calibration: read a directory of sample inputs, run the original model on them, and keep a bounded random
+sample of each target layer's input rows.
+
+Format (docs/cli.md): a directory of ``.npz`` files whose arrays are named after the model's inputs, or of ``.npy``
+files for a single-input model; each file is one sample (the model's shape without its leading batch dim) or a batch.
+Every file is checked against the model's declared input types before it is run, and every problem is a
+``CalibrationError`` naming the file and the input.
+
+Memory is bounded by the row cap, not by the data set: each layer keeps a reservoir (Algorithm R) of at most
+``max_rows`` rows, a uniform sample without replacement of all the rows it saw, drawn from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import CalibrationError
+
+log = logging.getLogger(__name__)
+
+_PROTO_LIMIT = 2**31 - 1  # a ModelProto larger than this cannot be serialized in one piece
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and declared shape (ints for fixed dims, names or None for dynamic ones)."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[int | str | None, ...] | None
+
+    def describe_shape(self) -> str:
+        if self.shape is None:
+            return "any shape"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers), with their declared types."""
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise CalibrationError(f"model input {value.name!r} is not a tensor; only tensor inputs are supported")
+        ttype = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)) if ttype.elem_type else None
+        shape = None
+        if ttype.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim
+            )
+        specs.append(InputSpec(value.name, dtype, shape))
+    return specs
+
+
+def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
+    """``array`` as a batch for input ``spec`` (a leading dim added to a single sample), or a CalibrationError."""
+    where = f"{path}: input {spec.name!r}"
+    if spec.dtype is not None and array.dtype != spec.dtype:
+        raise CalibrationError(f"{where} has dtype {array.dtype.name}, the model expects {spec.dtype.name}")
+    if spec.shape is not None:
+        declared = spec.shape
+        batch = array
+        # One sample: the declared shape without its (dynamic or 1) leading batch dim.
+        if array.ndim == len(declared) - 1 and (not isinstance(declared[0], int) or declared[0] == 1):
+            batch = array[None]
+        fits = batch.ndim == len(declared) and all(
+            not isinstance(d, int) or d == n for d, n in zip(declared, batch.shape)
+        )
+        if not fits:
+            raise CalibrationError(
+                f"{where} has shape {list(array.shape)}, the model expects {spec.describe_shape()} "
+                "(or one sample without the leading batch dim)"
+            )
+        array = batch
+    if array.dtype.kind in "fc":
+        finite = np.isfinite(array)
+        if not finite.all():
+            nans = int(np.isnan(array).sum())
+            raise CalibrationError(
+                f"{where} has non-finite values ({nans} NaN, {int(finite.size - finite.sum()) - nans} infinite)"
+            )
+    return array
+
+
+class CalibrationSet:
+    """The calibration files of a directory, checked against a model's inputs as they are read."""
+
+    def __init__(self, directory: str | os.PathLike, inputs: list[InputSpec]):
+        self.directory = Path(directory)
+        self.inputs = inputs
+        if not self.directory.exists():
+            raise CalibrationError(f"calibration directory {self.directory} does not exist")
+        if not self.directory.is_dir():
+            raise CalibrationError(f"calibration path {self.directory} is not a directory")
+        self.files = sorted(p for p in self.directory.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+        if not self.files:
+            raise CalibrationError(f"no .npz or .npy calibration files in {self.directory}")
+        if not inputs:
+            raise CalibrationError("the model has no inputs to feed")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, path: Path) -> dict[str, np.ndarray]:
+        """The checked feed dict of one file."""
+        names = [spec.name for spec in self.inputs]
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if path.suffix == ".npy":
+                if len(self.inputs) != 1:
+                    raise CalibrationError(
+                        f"{path}: a .npy file holds one array but the model has {len(names)} inputs "
+                        f"({', '.join(names)}); use .npz files with arrays named after the inputs"
+                    )
+                arrays = {names[0]: np.asarray(loaded)}
+            else:
+                with loaded:
+                    arrays = {key: loaded[key] for key in loaded.files}
+        except CalibrationError:
+            raise
+        except Exception as exc:  # numpy raises OSError, ValueError, zipfile and pickle errors for bad files
+            raise CalibrationError(f"{path}: cannot read it as {path.suffix}: {exc}") from None
+        unknown = sorted(set(arrays) - set(names))
+        if unknown:
+            raise CalibrationError(
+                f"{path}: unknown input {unknown[0]!r} (the model's inputs: {', '.join(names)})"
+            )
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            raise CalibrationError(f"{path}: missing input {missing[0]!r} (the model's inputs: {', '.join(names)})")
+        return {spec.name: _check_array(path, spec, arrays[spec.name]) for spec in self.inputs}
+
+    def __iter__(self) -> Iterator[tuple[Path, dict[str, np.ndarray]]]:
+        for path in self.files:
+            yield path, self.read(path)
+
+
+class ReservoirSampler:
+    """A uniform random sample without replacement of at most ``cap`` rows out of all rows ``add``-ed."""
+
+    def __init__(self, cap: int, rng: np.random.Generator):
+        if cap < 1:
+            raise ValueError(f"the row cap must be >= 1, got {cap}")
+        self.cap = cap
+        self.rng = rng
+        self.seen = 0
+        self._buf: np.ndarray | None = None
+        self._filled = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        n = rows.shape[0]
+        if n == 0:
+            return
+        if self._buf is None:
+            self._buf = np.empty((min(self.cap, max(n, 1024)), rows.shape[1]), dtype=rows.dtype)
+        take = min(n, self.cap - self._filled)
+        if take:
+            need = self._filled + take
+            if need > self._buf.shape[0]:
+                grown = np.empty((min(self.cap, max(need, 2 * self._buf.shape[0])), rows.shape[1]), rows.dtype)
+                grown[: self._filled] = self._buf[: self._filled]
+                self._buf = grown
+            self._buf[self._filled : need] = rows[:take]
+            self._filled = need
+        rest = rows[take:]
+        if rest.shape[0]:
+            # Algorithm R: the row with global index t replaces slot j ~ U{0..t} when j < cap.
+            t = self.seen + take + np.arange(rest.shape[0], dtype=np.int64)
+            slots = self.rng.integers(0, t + 1)
+            hit = np.nonzero(slots < self.cap)[0]
+            if hit.size:
+                # Later rows win a slot drawn twice, as in the sequential algorithm.
+                rev = hit[::-1]
+                _, first = np.unique(slots[rev], return_index=True)
+                winners = rev[first]
+                self._buf[slots[winners]] = rest[winners]
+        self.seen += n
+
+    def rows(self) -> np.ndarray:
+        if self._buf is None:
+            return np.empty((0, 0), dtype=np.float32)
+        return self._buf[: self._filled]
+
+
+@dataclass
+class CollectedRows:
+    """The sampled input rows of one layer and how many rows the calibration data had in all."""
+
+    rows: np.ndarray  # (<= max_rows, D) float32
+    rows_seen: int
+    rows_dropped: int  # rows with non-finite values, left out of the sample
+    problem: str | None = None  # why this layer cannot be learned from the data (e.g. its input was not 2-D+)
+
+
+def layer_seed(seed: int, name: str) -> np.random.Generator:
+    """The sampling generator of one layer: depends on the seed and the layer only, not on the other layers."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _session(model: onnx.ModelProto, tmpdir: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if model.ByteSize() < _PROTO_LIMIT - 2**20:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    path = os.path.join(tmpdir, "calibration.onnx")
+    onnx.save_model(model, path, save_as_external_data=True, location="calibration.onnx.data")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def collect_rows(
+    model: onnx.ModelProto,
+    calibration: CalibrationSet,
+    targets: dict[str, tuple[str, int]],
+    max_rows: int,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "calibrating",
+) -> dict[str, CollectedRows]:
+    """Run ``model`` on every calibration file and sample the rows of the target tensors.
+
+    ``targets`` maps a layer name to (the tensor holding its input A, D). The model gets those tensors as extra
+    graph outputs (the given model is not changed).
+    """
+    from tqdm.auto import tqdm
+
+    graph_inputs = {spec.name for spec in calibration.inputs}
+    tensors = sorted({tensor for tensor, _ in targets.values()})
+    fetched = [t for t in tensors if t not in graph_inputs]
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in fetched:
+        if name not in existing:
+            augmented.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    samplers = {layer: ReservoirSampler(max_rows, layer_seed(seed, layer)) for layer in targets}
+    dropped = dict.fromkeys(targets, 0)
+    problems: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        session = _session(augmented, tmpdir)
+        for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress):
+            try:
+                values = dict(zip(fetched, session.run(fetched, feed))) if fetched else {}
+            except Exception as exc:  # onnxruntime raises its own exception types for a bad feed
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CalibrationError(f"{path}: onnxruntime could not run the model on it: {first}") from None
+            values.update({name: feed[name] for name in tensors if name in graph_inputs})
+            for layer, (tensor, D) in targets.items():
+                if layer in problems:
+                    continue
+                value = np.asarray(values[tensor])
+                if value.ndim < 2 or value.shape[-1] != D or value.dtype != np.float32:
+                    problems[layer] = (
+                        f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on {path.name}; "
+                        f"needs float32 [..., {D}] of rank >= 2"
+                    )
+                    continue
+                rows = value.reshape(-1, D)
+                finite = np.isfinite(rows).all(axis=1)
+                if not finite.all():
+                    dropped[layer] += int((~finite).sum())
+                    rows = rows[finite]
+                samplers[layer].add(rows)
+    out = {}
+    for layer, sampler in samplers.items():
+        D = targets[layer][1]
+        rows = sampler.rows() if sampler.seen else np.empty((0, D), np.float32)
+        out[layer] = CollectedRows(np.ascontiguousarray(rows), sampler.seen + dropped[layer], dropped[layer],
+                                   problems.get(layer))
+        if dropped[layer]:
+            log.warning("layer %s: %d calibration rows with non-finite values left out", layer, dropped[layer])
+    return out

@@ -1,0 +1,236 @@
+"""The public conversion API: ``convert_model(model, calib_dir, output_path, options) -> ConvertResult``.
+
+Stages, each in its own module: find the replaceable layers (passes.candidates) -> select them and choose C
+(selection) -> sample their input rows from the calibration data (calibrate) -> learn each layer (learn) -> rewrite
+the graph (passes.halut_rewrite) -> record, check and write the model (records, model_io).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .calibrate import CalibrationSet, collect_rows, model_inputs
+from .errors import ConversionError
+from .learn import LearnOptions, learn_layer
+from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic
+from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
+from .passes.functions import MIN_OPSET
+from .records import LayerRecord, write_records
+from .selection import SelectedLayer, compile_patterns, select_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Conversion settings; each field is one ``halut-onnx convert`` flag (``--max-rows`` for ``max_rows``...)."""
+
+    codebooks: int | None = None  # -C/--codebooks: fixed C for every layer; None: selection.default_codebooks(D)
+    encoder: str = LearnOptions.encoder  # --encoder: "tree" or "pq"
+    include: tuple[str, ...] = ()  # --include: regexes over node names; convert only matching layers
+    exclude: tuple[str, ...] = ()  # --exclude: regexes over node names; never convert matching layers
+    min_dim: int = 16  # --min-dim: layers with fewer input columns D are skipped
+    max_rows: int = 65536  # --max-rows: calibration rows kept per layer (uniform random sample)
+    ridge: float | None = None  # --ridge: LUT ridge lambda; None picks it on the held-out rows
+    heldout_fraction: float = 0.2  # --heldout-fraction: calibration rows held out to measure each layer
+    seed: int = 0  # --seed: row sampling and learning
+    memory_mb: int = 2048  # --memory-mb: row samples held at once; more layers -> more passes over the data
+    progress: bool = True  # --progress/--no-progress: tqdm bars on stderr
+
+    def validate(self) -> None:
+        if self.codebooks is not None and self.codebooks < 1:
+            raise ValueError(f"--codebooks must be >= 1, got {self.codebooks}")
+        if self.encoder not in ("tree", "pq"):
+            raise ValueError(f"--encoder must be 'tree' or 'pq', got {self.encoder!r}")
+        if self.min_dim < 1:
+            raise ValueError(f"--min-dim must be >= 1, got {self.min_dim}")
+        if self.max_rows < 1:
+            raise ValueError(f"--max-rows must be >= 1, got {self.max_rows}")
+        if self.ridge is not None and not (math.isfinite(self.ridge) and self.ridge > 0):
+            raise ValueError(f"--ridge must be > 0, got {self.ridge}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"--heldout-fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.ridge is None and self.heldout_fraction == 0:
+            raise ValueError("--heldout-fraction 0 leaves no rows to choose the ridge on: give --ridge too")
+        if self.memory_mb < 1:
+            raise ValueError(f"--memory-mb must be >= 1, got {self.memory_mb}")
+        compile_patterns(self.include, "--include")
+        compile_patterns(self.exclude, "--exclude")
+
+    def settings(self) -> dict:
+        """The options that shape the output (recorded in the model's metadata)."""
+        out = dataclasses.asdict(self)
+        out.pop("progress")
+        out["include"], out["exclude"] = list(self.include), list(self.exclude)
+        return out
+
+
+@dataclass
+class ConvertResult:
+    model: onnx.ModelProto  # the converted model
+    output_path: Path | None
+    layers: list[LayerRecord] = field(default_factory=list)  # every MatMul / Gemm / Conv node, in graph order
+
+    @property
+    def converted(self) -> list[LayerRecord]:
+        return [r for r in self.layers if r.converted]
+
+    @property
+    def skipped(self) -> list[LayerRecord]:
+        return [r for r in self.layers if not r.converted]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with inferred shapes when onnx can infer them (unknown ops or a huge model: as it is)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # inference is an aid here: layers whose types stay unknown are checked on the data
+        log.info("shape inference failed (%s); checking layer inputs on the calibration data instead", exc)
+        return model
+
+
+def _groups(selected: list[SelectedLayer], max_rows: int, memory_mb: int) -> list[list[SelectedLayer]]:
+    """Consecutive groups of layers whose row samples fit in ``memory_mb`` together (one data pass per group)."""
+    budget = memory_mb * 2**20
+    groups: list[list[SelectedLayer]] = []
+    used = 0
+    for sel in selected:
+        size = 4 * max_rows * sel.candidate.D
+        if not groups or used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(sel)
+        used += size
+    return groups
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _doc_string(sel: SelectedLayer, record: LayerRecord) -> str:
+    return (
+        f"Halut replacement of {sel.candidate.description}: D={record.D}, M={record.M}, C={record.C} codebooks, "
+        f"encoder={record.encoder}; learned on {record.rows_train + record.rows_heldout} calibration rows "
+        f"({record.rows_train} train, {record.rows_heldout} held out, {record.rows_seen} seen); "
+        f"held-out NMSE {_fmt(record.heldout_nmse_int8)} (int8 LUT), {_fmt(record.heldout_nmse)} (float LUT). "
+        f"halut-onnx {__version__}."
+    )
+
+
+def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[LayerRecord, object | None]:
+    cand = sel.candidate
+    record = LayerRecord(
+        cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.encoder,
+        bias_node=cand.bias_node, rows_seen=rows.rows_seen, notes=[sel.note] if sel.note else [],
+    )
+    if rows.problem:
+        record.reason = f"not converted: {rows.problem}"
+        return record, None
+    learn_options = LearnOptions(
+        codebooks=sel.codebooks, encoder=options.encoder, ridge=options.ridge,
+        heldout_fraction=options.heldout_fraction, seed=options.seed,
+    )
+    try:
+        layer = learn_layer(
+            rows.rows, cand.weight, cand.bias, learn_options,
+            progress=lambda stage: bar.set_postfix_str(f"{cand.name}: {stage}", refresh=True),
+        )
+    except ValueError as exc:  # e.g. too few calibration rows for this layer: skip it, convert the rest
+        record.reason = f"learning failed: {exc}"
+        return record, None
+    rep = layer.report
+    record.status = "converted"
+    record.rows_train, record.rows_heldout, record.ridge = rep.rows_train, rep.rows_heldout, float(rep.ridge)
+    record.train_nmse, record.heldout_nmse = float(rep.train_nmse), float(rep.heldout_nmse)
+    record.heldout_nmse_int8 = float(rep.heldout_nmse_int8)
+    record.lut_bytes = int(layer.lut_q.nbytes)
+    record.notes += list(rep.warnings)
+    return record, layer
+
+
+def convert_model(
+    model: str | os.PathLike | onnx.ModelProto,
+    calib_dir: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    options: ConvertOptions = ConvertOptions(),
+) -> ConvertResult:
+    """Convert the eligible MatMul / Gemm layers of ``model`` to Halut lookups learned on ``calib_dir``.
+
+    ``model`` is a path or a ModelProto; it is never modified. With ``output_path`` the converted model is written
+    there atomically. Raises ValueError subclasses (ConversionError, CalibrationError, ModelFileError) for problems
+    a user can fix; layers that cannot be converted are skipped, each with its reason in ``result.layers``.
+    """
+    options.validate()
+    source = "the model"
+    if isinstance(model, onnx.ModelProto):
+        original = model
+    else:
+        source = str(model)
+        if output_path is not None and same_file(model, output_path):
+            raise ConversionError(f"the output path {output_path} is the input model; write the output elsewhere")
+        original = load_model(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(original)
+    name_nodes(work)
+    opset = _default_opset(work)
+    if opset < MIN_OPSET:
+        raise ConversionError(f"{source} imports default-domain opset {opset}; halut-onnx needs opset >= {MIN_OPSET}")
+
+    candidates, not_eligible = find_layers(_infer(work))
+    selected, not_selected = select_layers(
+        candidates, options.include, options.exclude, options.codebooks, options.min_dim
+    )
+    skipped = {s.name: LayerRecord(s.name, s.op_type, "skipped", reason=s.reason) for s in not_eligible + not_selected}
+    if not selected:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped.values())[:3])
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        found = f"{len(skipped)} MatMul/Gemm/Conv nodes skipped: {reasons}{more}" if skipped else "no MatMul or Gemm"
+        raise ConversionError(f"no eligible layer in {source}: {found}")
+
+    calibration = CalibrationSet(calib_dir, model_inputs(work))
+    from tqdm.auto import tqdm
+
+    records: dict[str, LayerRecord] = {}
+    rewrites: list[LayerRewrite] = []
+    groups = _groups(selected, options.max_rows, options.memory_mb)
+    with tqdm(total=len(selected), desc="learning", unit="layer", disable=not options.progress) as bar:
+        for index, group in enumerate(groups):
+            targets = {sel.candidate.name: (sel.candidate.input_name, sel.candidate.D) for sel in group}
+            desc = "calibrating" + (f" ({index + 1}/{len(groups)})" if len(groups) > 1 else "")
+            collected = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress, desc)
+            for sel in group:
+                record, layer = _learn(sel, collected.pop(sel.candidate.name), options, bar)
+                records[record.name] = record
+                if layer is not None:
+                    rewrites.append(LayerRewrite(sel.candidate, layer, _doc_string(sel, record)))
+                bar.update(1)
+    if not rewrites:
+        reasons = "; ".join(f"{r.name}: {r.reason}" for r in list(records.values())[:3])
+        raise ConversionError(f"no layer of {source} could be converted: {reasons}")
+
+    converted = rewrite_model(work, rewrites)
+    order = [n.name for n in work.graph.node]
+    all_records = {**skipped, **records}
+    layers = [all_records[name] for name in order if name in all_records]
+    write_records(converted, __version__, options.settings(), layers)
+    if converted.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        # full_check runs strict shape inference through the ops' function bodies.
+        onnx.checker.check_model(converted, full_check=True)
+    result = ConvertResult(converted, None, layers)
+    if output_path is not None:
+        result.output_path = save_model_atomic(converted, output_path)
+        log.info("wrote %s: %d layers converted, %d skipped", output_path, len(result.converted), len(result.skipped))
+    return result

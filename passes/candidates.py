@@ -1,0 +1,210 @@
+"""Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight.
+
+A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, rank >= 2), ``W_eff`` a (D, M) constant and
+``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul whose only consumer is
+an Add of a constant bias (folded into the lookup's offset). Every other MatMul / Gemm / Conv node is reported as
+skipped with a reason; all other nodes are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+#: ops reported in the skipped list when they cannot be converted (all others are not layers)
+LAYER_OPS = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass
+class LayerCandidate:
+    """One replaceable layer: ``output = input @ weight + bias`` (rows of ``input``'s last dim)."""
+
+    name: str  # the (unique) name of the MatMul / Gemm node
+    op_type: str
+    input_name: str  # A
+    output_name: str  # the tensor the lookup will produce (the folded Add's output when there is one)
+    weight: np.ndarray  # (D, M) float32, alpha and transB applied
+    bias: np.ndarray | None  # (M,) float32, beta applied; None when the layer has no bias
+    weight_name: str
+    bias_node: str | None = None  # the Add folded into the lookup, if any
+    input_rank: int | None = None  # A's rank when shape inference knows it
+    description: str = ""  # what the rewrite replaces, for the lookup node's doc_string
+
+    @property
+    def D(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def M(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def replaced_nodes(self) -> list[str]:
+        return [self.name] + ([self.bias_node] if self.bias_node else [])
+
+
+@dataclass
+class SkippedLayer:
+    name: str
+    op_type: str
+    reason: str
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every top-level node a unique non-empty name, in place (``<op>_<index>`` for unnamed or clashing ones).
+
+    Layers are selected, named and reported by node name, so names must identify nodes.
+    """
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            base = node.name or node.op_type
+            node.name = f"{base}_{index}"
+            while node.name in seen:
+                node.name += "_"
+        seen.add(node.name)
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output; None for an activation."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor.inputs[0].domain in ("", None):
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def _rank(tensor: gs.Tensor) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _bias_vector(value: np.ndarray, M: int, max_rank: int) -> np.ndarray | None:
+    """``value`` as an (M,) vector when adding it to a (..., M) output is adding it to every row; else None."""
+    if value.ndim > max_rank or any(d != 1 for d in value.shape[:-1]):
+        return None
+    if value.ndim and value.shape[-1] not in (1, M):
+        return None
+    return np.broadcast_to(value.reshape(-1), (M,)).astype(np.float32)
+
+
+def _check_activation(node: gs.Node, a: gs.Tensor) -> str | None:
+    if constant_value(a) is not None:
+        return "input A is a constant (constant folding, not a lookup, removes this node)"
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and np.dtype(dtype) != np.float32:
+        return f"input A is {np.dtype(dtype).name}; the Halut ops take float32"
+    rank = _rank(a)
+    if rank is not None and rank < 2:
+        return f"input A has rank {rank}; needs rank >= 2"
+    return None
+
+
+def _weight(node: gs.Node, b: gs.Tensor) -> tuple[np.ndarray | None, str | None]:
+    value = constant_value(b)
+    if value is None:
+        return None, "input B is an activation (activation x activation product)"
+    if value.ndim != 2:
+        return None, f"constant B has rank {value.ndim}; needs a 2-D weight"
+    if value.dtype != np.float32:
+        return None, f"constant B is {value.dtype.name}; the Halut ops take float32"
+    return value, None
+
+
+def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
+    a, b = node.inputs[0], node.inputs[1]
+    reason = _check_activation(node, a)
+    if reason:
+        return reason
+    weight, reason = _weight(node, b)
+    if reason:
+        return reason
+    out = node.outputs[0]
+    candidate = LayerCandidate(
+        name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name, weight=weight, bias=None,
+        weight_name=b.name, input_rank=_rank(a),
+    )
+    # Fold a following bias Add: the MatMul's only consumer, the other operand a constant per-column vector.
+    if out.name not in graph_outputs and len(out.outputs) == 1:
+        add = out.outputs[0]
+        if add.op == "Add" and add.domain in ("", None) and len(add.inputs) == 2:
+            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+            value = constant_value(other)
+            # Adding a higher-rank bias would broadcast the output to a higher rank: only fold what keeps the rank.
+            max_rank = candidate.input_rank or 2
+            if value is not None and value.dtype == np.float32 and other is not out:
+                bias = _bias_vector(value, candidate.M, max_rank)
+                if bias is not None:
+                    candidate.bias = bias
+                    candidate.bias_node = add.name
+                    candidate.output_name = add.outputs[0].name
+    candidate.description = f"MatMul {node.name!r} (B {b.name!r} {list(weight.shape)})" + (
+        f" + Add {candidate.bias_node!r} (bias folded)" if candidate.bias_node else ""
+    )
+    return candidate
+
+
+def _gemm(node: gs.Node) -> LayerCandidate | str:
+    if int(node.attrs.get("transA", 0)):
+        return "Gemm with transA=1 is not supported"
+    a, b = node.inputs[0], node.inputs[1]
+    reason = _check_activation(node, a)
+    if reason:
+        return reason
+    weight, reason = _weight(node, b)
+    if reason:
+        return reason
+    alpha = np.float32(node.attrs.get("alpha", 1.0))
+    beta = np.float32(node.attrs.get("beta", 1.0))
+    if int(node.attrs.get("transB", 0)):
+        weight = weight.T
+    weight = np.ascontiguousarray(weight * alpha if alpha != 1 else weight, dtype=np.float32)
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        value = constant_value(node.inputs[2])
+        if value is None:
+            return "bias C is an activation"
+        if value.dtype != np.float32:
+            return f"bias C is {value.dtype.name}; the Halut ops take float32"
+        bias = _bias_vector(value, weight.shape[1], 2)
+        if bias is None:
+            return f"bias C of shape {tuple(value.shape)} differs between rows"
+        bias = (bias * beta).astype(np.float32) if beta != 1 else bias
+    attrs = ", ".join(f"{k}={node.attrs[k]}" for k in ("transB", "alpha", "beta") if k in node.attrs)
+    return LayerCandidate(
+        name=node.name, op_type="Gemm", input_name=a.name, output_name=node.outputs[0].name, weight=weight,
+        bias=bias, weight_name=b.name, input_rank=2,
+        description=f"Gemm {node.name!r} (B {b.name!r} {list(np.shape(constant_value(b)))}"
+        + (f", {attrs}" if attrs else "") + (", bias C" if bias is not None else "") + ")",
+    )
+
+
+def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[SkippedLayer]]:
+    """The replaceable layers of ``model``'s main graph, and the MatMul / Gemm / Conv nodes that are not.
+
+    ``model`` should carry inferred shapes (``onnx.shape_inference``) so that A's dtype and rank can be checked;
+    nodes must have unique names (``name_nodes``).
+    """
+    graph = gs.import_onnx(model)
+    graph_outputs = {t.name for t in graph.outputs}
+    candidates: list[LayerCandidate] = []
+    skipped: list[SkippedLayer] = []
+    for node in graph.nodes:
+        if node.op not in LAYER_OPS or node.domain not in ("", None):
+            continue
+        if node.op == "Conv":
+            found = "Conv layers are not converted by this version"
+        elif node.op == "MatMul":
+            found = _matmul(node, graph_outputs)
+        else:
+            found = _gemm(node)
+        if isinstance(found, str):
+            skipped.append(SkippedLayer(node.name, node.op, found))
+        else:
+            candidates.append(found)
+    return candidates, skipped

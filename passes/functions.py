@@ -1,0 +1,198 @@
+"""Model-local ONNX functions for the Halut ops: the same computation as docs/ops.md, in standard ONNX ops.
+
+A converted model carries one FunctionProto per custom op it uses (same domain and name as the op). onnxruntime runs
+the registered kernel when our library is loaded and inlines the function body when it is not, so a converted model
+runs anywhere (slowly), and Netron shows the ops' named inputs and documentation.
+
+The bodies follow the contract step by step so that the fallback agrees with the kernels: the tree encoder and the
+lookup exactly (comparisons and an exact int32 sum, then ``fl32(scale * S) + offset`` as two rounded ops); the PQ
+encoder sums ``x * v`` with one MatMul whose order is not the contract's, so a score within a rounding error of a tie
+may pick the other prototype.
+
+The bodies use opset 11+ forms only, written for the model's own default-domain opset (a function's imports must
+agree with the model's).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from halut_onnx.ops import DOMAIN, ENCODE_PQ, ENCODE_TREE, LOOKUP, NUM_CODES, TREE_DEPTH, TREE_NODES
+
+MIN_OPSET = 11  # Range, negative Gather axes and input-form Slice
+
+
+def _const(name: str, values, dtype=TensorProto.INT64, dims=None) -> onnx.NodeProto:
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    dims = [len(values)] if dims is None else dims
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, dims, values))
+
+
+def _scalar(name: str, value: int) -> onnx.NodeProto:
+    return _const(name, [value], dims=[])
+
+
+def _function(name: str, inputs, outputs, nodes, opset: int, doc: str) -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, name, inputs, outputs, nodes, [helper.make_opsetid("", opset)], doc_string=doc
+    )
+
+
+def lookup_function(opset: int) -> onnx.FunctionProto:
+    """HalutLookup(codes, lut, scale, offset) -> Y."""
+    n = helper.make_node
+    nodes = [
+        _scalar("one", 1),
+        _scalar("zero", 0),
+        _scalar("sixteen", NUM_CODES),
+        n("Shape", ["lut"], ["lut_shape"]),
+        n("Gather", ["lut_shape", "one"], ["C"], axis=0),
+        n("Range", ["zero", "C", "one"], ["c"]),
+        n("Mul", ["c", "sixteen"], ["row_base"]),  # codebook c's entries start at row 16 * c of the flat table
+        n("Cast", ["codes"], ["codes64"], to=TensorProto.INT64),
+        n("Mod", ["codes64", "sixteen"], ["low4"]),  # == codes & 15 for the non-negative codes
+        n("Add", ["low4", "row_base"], ["idx"]),
+        n("Transpose", ["lut"], ["lut_ckm"], perm=[1, 2, 0]),
+        n("Flatten", ["lut_ckm"], ["lut_rows"], axis=2),  # (C * 16, M)
+        n("Cast", ["lut_rows"], ["lut_i32"], to=TensorProto.INT32),
+        n("Gather", ["lut_i32", "idx"], ["entries"], axis=0),  # (..., C, M)
+        # ReduceSum's axes moved from an attribute to an input in opset 13.
+        *(
+            [_const("sum_axes", [-2]), n("ReduceSum", ["entries", "sum_axes"], ["S"], keepdims=0)]
+            if opset >= 13
+            else [n("ReduceSum", ["entries"], ["S"], axes=[-2], keepdims=0)]
+        ),
+        n("Cast", ["S"], ["S_float"], to=TensorProto.FLOAT),
+        n("Mul", ["S_float", "scale"], ["scaled"]),
+        n("Add", ["scaled", "offset"], ["Y"]),
+    ]
+    doc = (
+        "Sum over codebooks of int8 look-up-table entries, scaled per output column (docs/ops.md, HalutLookup).\n"
+        "codes: uint8 [..., C]; lut: int8 [M, C, 16]; scale, offset: float32 [M] -> Y: float32 [..., M].\n"
+        "S[n, m] = sum_c lut[m, c, codes[n, c] & 15] (int32); Y = fl32(fl32(scale * float(S)) + offset)."
+    )
+    return _function(LOOKUP, ["codes", "lut", "scale", "offset"], ["Y"], nodes, opset, doc)
+
+
+def encode_tree_function(opset: int) -> onnx.FunctionProto:
+    """HalutEncodeTree(X, split_dims, thresholds) -> codes."""
+    n = helper.make_node
+    nodes = [
+        _scalar("one", 1),
+        _scalar("zero", 0),
+        _scalar("two", 2),
+        _scalar("nodes_per_tree", TREE_NODES),
+        _const("flat", [-1]),
+        n("Shape", ["split_dims"], ["dims_shape"]),
+        n("Gather", ["dims_shape", "zero"], ["C"], axis=0),
+        n("Range", ["zero", "C", "one"], ["c"]),
+        n("Mul", ["c", "nodes_per_tree"], ["tree_base"]),  # tree c's thresholds start at 15 * c
+        n("Reshape", ["thresholds", "flat"], ["thresholds_flat"]),
+    ]
+    node = None  # the node index within each tree, (..., C); level 0 starts at the root (0)
+    for level in range(TREE_DEPTH):
+        p = f"l{level}_"
+        nodes += [
+            _scalar(p + "level", level),
+            _scalar(p + "first", (1 << level) - 1),
+            n("Gather", ["split_dims", p + "level"], [p + "dims"], axis=1),  # (C,)
+            n("Gather", ["X", p + "dims"], [p + "x"], axis=-1),  # (..., C)
+            n("Add", ["tree_base", p + "first"], [p + "level_base"]),
+        ]
+        if node is None:
+            t_idx = p + "level_base"
+        else:
+            nodes.append(n("Add", [node, p + "level_base"], [p + "t_idx"]))
+            t_idx = p + "t_idx"
+        nodes += [
+            n("Gather", ["thresholds_flat", t_idx], [p + "t"], axis=0),
+            n("Greater", [p + "x", p + "t"], [p + "gt"]),  # NaN compares false: goes left
+            n("Cast", [p + "gt"], [p + "bit"], to=TensorProto.INT64),
+        ]
+        if node is None:
+            node = p + "bit"
+        else:
+            nodes += [n("Mul", [node, "two"], [p + "twice"]), n("Add", [p + "twice", p + "bit"], [p + "node"])]
+            node = p + "node"
+    nodes.append(n("Cast", [node], ["codes"], to=TensorProto.UINT8))
+    doc = (
+        "MADDNESS encoding by C balanced depth-4 decision trees (docs/ops.md, HalutEncodeTree).\n"
+        "X: float32 [..., D]; split_dims: int64 [C, 4]; thresholds: float32 [C, 15] -> codes: uint8 [..., C].\n"
+        "node = 0; per level l: node = 2 * node + (X[split_dims[c, l]] > thresholds[c, 2^l - 1 + node])."
+    )
+    return _function(ENCODE_TREE, ["X", "split_dims", "thresholds"], ["codes"], nodes, opset, doc)
+
+
+def encode_pq_function(opset: int) -> onnx.FunctionProto:
+    """HalutEncodePQ(X, vectors, biases) -> codes, by one MatMul with a block-diagonal (D, C * 16) matrix."""
+    n = helper.make_node
+    nodes = [
+        _scalar("one", 1),
+        _scalar("zero", 0),
+        _const("as_column", [-1, 1]),
+        _const("mask_3d", [0, 0, 1]),
+        _const("vectors_3d", [0, 1, -1]),
+        _const("merge_last", [0, -1]),
+        _const("split_last", [-1, NUM_CODES]),
+        _const("flat", [-1]),
+        _const("start0", [0]),
+        _const("end_minus1", [-1]),
+        n("Shape", ["vectors"], ["v_shape"]),
+        n("Gather", ["v_shape", "one"], ["D"], axis=0),
+        n("Shape", ["biases"], ["b_shape"]),
+        n("Gather", ["b_shape", "zero"], ["C"], axis=0),
+        # bounds[c] = c * (D // C) + min(c, D % C): the slice rule of docs/ops.md
+        n("Div", ["D", "C"], ["q"]),
+        n("Mod", ["D", "C"], ["r"]),
+        n("Range", ["zero", "C", "one"], ["c"]),
+        n("Add", ["c", "one"], ["c_next"]),
+        n("Mul", ["c", "q"], ["c_q"]),
+        n("Less", ["c", "r"], ["c_lt_r"]),
+        n("Where", ["c_lt_r", "c", "r"], ["c_r"]),  # Min takes no integers before opset 12
+        n("Add", ["c_q", "c_r"], ["start"]),
+        n("Mul", ["c_next", "q"], ["cn_q"]),
+        n("Less", ["c_next", "r"], ["cn_lt_r"]),
+        n("Where", ["cn_lt_r", "c_next", "r"], ["cn_r"]),
+        n("Add", ["cn_q", "cn_r"], ["end"]),
+        n("Range", ["zero", "D", "one"], ["d"]),
+        n("Reshape", ["d", "as_column"], ["d_col"]),  # (D, 1)
+        n("Less", ["d_col", "start"], ["before"]),
+        n("Not", ["before"], ["from_start"]),
+        n("Less", ["d_col", "end"], ["to_end"]),
+        n("And", ["from_start", "to_end"], ["in_slice"]),  # (D, C)
+        n("Cast", ["in_slice"], ["mask"], to=TensorProto.FLOAT),
+        n("Reshape", ["mask", "mask_3d"], ["mask3"]),  # (D, C, 1)
+        n("Transpose", ["vectors"], ["v_t"], perm=[1, 0]),
+        n("Reshape", ["v_t", "vectors_3d"], ["v3"]),  # (D, 1, 16)
+        n("Mul", ["mask3", "v3"], ["block3"]),
+        n("Reshape", ["block3", "merge_last"], ["block"]),  # (D, C * 16), column c * 16 + k
+        n("MatMul", ["X", "block"], ["dots"]),
+        n("Reshape", ["biases", "flat"], ["biases_flat"]),
+        n("Add", ["dots", "biases_flat"], ["scores_flat"]),
+        n("Shape", ["X"], ["x_shape"]),
+        n("Slice", ["x_shape", "start0", "end_minus1"], ["lead"]),
+        n("Concat", ["lead", "split_last"], ["scores_shape"], axis=0),
+        n("Reshape", ["scores_flat", "scores_shape"], ["scores"]),  # (..., C, 16)
+        # Ties go to the lowest index, as in the contract's scan.
+        n("ArgMin", ["scores"], ["best"], axis=-1, keepdims=0, **({"select_last_index": 0} if opset >= 12 else {})),
+        n("Cast", ["best"], ["codes"], to=TensorProto.UINT8),
+    ]
+    doc = (
+        "Nearest-prototype (product quantization) encoding with the output-space distance folded into one dot "
+        "product per prototype (docs/ops.md, HalutEncodePQ).\n"
+        "X: float32 [..., D]; vectors: float32 [16, D]; biases: float32 [C, 16] -> codes: uint8 [..., C].\n"
+        "score[c, k] = biases[c, k] + sum over slice c of X[d] * vectors[k, d]; code = first argmin over k.\n"
+        "This body sums with one MatMul, in another order than the kernels: near-ties may pick another prototype."
+    )
+    return _function(ENCODE_PQ, ["X", "vectors", "biases"], ["codes"], nodes, opset, doc)
+
+
+FUNCTION_BUILDERS = {LOOKUP: lookup_function, ENCODE_TREE: encode_tree_function, ENCODE_PQ: encode_pq_function}
+
+
+def functions_for(op_types, opset: int) -> list[onnx.FunctionProto]:
+    """The FunctionProtos for the given Halut op types (sorted, so the output is deterministic)."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the model imports default-domain opset {opset}; halut-onnx needs opset >= {MIN_OPSET}")
+    return [FUNCTION_BUILDERS[op](opset) for op in sorted(set(op_types))]

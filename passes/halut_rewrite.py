@@ -1,0 +1,120 @@
+"""Replace learned layers by Halut encode + lookup nodes (onnx-graphsurgeon), keeping the rest of the model as is.
+
+Each converted layer ``<name>`` becomes ``<name>/halut_encode`` (``HalutEncodeTree`` or ``HalutEncodePQ``) feeding
+``<name>/halut_codes`` into ``<name>/halut_lookup`` (``HalutLookup``), which produces the replaced node's (or the
+folded Add's) output tensor under its original name. The op parameters are initializers named
+``<name>.halut.<input>`` (split_dims, thresholds or vectors, biases; lut, scale, offset).
+
+graphsurgeon's export rebuilds the ModelProto, so the model-level fields it does not carry (IR version, opset
+imports of every domain, model doc_string and version, metadata_props) are copied back from the input model here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from halut_onnx.ops import DOMAIN, DOMAIN_VERSION, ENCODE_PQ, ENCODE_TREE, LOOKUP
+
+from .candidates import LayerCandidate
+from .functions import functions_for
+
+ENCODER_OPS = {"tree": ENCODE_TREE, "pq": ENCODE_PQ}
+
+
+@dataclass
+class LayerRewrite:
+    """A learned layer to put in place of a candidate: ``layer`` has the fields of ``halut_onnx.learn.HalutLayer``."""
+
+    candidate: LayerCandidate
+    layer: Any
+    doc_string: str
+
+
+def node_names(name: str) -> dict[str, str]:
+    """The names the rewrite gives to the nodes and the codes tensor of layer ``name``."""
+    return {"encode": f"{name}/halut_encode", "lookup": f"{name}/halut_lookup", "codes": f"{name}/halut_codes"}
+
+
+def initializer_name(name: str, op_input: str) -> str:
+    return f"{name}.halut.{op_input}"
+
+
+def _encoder_inputs(name: str, layer) -> tuple[str, list[gs.Constant]]:
+    if layer.encoder == "tree":
+        params = {
+            "split_dims": np.ascontiguousarray(layer.split_dims, dtype=np.int64),
+            "thresholds": np.ascontiguousarray(layer.thresholds, dtype=np.float32),
+        }
+    elif layer.encoder == "pq":
+        params = {
+            "vectors": np.ascontiguousarray(layer.pq_vectors, dtype=np.float32),
+            "biases": np.ascontiguousarray(layer.pq_biases, dtype=np.float32),
+        }
+    else:
+        raise ValueError(f"layer {name!r}: unknown encoder {layer.encoder!r} (expected 'tree' or 'pq')")
+    return ENCODER_OPS[layer.encoder], [gs.Constant(initializer_name(name, k), v) for k, v in params.items()]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    raise ValueError("the model imports no default-domain (ai.onnx) opset")
+
+
+def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.ModelProto:
+    """A new model with every layer of ``rewrites`` replaced; ``model`` (with unique node names) is not changed."""
+    opset = _default_opset(model)
+    graph = gs.import_onnx(model)
+    nodes = {node.name: node for node in graph.nodes}
+    tensors = graph.tensors()
+    docs: dict[str, str] = {}
+    used_ops: set[str] = set()
+    for rewrite in rewrites:
+        cand, layer = rewrite.candidate, rewrite.layer
+        names = node_names(cand.name)
+        x, y = tensors[cand.input_name], tensors[cand.output_name]
+        for old in cand.replaced_nodes:
+            nodes[old].outputs.clear()
+            nodes[old].inputs.clear()
+            graph.nodes.remove(nodes[old])
+        encode_op, params = _encoder_inputs(cand.name, layer)
+        codes = gs.Variable(names["codes"])
+        lookup_params = {
+            "lut": np.ascontiguousarray(layer.lut_q, dtype=np.int8),
+            "scale": np.ascontiguousarray(layer.scale, dtype=np.float32),
+            "offset": np.ascontiguousarray(layer.offset, dtype=np.float32),
+        }
+        graph.nodes.append(gs.Node(encode_op, names["encode"], inputs=[x, *params], outputs=[codes], domain=DOMAIN))
+        graph.nodes.append(
+            gs.Node(
+                LOOKUP, names["lookup"], domain=DOMAIN, outputs=[y],
+                inputs=[codes, *(gs.Constant(initializer_name(cand.name, k), v) for k, v in lookup_params.items())],
+            )
+        )
+        docs[names["encode"]] = docs[names["lookup"]] = rewrite.doc_string
+        used_ops.update((encode_op, LOOKUP))
+    graph.toposort()
+    out = gs.export_onnx(graph)
+
+    for node in out.graph.node:
+        if node.name in docs:
+            node.doc_string = docs[node.name]
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(op for op in model.opset_import if op.domain != DOMAIN)
+    if used_ops:
+        out.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(model, field))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    existing = {(f.domain, f.name) for f in out.functions}
+    out.functions.extend(f for f in functions_for(used_ops, opset) if (f.domain, f.name) not in existing)
+    return out
