@@ -3,6 +3,7 @@ count converted layers, print an aligned table."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,30 +32,31 @@ def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) ->
     return out
 
 
-def session(model_path: str | Path, halut: bool = False):
-    """An onnxruntime CPU session; for a converted model (``halut``) with the Halut custom-op library registered
-    when it is built. Without the library a converted model runs through its model-local ONNX functions."""
-    import onnxruntime as ort
-
-    options = None
-    if halut:
-        import halut_onnx
-
-        try:
-            options = halut_onnx.session_options()
-        except FileNotFoundError:
-            options = None
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def custom_library_registered() -> bool:
+@functools.lru_cache(maxsize=1)
+def library_status() -> str:
+    """``"registered"`` when the Halut custom-op library loads into onnxruntime, else why not (one line)."""
     import halut_onnx
 
     try:
-        halut_onnx.get_library_path()
-    except FileNotFoundError:
-        return False
-    return True
+        halut_onnx.session_options()
+    except FileNotFoundError as exc:
+        return f"not built ({exc})"
+    except Exception as exc:  # onnxruntime raises its own Fail type when the library lacks its entry points
+        return f"not loadable ({str(exc).splitlines()[0]})"
+    return "registered"
+
+
+def session(model_path: str | Path, halut: bool = False):
+    """An onnxruntime CPU session; for a converted model (``halut``) with the Halut custom-op library registered
+    when it loads. Without the library a converted model runs through its model-local ONNX functions."""
+    import onnxruntime as ort
+
+    options = None
+    if halut and library_status() == "registered":
+        import halut_onnx
+
+        options = halut_onnx.session_options()
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def converted_layers(model_path: str | Path) -> int:

@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         _, results = run(args.out or Path(tmp), args.quick)
-    print(f"custom-op library registered: {tools.custom_library_registered()}")
+    print(f"Halut custom-op library: {tools.library_status()}")
     print(
         tools.format_table(
             ["setting", "layers converted", "CER original %", "CER converted %", "top-1 agreement %", "convert s"],
