@@ -3,15 +3,35 @@ reported as one line and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+
 import click
 
 from . import __version__
+from .options import ConvertOptions
+
+
+def _user_errors(fn):
+    """Report the errors a user can cause (bad files, data, options) as ``Error: <one line>`` and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="halut-onnx")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage (to stderr).")
+def main(verbose: bool = False) -> None:
     """Replace the MatMul, Gemm and Conv layers of an ONNX model by learned table lookups (MADDNESS / Halut)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 @main.command("library-path")
@@ -23,6 +43,144 @@ def library_path() -> None:
         click.echo(get_library_path())
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+_DEFAULTS = ConvertOptions()
+
+
+@main.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", "calib_dir", required=True, type=click.Path(),
+              help="Calibration directory: .npz files with arrays named after the model's inputs (or .npy files "
+                   "for a single-input model), one sample or a batch per file.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Converted model file.")
+@click.option("-C", "--codebooks", type=int, default=_DEFAULTS.codebooks,
+              help="Codebooks per layer (default: the power of two nearest D/8, within 4..64); more than a layer's "
+                   "D means C=D for that layer.")
+@click.option("--encoder", type=click.Choice(["tree", "pq"]), default=_DEFAULTS.encoder, show_default=True,
+              help="Encoder: 'tree' (MADDNESS decision trees) or 'pq' (nearest prototype).")
+@click.option("--include", multiple=True, metavar="REGEX",
+              help="Convert only layers whose node name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX",
+              help="Never convert layers whose node name matches (repeatable).")
+@click.option("--min-dim", type=int, default=_DEFAULTS.min_dim, show_default=True,
+              help="Skip layers with fewer input columns D.")
+@click.option("--max-rows", type=int, default=_DEFAULTS.max_rows, show_default=True,
+              help="Calibration rows kept per layer (uniform random sample).")
+@click.option("--ridge", type=float, default=_DEFAULTS.ridge,
+              help="LUT ridge lambda (default: chosen on the held-out rows).")
+@click.option("--heldout-fraction", type=float, default=_DEFAULTS.heldout_fraction, show_default=True,
+              help="Calibration rows held out to choose the ridge and measure each layer.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
+@click.option("--memory-mb", type=int, default=_DEFAULTS.memory_mb, show_default=True,
+              help="Memory for the row samples held at once; more layers take more passes over the data.")
+@click.option("--progress/--no-progress", default=_DEFAULTS.progress, show_default=True,
+              help="Progress bars on stderr.")
+@_user_errors
+def convert(model: str, calib_dir: str, output: str, **flags) -> None:
+    """Convert MODEL's eligible MatMul / Gemm layers, learned on the --calib data, and write -o OUTPUT."""
+    from .convert import convert_model
+    from .tables import format_table
+
+    options = ConvertOptions(**flags)  # the flags are the fields, one to one
+    result = convert_model(model, calib_dir, output, options)
+    rows = [
+        [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8,
+         "; ".join(r.notes)]
+        for r in result.converted
+    ]
+    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "held-out NMSE", "notes"], rows))
+    if result.skipped:
+        click.echo("")
+        click.echo(format_table(["skipped layer", "op", "reason"],
+                                [[r.name, r.op_type, r.reason] for r in result.skipped]))
+    click.echo(f"\nWrote {output}: {len(result.converted)} layers converted, {len(result.skipped)} skipped.")
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@_user_errors
+def inspect_cmd(model: str) -> None:
+    """List the Halut layers of a converted MODEL and the layers the conversion skipped."""
+    from .model_io import load_model
+    from .summary import summarize
+    from .tables import format_table
+
+    summary = summarize(load_model(model))
+    if summary.version:
+        click.echo(f"Converted by halut-onnx {summary.version}; settings: {summary.settings}")
+    if not summary.layers:
+        click.echo(f"No Halut layers in {model}.")
+    else:
+        click.echo(format_table(
+            ["layer", "op", "D", "M", "C", "encoder", "LUT bytes", "held-out NMSE"],
+            [[x.name, x.op_type or "?", x.D, x.M, x.C, x.encoder or "?", x.lut_bytes, x.heldout_nmse]
+             for x in summary.layers],
+        ))
+    if summary.skipped:
+        click.echo("")
+        click.echo(format_table(["skipped layer", "op", "reason"],
+                                [[r.name, r.op_type, r.reason] for r in summary.skipped]))
+
+
+@main.command("eval")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("converted", type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Evaluation data, in the calibration format.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's).")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@_user_errors
+def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, progress: bool) -> None:
+    """Compare CONVERTED with ORIGINAL on --data: per-output NMSE, cosine and top-1 agreement."""
+    from .evaluate import evaluate
+    from .tables import format_table
+
+    result = evaluate(original, converted, data_dir, threads, progress)
+    click.echo(format_table(
+        ["output", "shape", "NMSE", "cosine", "top-1 agreement"],
+        [[m.name, "x".join(map(str, m.shape)), m.nmse, m.cosine, m.top1_agreement] for m in result.outputs],
+    ))
+    click.echo(f"\n{result.files} files; " + (
+        "Halut ops run by the custom-op library." if result.library_loaded
+        else "custom-op library not found: Halut ops ran through their ONNX function fallbacks."
+    ))
+
+
+def _parse_dims(values) -> dict[str, int]:
+    dims = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not name or not number.isdigit() or int(number) < 1:
+            raise ValueError(f"--dim {value!r}: expected NAME=VALUE with a positive integer VALUE")
+        dims[name] = int(number)
+    return dims
+
+
+@main.command("bench")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("converted", type=click.Path(dir_okay=False))
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads (both).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per model (median reported).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Size of a dynamic leading input dim.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE", help="Size of a named dynamic input dim.")
+@click.option("--data", "data_dir", type=click.Path(), default=None,
+              help="Time on the first file of this directory (calibration format) instead of random inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@_user_errors
+def bench_cmd(original, converted, threads, runs, warmup, batch, dims, data_dir, seed) -> None:
+    """Median latency of ORIGINAL and CONVERTED in onnxruntime on the same inputs and threads."""
+    from .bench import bench
+    from .tables import format_table
+
+    result = bench(original, converted, threads, runs, warmup, batch, _parse_dims(dims), data_dir, seed)
+    click.echo(format_table(["model", "median ms"], [[original, result.original_ms], [converted, result.converted_ms]]))
+    shapes = ", ".join(f"{k} {v}" for k, v in result.feed_shapes.items())
+    click.echo(f"\nspeedup (original / converted): {result.speedup:.3g}x  ({result.threads} threads, "
+               f"{result.runs} runs, inputs {shapes})")
+    if not result.library_loaded:
+        click.echo("note: custom-op library not found: the converted model ran its ONNX function fallbacks.")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ the graph (passes.halut_rewrite) -> record, check and write the model (records, 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -23,54 +22,11 @@ from .learn import LearnOptions, learn_layer
 from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic
 from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
 from .passes.functions import MIN_OPSET
+from .options import ConvertOptions
 from .records import LayerRecord, write_records
-from .selection import SelectedLayer, compile_patterns, select_layers
+from .selection import SelectedLayer, select_layers
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Conversion settings; each field is one ``halut-onnx convert`` flag (``--max-rows`` for ``max_rows``...)."""
-
-    codebooks: int | None = None  # -C/--codebooks: fixed C for every layer; None: selection.default_codebooks(D)
-    encoder: str = LearnOptions.encoder  # --encoder: "tree" or "pq"
-    include: tuple[str, ...] = ()  # --include: regexes over node names; convert only matching layers
-    exclude: tuple[str, ...] = ()  # --exclude: regexes over node names; never convert matching layers
-    min_dim: int = 16  # --min-dim: layers with fewer input columns D are skipped
-    max_rows: int = 65536  # --max-rows: calibration rows kept per layer (uniform random sample)
-    ridge: float | None = None  # --ridge: LUT ridge lambda; None picks it on the held-out rows
-    heldout_fraction: float = 0.2  # --heldout-fraction: calibration rows held out to measure each layer
-    seed: int = 0  # --seed: row sampling and learning
-    memory_mb: int = 2048  # --memory-mb: row samples held at once; more layers -> more passes over the data
-    progress: bool = True  # --progress/--no-progress: tqdm bars on stderr
-
-    def validate(self) -> None:
-        if self.codebooks is not None and self.codebooks < 1:
-            raise ValueError(f"--codebooks must be >= 1, got {self.codebooks}")
-        if self.encoder not in ("tree", "pq"):
-            raise ValueError(f"--encoder must be 'tree' or 'pq', got {self.encoder!r}")
-        if self.min_dim < 1:
-            raise ValueError(f"--min-dim must be >= 1, got {self.min_dim}")
-        if self.max_rows < 1:
-            raise ValueError(f"--max-rows must be >= 1, got {self.max_rows}")
-        if self.ridge is not None and not (math.isfinite(self.ridge) and self.ridge > 0):
-            raise ValueError(f"--ridge must be > 0, got {self.ridge}")
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"--heldout-fraction must be in [0, 1), got {self.heldout_fraction}")
-        if self.ridge is None and self.heldout_fraction == 0:
-            raise ValueError("--heldout-fraction 0 leaves no rows to choose the ridge on: give --ridge too")
-        if self.memory_mb < 1:
-            raise ValueError(f"--memory-mb must be >= 1, got {self.memory_mb}")
-        compile_patterns(self.include, "--include")
-        compile_patterns(self.exclude, "--exclude")
-
-    def settings(self) -> dict:
-        """The options that shape the output (recorded in the model's metadata)."""
-        out = dataclasses.asdict(self)
-        out.pop("progress")
-        out["include"], out["exclude"] = list(self.include), list(self.exclude)
-        return out
 
 
 @dataclass

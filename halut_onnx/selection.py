@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from .options import compile_patterns
 from .passes import LayerCandidate, SkippedLayer
 
 MIN_DEFAULT_CODEBOOKS = 4
@@ -25,16 +25,6 @@ class SelectedLayer:
     candidate: LayerCandidate
     codebooks: int
     note: str | None = None  # e.g. "-C 64 > D=32: C=D"
-
-
-def compile_patterns(patterns, flag: str) -> list[re.Pattern]:
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ValueError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
-    return compiled
 
 
 def select_layers(
