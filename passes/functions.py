@@ -134,7 +134,8 @@ def encode_pq_function(opset: int) -> onnx.FunctionProto:
         _const("mask_3d", [0, 0, 1]),
         _const("vectors_3d", [0, 1, -1]),
         _const("merge_last", [0, -1]),
-        _const("split_last", [-1, NUM_CODES]),
+        _const("one_dim", [1]),
+        _const("codes_dim", [NUM_CODES]),
         _const("flat", [-1]),
         _const("start0", [0]),
         _const("end_minus1", [-1]),
@@ -172,7 +173,8 @@ def encode_pq_function(opset: int) -> onnx.FunctionProto:
         n("Add", ["dots", "biases_flat"], ["scores_flat"]),
         n("Shape", ["X"], ["x_shape"]),
         n("Slice", ["x_shape", "start0", "end_minus1"], ["lead"]),
-        n("Concat", ["lead", "split_last"], ["scores_shape"], axis=0),
+        n("Reshape", ["C", "one_dim"], ["C_1d"]),  # C, not -1: an empty X would make -1 ambiguous
+        n("Concat", ["lead", "C_1d", "codes_dim"], ["scores_shape"], axis=0),
         n("Reshape", ["scores_flat", "scores_shape"], ["scores"]),  # (..., C, 16)
         # Ties go to the lowest index, as in the contract's scan.
         n("ArgMin", ["scores"], ["best"], axis=-1, keepdims=0, **({"select_last_index": 0} if opset >= 12 else {})),
