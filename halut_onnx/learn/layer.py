@@ -1,0 +1,278 @@
+"""Learning the Halut replacement of one linear layer: options, result types and the orchestration.
+
+Stages: split the calibration rows into train / held-out (seeded), learn the encoder on the training rows, encode
+both sets, fit the float LUT by ridge regression on the layer's true outputs ``Y = A W + b`` (lambda chosen on the
+held-out rows unless given), quantize it to int8, and measure train / held-out NMSE through the reference ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .. import reference
+from ..ops import NUM_CODES
+from .lut import code_stats, fit_ridge, quantize_lut, ridge_grid
+from .pq import encode_pq, learn_pq
+from .tree import encode_trees, learn_trees
+
+log = logging.getLogger(__name__)
+
+ENCODERS = ("tree", "pq")
+MIN_TRAIN_ROWS = NUM_CODES  # k-means needs 16 rows for 16 prototypes; a tree needs as many to fill its leaves
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """How to learn one layer. Defaults in one place; the CLI maps its flags one to one onto these fields."""
+
+    codebooks: int = 32  # C, 1 <= C <= D
+    encoder: str = "pq"  # "tree" (MADDNESS, 4 comparisons per codebook) or "pq" (output-metric prototypes)
+    ridge: float | None = None  # None: pick lambda on the held-out rows
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    kmeans_iters: int = 25  # pq: Lloyd iterations at most (stops earlier once no assignment changes)
+    tree_candidates: int = 4  # tree: columns tried per level, highest within-bucket SSE first
+    ridge_points: int = 29  # ridge=None: lambdas tried, log-spaced (see lut.ridge_grid)
+
+
+@dataclass
+class LearnReport:
+    rows_train: int
+    rows_heldout: int
+    ridge: float
+    train_nmse: float  # float LUT, training rows: ||Y - Yhat||^2 / ||Y||^2
+    heldout_nmse: float  # float LUT, held-out rows (nan without held-out rows)
+    heldout_nmse_int8: float  # int8 LUT through the lookup op, held-out rows
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HalutLayer:
+    encoder: str
+    D: int
+    M: int
+    C: int
+    split_dims: np.ndarray | None  # int64 (C, 4), tree only
+    thresholds: np.ndarray | None  # float32 (C, 15), tree only
+    pq_vectors: np.ndarray | None  # float32 (16, D), pq only (folded, docs/ops.md HalutEncodePQ)
+    pq_biases: np.ndarray | None  # float32 (C, 16), pq only
+    lut: np.ndarray  # float32 (M, C, 16)
+    lut_bias: np.ndarray  # float32 (M,): y = sum_c lut[m, c, code] + lut_bias[m]
+    lut_q: np.ndarray  # int8 (M, C, 16)
+    scale: np.ndarray  # float32 (M,)
+    offset: np.ndarray  # float32 (M,): y = scale * sum_c lut_q[m, c, code] + offset (layer bias folded in)
+    report: LearnReport
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        """Codes (uint8, N x C) exactly as the encode op computes them (``halut_onnx.reference``)."""
+        X = _check_rows(X, self.D)
+        if self.encoder == "tree":
+            return reference.encode_tree(X, self.split_dims, self.thresholds)
+        return reference.encode_pq(X, self.pq_vectors, self.pq_biases)
+
+    def forward(self, X: np.ndarray, quantized: bool = True) -> np.ndarray:
+        """Layer output (float32, N x M) through the reference ops: int8 lookup, or the float LUT."""
+        codes = self.encode(X)
+        if quantized:
+            return reference.lookup(codes, self.lut_q, self.scale, self.offset)
+        return reference.lookup_float(codes, self.lut, self.lut_bias)
+
+
+def _check_rows(X: np.ndarray, D: int) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != D:
+        raise ValueError(f"X must have shape (rows, {D}); found {X.shape}")
+    return X.astype(np.float32, copy=False)
+
+
+def _as_float_array(name: str, x, ndim: int, shape_text: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {shape_text}; found {x.ndim}-D with shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name} must be a floating-point array; found dtype {x.dtype}")
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(f"{name} has {bad} non-finite values (NaN or inf); expected finite values only")
+    return x
+
+
+def heldout_rows(rows: int, fraction: float) -> int:
+    """Held-out rows for a fraction: rounded, at least 1 when the fraction is positive."""
+    if fraction <= 0:
+        return 0
+    return max(1, int(round(rows * fraction)))
+
+
+def min_rows(fraction: float) -> int:
+    """Fewest calibration rows that leave MIN_TRAIN_ROWS training rows after the held-out split."""
+    n = MIN_TRAIN_ROWS
+    while n - heldout_rows(n, fraction) < MIN_TRAIN_ROWS:
+        n += 1
+    return n
+
+
+def _validate(A, W, bias, options: LearnOptions):
+    A = _as_float_array("A", A, 2, "(rows, D)")
+    W = _as_float_array("W", W, 2, "(D, M)")
+    rows, D = A.shape
+    if W.shape[0] != D:
+        raise ValueError(f"W must have shape ({D}, M) to match A's {D} columns; found {W.shape}")
+    M = W.shape[1]
+    if M < 1:
+        raise ValueError(f"W must have at least one output column; found shape {W.shape}")
+    if bias is not None:
+        bias = _as_float_array("bias", bias, 1, "(M,)")
+        if bias.shape != (M,):
+            raise ValueError(f"bias must have shape ({M},) to match W's {M} columns; found {bias.shape}")
+    if options.encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))}; found {options.encoder!r}")
+    C = options.codebooks
+    if not isinstance(C, (int, np.integer)) or not 1 <= C <= D:
+        raise ValueError(f"codebooks must be in 1..D={D} (D = A's columns); found {C}")
+    if not 0 <= options.heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1); found {options.heldout_fraction}")
+    if options.ridge is not None and not (np.isfinite(options.ridge) and options.ridge > 0):
+        raise ValueError(
+            f"ridge must be > 0 (the one-hot Gram matrix is singular without it) or None; found {options.ridge}"
+        )
+    if options.ridge is None and options.heldout_fraction == 0:
+        raise ValueError("ridge=None picks lambda on held-out rows, but heldout_fraction=0 leaves none; "
+                         "give ridge or heldout_fraction > 0")
+    if options.kmeans_iters < 1 or options.tree_candidates < 1 or options.ridge_points < 1:
+        raise ValueError(
+            "kmeans_iters, tree_candidates and ridge_points must be >= 1; found "
+            f"{options.kmeans_iters}, {options.tree_candidates}, {options.ridge_points}"
+        )
+    need = min_rows(options.heldout_fraction)
+    if rows < need:
+        raise ValueError(
+            f"A has {rows} rows; learning needs at least {need} ({MIN_TRAIN_ROWS} training rows for 16 prototypes "
+            f"per codebook, after holding out heldout_fraction={options.heldout_fraction})"
+        )
+    return A.astype(np.float32, copy=False), W, bias
+
+
+def _nmse(err: float, ss: float) -> float:
+    if not np.isfinite(ss):
+        return float("nan")
+    return err / ss if ss > 0 else (0.0 if err == 0 else float("inf"))
+
+
+def learn_layer(
+    A: np.ndarray,
+    W: np.ndarray,
+    bias: np.ndarray | None = None,
+    options: LearnOptions = LearnOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> HalutLayer:
+    """Learn the Halut replacement of ``Y = A W + bias``.
+
+    Parameters
+    ----------
+    A : (rows, D) floating calibration inputs of the layer.
+    W : (D, M) floating weight.  bias : (M,) or None.
+    options : LearnOptions.
+    progress : called with the name of each stage as it starts ("split", "encoder", "encode", "lut", "quantize",
+        "measure").
+
+    Raises ValueError naming the problem for bad shapes, dtypes, non-finite values, too few rows or bad options.
+    """
+    A, W, bias = _validate(A, W, bias, options)
+    step = progress or (lambda stage: None)
+    rows, D = A.shape
+    M = W.shape[1]
+    C = int(options.codebooks)
+    bounds = reference.slice_bounds(D, C)
+    W32 = W.astype(np.float32, copy=False)
+    b32 = np.zeros(M, dtype=np.float32) if bias is None else bias.astype(np.float32)
+
+    step("split")
+    rng = np.random.default_rng(options.seed)
+    perm = rng.permutation(rows)
+    nh = heldout_rows(rows, options.heldout_fraction)
+    A_h = A[np.sort(perm[:nh])]
+    A_tr = np.ascontiguousarray(A[np.sort(perm[nh:])])
+
+    step("encoder")
+    split_dims = thresholds = vectors = biases = None
+    if options.encoder == "tree":
+        split_dims, thresholds = learn_trees(A_tr, bounds, options.tree_candidates)
+    else:
+        vectors, biases, _ = learn_pq(A_tr, W, bounds, options.kmeans_iters, rng)
+
+    step("encode")
+
+    def encode(X: np.ndarray) -> np.ndarray:
+        if options.encoder == "tree":
+            return encode_trees(X, split_dims, thresholds)
+        return encode_pq(X, vectors, biases, bounds)
+
+    codes_tr = encode(A_tr)
+    codes_h = encode(A_h)
+
+    step("lut")
+    Y_tr = A_tr @ W32 + b32
+    train_stats = code_stats(codes_tr, Y_tr)
+    del Y_tr
+    Y_h = A_h @ W32 + b32
+    heldout_stats = code_stats(codes_h, Y_h) if nh else None
+    ridges = np.array([options.ridge]) if options.ridge is not None else ridge_grid(train_stats, options.ridge_points)
+    fit = fit_ridge(train_stats, heldout_stats, ridges)
+
+    step("quantize")
+    q = quantize_lut(fit, C)
+
+    step("measure")
+    lut = np.ascontiguousarray(fit.lut.reshape(C, NUM_CODES, M).transpose(2, 0, 1), dtype=np.float32)
+    lut_bias = fit.intercept.astype(np.float32)
+    if nh:
+        ss_h = float(np.sum(np.square(Y_h, dtype=np.float64)))
+        y_float = reference.lookup_float(codes_h, lut, lut_bias)
+        y_int8 = reference.lookup(codes_h, q.lut_q, q.scale, q.offset)
+        heldout_nmse = _nmse(float(np.sum(np.square(y_float - Y_h, dtype=np.float64))), ss_h)
+        heldout_nmse_int8 = _nmse(float(np.sum(np.square(y_int8 - Y_h, dtype=np.float64))), ss_h)
+    else:
+        heldout_nmse = heldout_nmse_int8 = float("nan")
+    train_nmse = _nmse(fit.train_sse, fit.train_ss)
+
+    warnings: list[str] = []
+    unknowns = NUM_CODES * C
+    if rows - nh < unknowns:
+        warnings.append(
+            f"only {rows - nh} training rows for {unknowns} LUT entries per output (16 x C={C}): the LUT is "
+            f"underdetermined and overfits (train NMSE {train_nmse:.3g}, held-out {heldout_nmse:.3g}); "
+            f"use at least {unknowns} training rows (several times more is better) or fewer codebooks"
+        )
+    for w in warnings:
+        log.warning(w)
+    report = LearnReport(
+        rows_train=rows - nh,
+        rows_heldout=nh,
+        ridge=fit.ridge,
+        train_nmse=train_nmse,
+        heldout_nmse=heldout_nmse,
+        heldout_nmse_int8=heldout_nmse_int8,
+        warnings=warnings,
+    )
+    log.info("learned %s layer D=%d M=%d C=%d: %s", options.encoder, D, M, C, report)
+    return HalutLayer(
+        encoder=options.encoder,
+        D=D,
+        M=M,
+        C=C,
+        split_dims=split_dims,
+        thresholds=thresholds,
+        pq_vectors=vectors,
+        pq_biases=biases,
+        lut=lut,
+        lut_bias=lut_bias,
+        lut_q=q.lut_q,
+        scale=q.scale,
+        offset=q.offset,
+        report=report,
+    )

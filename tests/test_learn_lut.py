@@ -1,0 +1,87 @@
+"""Ridge fit of the LUT against an explicit one-hot least-squares solve, and the int8 quantization error."""
+
+import numpy as np
+import pytest
+
+from halut_onnx import reference
+from halut_onnx.learn.lut import code_stats, fit_ridge, quantize_lut
+
+
+def one_hot(codes):
+    N, C = codes.shape
+    Phi = np.zeros((N, 16 * C))
+    Phi[np.arange(N)[:, None], np.arange(C) * 16 + codes] = 1.0
+    return Phi
+
+
+def explicit_ridge(codes, Y, lam):
+    """Ridge with an unpenalised intercept: centre Phi and Y, solve the normal equations, recover the intercept."""
+    Phi = one_hot(codes)
+    phibar, mu = Phi.mean(axis=0), Y.mean(axis=0)
+    Pc, Yc = Phi - phibar, Y - mu
+    L = np.linalg.solve(Pc.T @ Pc + lam * np.eye(Phi.shape[1]), Pc.T @ Yc)
+    return L, mu - phibar @ L
+
+
+def test_code_stats_match_one_hot(rng):
+    codes = rng.integers(0, 16, size=(300, 5)).astype(np.uint8)
+    Y = rng.standard_normal((300, 70)).astype(np.float32)  # M > one column block
+    st = code_stats(codes, Y)
+    Phi = one_hot(codes)
+    np.testing.assert_array_equal(st.gram, Phi.T @ Phi)
+    np.testing.assert_array_equal(st.counts, Phi.sum(axis=0))
+    np.testing.assert_allclose(st.phi_y, Phi.T @ Y.astype(np.float64), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(st.ysq, (Y.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lam", [0.01, 1.0, 50.0])
+def test_ridge_matches_explicit_solve(rng, lam):
+    N, C, M = 400, 4, 3
+    codes = rng.integers(0, 16, size=(N, C)).astype(np.uint8)
+    codes[:, 2] = rng.integers(0, 5, size=N)  # unused codes: zero columns in Phi
+    Y = (rng.standard_normal((N, M)) * 3 + 10).astype(np.float32)
+    fit = fit_ridge(code_stats(codes, Y), None, np.array([lam]))
+    L, intercept = explicit_ridge(codes, Y.astype(np.float64), lam)
+    np.testing.assert_allclose(fit.lut, L, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fit.intercept, intercept, rtol=1e-9)
+    resid = Y - (one_hot(codes) @ L + intercept)
+    assert fit.train_sse == pytest.approx(float((resid**2).sum()), rel=1e-8)
+    assert fit.train_ss == pytest.approx(float((Y.astype(np.float64) ** 2).sum()), rel=1e-12)
+
+
+def test_heldout_selection_matches_explicit_errors(rng):
+    N, Nh, C, M = 300, 150, 6, 4
+    codes = rng.integers(0, 16, size=(N + Nh, C)).astype(np.uint8)
+    true = rng.standard_normal((16 * C, M))
+    Y = (one_hot(codes) @ true + rng.standard_normal((N + Nh, M)) * 2.0 + 1.0).astype(np.float32)
+    ridges = np.logspace(-2, 3, 11)
+    fit = fit_ridge(code_stats(codes[:N], Y[:N]), code_stats(codes[N:], Y[N:]), ridges)
+    errors = []
+    for lam in ridges:
+        L, b = explicit_ridge(codes[:N], Y[:N].astype(np.float64), lam)
+        errors.append(float(((Y[N:] - one_hot(codes[N:]) @ L - b) ** 2).sum()))
+    best = int(np.argmin(errors))
+    assert 0 < best < len(ridges) - 1, "the noise level must make an interior lambda best"
+    assert fit.ridge == ridges[best]
+    assert fit.heldout_sse == pytest.approx(errors[best], rel=1e-8)
+
+
+def test_int8_lookup_close_to_float_and_unbiased(rng):
+    N, C, M = 3000, 8, 20
+    codes = rng.integers(0, 16, size=(N, C)).astype(np.uint8)
+    true = rng.standard_normal((16 * C, M)) * rng.uniform(0.1, 10, size=M)  # columns of very different scales
+    true[:16] *= 20  # one codebook with a much wider spread than the others
+    Y = (one_hot(codes) @ true + rng.standard_normal((N, M))).astype(np.float32)
+    fit = fit_ridge(code_stats(codes, Y), None, np.array([1.0]))
+    q = quantize_lut(fit, C)
+    assert q.lut_q.dtype == np.int8 and q.lut_q.shape == (M, C, 16)
+    lut = fit.lut.reshape(C, 16, M).transpose(2, 0, 1).astype(np.float32)
+    y_float = reference.lookup_float(codes, lut, fit.intercept.astype(np.float32)).astype(np.float64)
+    y_int8 = reference.lookup(codes, q.lut_q, q.scale, q.offset).astype(np.float64)
+    diff = y_int8 - y_float
+    # Unbiased on the calibration codes: the mean error per column is float32 rounding only.
+    assert np.all(np.abs(diff.mean(axis=0)) <= 1e-5 * np.abs(y_float).max(axis=0))
+    # Rounding errors of C independent tables: about C * scale^2 / 12 per column; allow 2x.
+    assert np.all((diff**2).mean(axis=0) <= 2 * C * q.scale.astype(np.float64) ** 2 / 12)
+    # Relative to the signal: C * s^2 / 12 over the variance of 8 tables, one 20x wider, is about 1.2e-4.
+    assert (diff**2).sum() / ((y_float - y_float.mean(axis=0)) ** 2).sum() < 2.5e-4
