@@ -1,0 +1,194 @@
+// AVX-512 kernels (F, BW, VL, VBMI, VNNI): compiled with those target flags only in this translation unit.
+//
+// Lookup: vpermb indexes a 64-byte table, so one register holds the 16-entry LUTs of 4 codebooks of one output;
+// a 64-byte index vector holds 16 rows x 4 codebooks (byte 4r + j = code + 16j), and vpdpbusd with a vector of
+// ones sums the 4 looked-up int8 entries of each row into that row's int32 lane: two instructions per 64 lookups,
+// exact. Rows end up in lanes, so a 16x16 transpose turns 16 outputs x 16 rows into row-major stores.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+
+namespace halut::cpu {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// HalutEncodeTree: 16 rows per vector; each level gathers the split column of 16 rows and picks each row's node
+// threshold from the codebook's 15 thresholds (one register) with vpermps.
+void encode_tree(const float* X, int64_t rows, int64_t D, const TreeParams& p, uint8_t* codes) {
+  if (D > (INT32_MAX / 16)) {  // the gather offsets r * D are int32
+    scalar_kernels().encode_tree(X, rows, D, p, codes);
+    return;
+  }
+  const __m512i row_offset = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                _mm512_set1_epi32(static_cast<int>(D)));
+  const __m512i one = _mm512_set1_epi32(1);
+  constexpr int64_t kChunk = 64;  // codebooks whose codes are staged before the transposed write
+  alignas(64) uint8_t tile[kChunk][16];
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const int64_t nr = min64(16, rows - r0);
+    const __mmask16 valid = static_cast<__mmask16>(nr == 16 ? 0xFFFF : (1u << nr) - 1);
+    const float* base = X + r0 * D;
+    for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
+      const int64_t nc = min64(kChunk, p.C - c0);
+      for (int64_t j = 0; j < nc; ++j) {
+        const int32_t* dims = p.split_dims + (c0 + j) * kTreeDepth;
+        const __m512 thresholds = _mm512_loadu_ps(p.thresholds + (c0 + j) * 16);
+        __m512i node = _mm512_setzero_si512();
+        for (int level = 0; level < kTreeDepth; ++level) {
+          const __m512i offsets = _mm512_add_epi32(row_offset, _mm512_set1_epi32(dims[level]));
+          const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, offsets, base, 4);
+          const __m512i at = _mm512_add_epi32(node, _mm512_set1_epi32((1 << level) - 1));
+          const __m512 t = _mm512_permutexvar_ps(at, thresholds);
+          const __mmask16 right = _mm512_cmp_ps_mask(x, t, _CMP_GT_OQ);  // NaN compares false: goes left
+          node = _mm512_add_epi32(node, node);
+          node = _mm512_mask_add_epi32(node, right, node, one);
+        }
+        _mm_store_si128(reinterpret_cast<__m128i*>(tile[j]), _mm512_cvtepi32_epi8(node));
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        uint8_t* out = codes + (r0 + r) * p.C + c0;
+        for (int64_t j = 0; j < nc; ++j) out[j] = tile[j][r];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HalutEncodePQ: one lane per prototype; R rows share each load of a column of the transposed vectors.
+
+// The scan of docs/ops.md (first index of the smallest score; a NaN never wins; NaN at 0 keeps 0) in mask form.
+inline int argmin16(__m512 score) {
+  const __mmask16 ordered = _mm512_cmp_ps_mask(score, score, _CMP_ORD_Q);
+  if (!(ordered & 1)) return 0;
+  const float smallest = _mm512_mask_reduce_min_ps(ordered, score);
+  const __mmask16 at = _mm512_mask_cmp_ps_mask(ordered, score, _mm512_set1_ps(smallest), _CMP_EQ_OQ);
+  return __builtin_ctz(static_cast<unsigned>(at));
+}
+
+template <int R>
+void pq_rows(const float* X, const PqParams& p, uint8_t* codes) {
+  for (int64_t c = 0; c < p.C; ++c) {
+    __m512 acc[R];
+    const __m512 bias = _mm512_loadu_ps(p.biases + c * kCodes);
+    for (int r = 0; r < R; ++r) acc[r] = bias;
+    for (int64_t d = p.bounds[c]; d < p.bounds[c + 1]; ++d) {
+      const __m512 v = _mm512_loadu_ps(p.vectors_t + d * kCodes);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_set1_ps(X[r * p.D + d]), v));
+      }
+    }
+    for (int r = 0; r < R; ++r) codes[r * p.C + c] = static_cast<uint8_t>(argmin16(acc[r]));
+  }
+}
+
+void encode_pq(const float* X, int64_t rows, const PqParams& p, uint8_t* codes) {
+  constexpr int R = 4;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) pq_rows<R>(X + r * p.D, p, codes + r * p.C);
+  for (; r < rows; ++r) pq_rows<1>(X + r * p.D, p, codes + r * p.C);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HalutLookup.
+
+// In-register transpose of 16 vectors of 16 floats (rows <-> lanes).
+inline void transpose16(__m512 r[16]) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m512d a0 = _mm512_castps_pd(a[4 * q]), a1 = _mm512_castps_pd(a[4 * q + 1]);
+    const __m512d a2 = _mm512_castps_pd(a[4 * q + 2]), a3 = _mm512_castps_pd(a[4 * q + 3]);
+    b[4 * q + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512 c02 = _mm512_shuffle_f32x4(b[k], b[4 + k], 0x88);
+    const __m512 c13 = _mm512_shuffle_f32x4(b[k], b[4 + k], 0xdd);
+    const __m512 d02 = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0x88);
+    const __m512 d13 = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0xdd);
+    r[k] = _mm512_shuffle_f32x4(c02, d02, 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(c02, d02, 0xdd);
+    r[4 + k] = _mm512_shuffle_f32x4(c13, d13, 0x88);
+    r[12 + k] = _mm512_shuffle_f32x4(c13, d13, 0xdd);
+  }
+}
+
+void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch) {
+  const int64_t G = p.Cpad / 4;  // groups of 4 codebooks
+  const int64_t table_stride = p.Cpad * kCodes;
+  // Index words, [G][64 rows]: byte j of a row's word is code(4g + j) & 15 plus 16 j (its codebook's table).
+  uint32_t* index = static_cast<uint32_t*>(scratch);
+  for (int64_t r = 0; r < kRowsPerTask; ++r) {
+    const uint8_t* src = codes + r * p.C;
+    for (int64_t g = 0; g < G; ++g) {
+      uint32_t word = 0;
+      if (r < rows) {
+        if (4 * g + 4 <= p.C) {
+          std::memcpy(&word, src + 4 * g, 4);
+        } else {
+          for (int64_t j = 0; 4 * g + j < p.C; ++j) word |= static_cast<uint32_t>(src[4 * g + j]) << (8 * j);
+        }
+      }
+      index[g * kRowsPerTask + r] = (word & 0x0F0F0F0Fu) | 0x30201000u;
+    }
+  }
+  const int64_t blocks = (rows + 15) / 16;  // 16-row blocks holding real rows
+  const __m512i ones = _mm512_set1_epi8(1);
+  alignas(64) float tile[16][kRowsPerTask];  // 16 outputs x 64 rows
+  for (int64_t m0 = 0; m0 < p.Mpad; m0 += 16) {
+    for (int64_t mb = 0; mb < 16; mb += 4) {
+      __m512i acc[4][4];
+      for (int j = 0; j < 4; ++j)
+        for (int b = 0; b < 4; ++b) acc[j][b] = _mm512_setzero_si512();
+      const int8_t* table = p.lut + (m0 + mb) * table_stride;
+      for (int64_t g = 0; g < G; ++g) {
+        const __m512i* idx = reinterpret_cast<const __m512i*>(index + g * kRowsPerTask);
+        const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 1);
+        const __m512i i2 = _mm512_load_si512(idx + 2), i3 = _mm512_load_si512(idx + 3);
+        for (int j = 0; j < 4; ++j) {
+          const __m512i t = _mm512_loadu_si512(table + j * table_stride + g * 64);
+          acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], ones, _mm512_permutexvar_epi8(i0, t));
+          acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], ones, _mm512_permutexvar_epi8(i1, t));
+          acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], ones, _mm512_permutexvar_epi8(i2, t));
+          acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], ones, _mm512_permutexvar_epi8(i3, t));
+        }
+      }
+      for (int j = 0; j < 4; ++j) {
+        const __m512 scale = _mm512_set1_ps(p.scale[m0 + mb + j]);
+        const __m512 offset = _mm512_set1_ps(p.offset[m0 + mb + j]);
+        for (int b = 0; b < 4; ++b) {
+          const __m512 scaled = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[j][b]));
+          _mm512_store_ps(&tile[mb + j][16 * b], _mm512_add_ps(scaled, offset));
+        }
+      }
+    }
+    const int64_t nm = min64(16, p.M - m0);
+    if (nm <= 0) break;
+    const __mmask16 columns = static_cast<__mmask16>(nm == 16 ? 0xFFFF : (1u << nm) - 1);
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m512 r[16];
+      for (int k = 0; k < 16; ++k) r[k] = _mm512_load_ps(&tile[k][16 * b]);
+      transpose16(r);
+      const int64_t nr = min64(16, rows - 16 * b);
+      for (int64_t i = 0; i < nr; ++i) _mm512_mask_storeu_ps(Y + (16 * b + i) * p.M + m0, columns, r[i]);
+    }
+  }
+}
+
+}  // namespace
+
+const IsaKernels& avx512_kernels() {
+  static const IsaKernels k{"avx512", encode_tree, encode_pq, lookup};
+  return k;
+}
+
+}  // namespace halut::cpu

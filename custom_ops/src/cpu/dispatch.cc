@@ -1,0 +1,47 @@
+#include "dispatch.h"
+
+#include <cstring>
+
+namespace halut::cpu {
+namespace {
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+
+// vpermb (VBMI) and vpdpbusd (VNNI) carry the lookup; every CPU with VBMI but Cannon Lake also has VNNI.
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+}  // namespace
+
+std::string supported_isas() {
+  std::string names = "scalar";
+  if (cpu_has_avx2()) names += ", avx2";
+  if (cpu_has_avx512()) names += ", avx512";
+  return names;
+}
+
+const IsaKernels* select_kernels(const char* forced, std::string* error) {
+  if (forced == nullptr || *forced == '\0') {
+    if (cpu_has_avx512()) return &avx512_kernels();
+    if (cpu_has_avx2()) return &avx2_kernels();
+    return &scalar_kernels();
+  }
+  if (std::strcmp(forced, "scalar") == 0) return &scalar_kernels();
+  if (std::strcmp(forced, "avx2") == 0 && cpu_has_avx2()) return &avx2_kernels();
+  if (std::strcmp(forced, "avx512") == 0 && cpu_has_avx512()) return &avx512_kernels();
+  if (std::strcmp(forced, "avx2") == 0 || std::strcmp(forced, "avx512") == 0) {
+    *error = std::string("HALUT_ONNX_ISA=") + forced + " but this CPU lacks it (supported: " + supported_isas() + ")";
+  } else {
+    *error = std::string("HALUT_ONNX_ISA=") + forced + " is not one of scalar, avx2, avx512";
+  }
+  return nullptr;
+}
+
+}  // namespace halut::cpu

@@ -1,0 +1,56 @@
+#include "encode_pq.h"
+
+#include <algorithm>
+
+namespace halut {
+
+EncodePqKernel::EncodePqKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
+  auto vectors = constant_input(info, 1), biases = constant_input(info, 2);
+  if (vectors && biases) packed_ = pack(*vectors, *biases);
+}
+
+cpu::PackedPq EncodePqKernel::pack(const TensorView& vectors, const TensorView& biases) const {
+  expect_type(vectors, "vectors", ort::kFloat);
+  expect_rank(vectors, "vectors", 2);
+  expect_dim(vectors, "vectors", 0, cpu::kCodes, "prototypes");
+  const int64_t D = vectors.shape[1];
+  expect_type(biases, "biases", ort::kFloat);
+  expect_rank(biases, "biases", 2);
+  expect_dim(biases, "biases", 1, cpu::kCodes, "prototypes");
+  const int64_t C = biases.shape[0];
+  if (C < 1 || C > D) {
+    invalid("input 'biases' has C = " + std::to_string(C) + " codebooks for D = " + std::to_string(D) +
+            " columns of 'vectors' (expected 1 <= C <= D)");
+  }
+  return cpu::pack_pq(vectors.as<float>(), biases.as<float>(), C, D);
+}
+
+void EncodePqKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView X = input(ctx, 0);
+  expect_type(X, "X", ort::kFloat);
+  expect_min_rank(X, "X", 1);
+  std::optional<cpu::PackedPq> per_run;
+  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
+  const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
+  const int64_t D = X.shape.back();
+  if (D != pq.D) {
+    invalid("input 'X' has D = " + std::to_string(D) + " columns but 'vectors' has " + std::to_string(pq.D) +
+            " (expected X's last dim " + std::to_string(pq.D) + ", found " + std::to_string(D) + ")");
+  }
+
+  std::vector<int64_t> shape = X.shape;
+  shape.back() = pq.C;
+  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  const int64_t N = X.rows();
+  if (N == 0) return;
+  const cpu::PqParams params = pq.params();
+  const float* x = X.as<float>();
+  const cpu::IsaKernels* isa = isa_;
+  auto task = [&](int64_t t) noexcept {
+    const int64_t r0 = t * cpu::kRowsPerTask;
+    isa->encode_pq(x + r0 * D, std::min(cpu::kRowsPerTask, N - r0), params, codes + r0 * pq.C);
+  };
+  parallel_for(ctx, (N + cpu::kRowsPerTask - 1) / cpu::kRowsPerTask, task);
+}
+
+}  // namespace halut

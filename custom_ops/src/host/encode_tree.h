@@ -1,0 +1,26 @@
+// HalutEncodeTree: codes[..., C] from C depth-4 decision trees over X[..., D] (docs/ops.md).
+#pragma once
+
+#include <optional>
+
+#include "../cpu/pack.h"
+#include "kernel_base.h"
+
+namespace halut {
+
+class EncodeTreeKernel : public KernelBase {
+ public:
+  static constexpr const char* kName = "HalutEncodeTree";
+  static constexpr size_t kInputCount = 3;  // X, split_dims, thresholds
+  static constexpr int kOutputTypes[] = {ort::kUint8};
+
+  EncodeTreeKernel(const OrtApi* api, const OrtKernelInfo* info);
+  void Compute(OrtKernelContext* ctx);
+
+ private:
+  cpu::PackedTree pack(const TensorView& split_dims, const TensorView& thresholds) const;
+
+  std::optional<cpu::PackedTree> packed_;
+};
+
+}  // namespace halut

@@ -1,0 +1,64 @@
+#include "lookup.h"
+
+#include <algorithm>
+#include <atomic>
+
+namespace halut {
+
+LookupKernel::LookupKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
+  auto lut = constant_input(info, 1), scale = constant_input(info, 2), offset = constant_input(info, 3);
+  if (lut && scale && offset) packed_ = pack(*lut, *scale, *offset);
+}
+
+cpu::PackedLut LookupKernel::pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const {
+  expect_type(lut, "lut", ort::kInt8);
+  expect_rank(lut, "lut", 3);
+  expect_dim(lut, "lut", 2, cpu::kCodes, "codes per codebook");
+  const int64_t M = lut.shape[0], C = lut.shape[1];
+  if (C < 1) invalid("input 'lut' needs at least one codebook, found shape " + lut.shape_str());
+  expect_type(scale, "scale", ort::kFloat);
+  expect_rank(scale, "scale", 1);
+  expect_dim(scale, "scale", 0, M, "M, lut's dim 0");
+  expect_type(offset, "offset", ort::kFloat);
+  expect_rank(offset, "offset", 1);
+  expect_dim(offset, "offset", 0, M, "M, lut's dim 0");
+  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C);
+}
+
+void LookupKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView codes = input(ctx, 0);
+  expect_type(codes, "codes", ort::kUint8);
+  expect_min_rank(codes, "codes", 1);
+  std::optional<cpu::PackedLut> per_run;
+  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2), input(ctx, 3));
+  const cpu::PackedLut& lut = packed_ ? *packed_ : *per_run;
+  expect_dim(codes, "codes", codes.rank() - 1, lut.C, "C, lut's dim 1");
+
+  std::vector<int64_t> shape = codes.shape;
+  shape.back() = lut.M;
+  float* Y = static_cast<float*>(output(ctx, 0, shape));
+  const int64_t N = codes.rows();
+  if (N == 0 || lut.M == 0) return;
+
+  const cpu::LutParams params = lut.params();
+  const uint8_t* code_data = codes.as<uint8_t>();
+  const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad);
+  const cpu::IsaKernels* isa = isa_;
+  std::atomic<bool> out_of_memory{false};
+  auto task = [&](int64_t t) noexcept {
+    const int64_t r0 = t * cpu::kRowsPerTask;
+    const int64_t rows = std::min(cpu::kRowsPerTask, N - r0);
+    void* scratch = nullptr;
+    try {
+      scratch = thread_scratch(scratch_bytes);
+    } catch (...) {
+      out_of_memory = true;
+      return;
+    }
+    isa->lookup(code_data + r0 * lut.C, rows, params, Y + r0 * lut.M, scratch);
+  };
+  parallel_for(ctx, (N + cpu::kRowsPerTask - 1) / cpu::kRowsPerTask, task);
+  if (out_of_memory) throw std::bad_alloc();
+}
+
+}  // namespace halut

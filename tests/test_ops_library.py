@@ -1,0 +1,69 @@
+"""The custom-op library as a whole: found by the package, loads into onnxruntime, serves the ai.halut domain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from ops_models import lookup_weights, make_session, single_node_model
+
+import halut_onnx
+from halut_onnx import reference
+from halut_onnx.ops import LOOKUP
+
+
+def test_library_path_exists_and_registers():
+    path = halut_onnx.get_library_path()
+    assert path.endswith("libhalut_ops.so")
+    options = halut_onnx.session_options()
+    assert isinstance(options, ort.SessionOptions)
+
+
+def test_two_sessions_with_separate_options_both_run(rng):
+    """RegisterCustomOps runs once per SessionOptions: each call needs its own domain."""
+    codes = rng.integers(0, 16, size=(4, 3), dtype=np.uint8)
+    w = lookup_weights(rng, 5, 3)
+    model = single_node_model(LOOKUP, codes, w)
+    first, second = make_session(model), make_session(model)
+    expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
+    for session in (first, second):
+        np.testing.assert_array_equal(session.run(None, {"codes": codes})[0], expected)
+
+
+def test_model_without_the_library_fails_cleanly(rng):
+    codes = rng.integers(0, 16, size=(4, 3), dtype=np.uint8)
+    model = single_node_model(LOOKUP, codes, lookup_weights(rng, 5, 3))
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error: the op is unknown without the library
+        assert "HalutLookup" in str(e)
+    else:
+        raise AssertionError("a Halut model must not load without the custom-op library")
+
+
+def test_forced_avx512_on_a_cpu_without_it_reports_supported_paths(rng, tmp_path):
+    """Forcing a path the CPU lacks is an error (simulated: every path but scalar is refused when absent)."""
+    script = (
+        "import numpy as np, sys; sys.path.insert(0, 'tests'); from ops_models import *\n"
+        "w = lookup_weights(np.random.default_rng(0), 4, 2)\n"
+        "try:\n"
+        "    run_op('HalutLookup', np.zeros((1, 2), np.uint8), w)\n"
+        "    print('ran')\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    from ops_models import ISA_FLAGS, cpu_flags
+
+    flags = cpu_flags()
+    for isa, needed in ISA_FLAGS.items():
+        out = subprocess.run([sys.executable, "-c", script], env={"HALUT_ONNX_ISA": isa, "PATH": ""},
+                             capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+                             timeout=60).stdout
+        if needed <= flags:
+            assert out.strip() == "ran"
+        else:
+            assert f"HALUT_ONNX_ISA={isa} but this CPU lacks it (supported: scalar" in out
