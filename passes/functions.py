@@ -173,7 +173,7 @@ def encode_pq_function(opset: int) -> onnx.FunctionProto:
         n("Add", ["dots", "biases_flat"], ["scores_flat"]),
         n("Shape", ["X"], ["x_shape"]),
         n("Slice", ["x_shape", "start0", "end_minus1"], ["lead"]),
-        n("Reshape", ["C", "one_dim"], ["C_1d"]),  # C, not -1: an empty X would make -1 ambiguous
+        n("Slice", ["b_shape", "start0", "one_dim"], ["C_1d"]),  # C, not -1: an empty X would make -1 ambiguous
         n("Concat", ["lead", "C_1d", "codes_dim"], ["scores_shape"], axis=0),
         n("Reshape", ["scores_flat", "scores_shape"], ["scores"]),  # (..., C, 16)
         # Ties go to the lowest index, as in the contract's scan.

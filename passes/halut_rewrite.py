@@ -80,6 +80,10 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
         cand, layer = rewrite.candidate, rewrite.layer
         names = node_names(cand.name)
         x, y = tensors[cand.input_name], tensors[cand.output_name]
+        if isinstance(x, gs.Variable) and x.dtype is None:
+            # The op takes float32 (checked on the calibration data); typing X lets shape inference go through
+            # the function body when X comes from an op onnx cannot infer (ai.onnx.ml, custom domains).
+            x.dtype = np.float32
         for old in cand.replaced_nodes:
             nodes[old].outputs.clear()
             nodes[old].inputs.clear()

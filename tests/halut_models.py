@@ -52,3 +52,34 @@ def write_calibration(folder: Path, name: str, arrays, per_file: int = 1) -> Pat
     for i in range(0, len(arrays), per_file):
         np.savez(folder / f"sample_{i:04d}.npz", **{name: arrays[i : i + per_file]})
     return folder
+
+
+def zoo(rng: np.random.Generator, D: int = 32) -> onnx.ModelProto:
+    """One model with every case the rewrite must tell apart.
+
+    x [N, T, D]: ``fc3d`` MatMul (rank-3 A) and ``k_proj`` MatMul feed ``attn``, an activation x activation MatMul.
+    z [N, D]: an ai.onnx.ml Scaler, then ``fcz`` MatMul + ``fcz_bias`` Add (a (1, 16) bias), then ``gemm_ta``, a Gemm
+    with transA=1 (skipped), and ``tiny`` (D=4, under the default --min-dim).
+    """
+    w = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)  # noqa: E731
+    inits = {"w3": w(D, 24), "wk": w(D, 24), "wz": w(D, 16), "bz": w(1, 16), "wta": w(16, 8), "wtiny": w(4, 3)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w3"], ["q"], name="fc3d"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+        helper.make_node("MatMul", ["q", "kt"], ["att"], name="attn"),
+        helper.make_node("Scaler", ["z"], ["zs"], domain="ai.onnx.ml", name="scaler", offset=[0.5], scale=[2.0]),
+        helper.make_node("MatMul", ["zs", "wz"], ["z1"], name="fcz"),
+        helper.make_node("Add", ["z1", "bz"], ["z2"], name="fcz_bias"),
+        helper.make_node("Transpose", ["z2"], ["z2t"], perm=[1, 0], name="z2t"),
+        helper.make_node("Gemm", ["z2t", "wta"], ["g"], name="gemm_ta", transA=1),
+        helper.make_node("Slice", ["z2", "s0", "s4", "s1"], ["z4"], name="slice4"),
+        helper.make_node("MatMul", ["z4", "wtiny"], ["t"], name="tiny"),
+    ]
+    inits.update({"s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "s1": np.array([1], np.int64)})
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", D]),
+              helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", D])]
+    outputs = [helper.make_tensor_value_info("att", TensorProto.FLOAT, ["N", "T", "T"]),
+               helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 8]),
+               helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])]
+    return make_model(nodes, inputs, outputs, inits, extra_opsets=[("ai.onnx.ml", 3)])

@@ -1,0 +1,174 @@
+"""The graph pass alone: which nodes are candidates (and why not), and the structure and numbers of the rewrite,
+with hand-made layer parameters (no learning)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from halut_models import IR_VERSION, OPSET, make_model, mlp, zoo
+from halut_onnx import reference
+from halut_onnx.passes import LayerRewrite, find_layers, name_nodes, rewrite_model
+
+
+def _find(model):
+    candidates, skipped = find_layers(onnx.shape_inference.infer_shapes(model))
+    return {c.name: c for c in candidates}, {s.name: s.reason for s in skipped}
+
+
+def test_candidates_of_the_zoo(rng):
+    candidates, skipped = _find(zoo(rng))
+    assert sorted(candidates) == ["fc3d", "fcz", "k_proj", "tiny"]
+    assert skipped == {
+        "attn": "input B is an activation (activation x activation product)",
+        "gemm_ta": "Gemm with transA=1 is not supported",
+    }
+    fcz = candidates["fcz"]
+    assert (fcz.input_name, fcz.output_name, fcz.bias_node, fcz.D, fcz.M) == ("zs", "z2", "fcz_bias", 32, 16)
+    assert candidates["fc3d"].input_rank == 3 and candidates["fc3d"].bias is None
+
+
+def test_gemm_weight_and_bias_are_folded(rng):
+    model = mlp(rng)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    candidates, _ = _find(model)
+    fc2 = candidates["fc2"]  # transB=1, alpha=0.5, beta=2, C of shape (1, M)
+    np.testing.assert_array_equal(fc2.weight, (inits["w2"].T * np.float32(0.5)))
+    np.testing.assert_array_equal(fc2.bias, inits["c2"][0] * np.float32(2.0))
+    np.testing.assert_array_equal(candidates["fc1"].bias, inits["b1"])
+
+
+@pytest.mark.parametrize(
+    "bias_shape,consumers,folded",
+    [((16,), 1, True), ((1, 16), 1, True), ((1,), 1, True), ((5, 16), 1, False), ((1, 1, 16), 1, False),
+     ((16,), 2, False)],
+)
+def test_bias_add_folding_rules(rng, bias_shape, consumers, folded):
+    """Only a per-column constant that keeps the output's rank, added to a MatMul with no other consumer, folds."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), helper.make_node("Add", ["h", "b"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if consumers == 2:
+        nodes.append(helper.make_node("Relu", ["h"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outputs, [
+            numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b")]),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    name_nodes(model)
+    candidates, _ = _find(model)
+    assert (candidates["fc"].bias_node is not None) == folded
+    assert candidates["fc"].output_name == ("y" if folded else "h")
+
+
+@pytest.mark.parametrize(
+    "b,a_type,reason",
+    [
+        (np.zeros((2, 32, 8), np.float32), TensorProto.FLOAT, "constant B has rank 3; needs a 2-D weight"),
+        (np.zeros((32, 8), np.float16), TensorProto.FLOAT16, "input A is float16; the Halut ops take float32"),
+    ],
+)
+def test_ineligible_matmuls_say_why(rng, b, a_type, reason):
+    x = helper.make_tensor_value_info("x", a_type, [2, 5, 32])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g", [x],
+                          [helper.make_tensor_value_info("y", a_type, None)], [numpy_helper.from_array(b, "w")]),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    assert _find(model)[1] == {"fc": reason}
+
+
+def test_name_nodes_makes_names_unique(rng):
+    model = mlp(rng)
+    model.graph.node[1].name = ""
+    model.graph.node[2].name = "fc1"
+    name_nodes(model)
+    assert [n.name for n in model.graph.node] == ["fc1", "Add_1", "fc1_2", "fc2"]
+
+
+def _fake_layer(rng, D, M, C, encoder):
+    """Hand-made parameters with the fields of learn.HalutLayer that the rewrite reads."""
+    layer = SimpleNamespace(encoder=encoder, D=D, M=M, C=C, split_dims=None, thresholds=None, pq_vectors=None,
+                            pq_biases=None)
+    if encoder == "tree":
+        layer.split_dims = rng.integers(0, D, (C, 4)).astype(np.int64)
+        layer.thresholds = rng.standard_normal((C, 15)).astype(np.float32) * 0.3
+    else:
+        layer.pq_vectors = rng.standard_normal((16, D)).astype(np.float32)
+        layer.pq_biases = rng.standard_normal((C, 16)).astype(np.float32)
+    layer.lut_q = rng.integers(-128, 128, (M, C, 16)).astype(np.int8)
+    layer.scale = (rng.random(M) * 0.01).astype(np.float32)
+    layer.offset = rng.standard_normal(M).astype(np.float32)
+    return layer
+
+
+def _layer_ref(layer, X):
+    lead = X.shape[:-1]
+    X = X.reshape(-1, X.shape[-1])
+    if layer.encoder == "tree":
+        codes = reference.encode_tree(X, layer.split_dims, layer.thresholds)
+    else:
+        codes = reference.encode_pq(X, layer.pq_vectors, layer.pq_biases)
+    return reference.lookup(codes, layer.lut_q, layer.scale, layer.offset).reshape(*lead, -1)
+
+
+def _rewrite_zoo(rng, encoder="tree"):
+    model = zoo(rng)
+    name_nodes(model)
+    candidates, _ = _find(model)
+    layers = {name: _fake_layer(rng, candidates[name].D, candidates[name].M, 4, encoder) for name in ("fc3d", "fcz")}
+    rewrites = [LayerRewrite(candidates[n], layers[n], f"replaces {n}") for n in layers]
+    return model, rewrite_model(model, rewrites), layers
+
+
+def test_rewrite_structure(rng):
+    model, out, _ = _rewrite_zoo(rng)
+    onnx.checker.check_model(out, full_check=True)
+    ops = [(n.domain, n.op_type) for n in out.graph.node]
+    assert ops.count(("ai.halut", "HalutEncodeTree")) == 2 and ops.count(("ai.halut", "HalutLookup")) == 2
+    assert ops.count(("", "MatMul")) == 3  # k_proj, attn, tiny untouched; fc3d and fcz replaced
+    assert ("", "Add") not in ops  # fcz's bias is folded into the lookup
+    assert ("ai.onnx.ml", "Scaler") in ops
+    names = {n.name: n for n in out.graph.node}
+    assert "fc3d" not in names and "fcz_bias" not in names
+    encode, lookup = names["fcz/halut_encode"], names["fcz/halut_lookup"]
+    assert list(encode.input) == ["zs", "fcz.halut.split_dims", "fcz.halut.thresholds"]
+    assert list(encode.output) == ["fcz/halut_codes"]
+    assert list(lookup.input) == ["fcz/halut_codes", "fcz.halut.lut", "fcz.halut.scale", "fcz.halut.offset"]
+    assert list(lookup.output) == ["z2"] and lookup.doc_string == "replaces fcz"
+    inits = {t.name for t in out.graph.initializer}
+    assert {"fcz.halut.lut", "fc3d.halut.thresholds"} <= inits and not {"w3", "wz", "bz"} & inits
+    assert out.ir_version == model.ir_version == IR_VERSION
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", OPSET), ("ai.onnx.ml", 3), ("ai.halut", 1)}
+    assert sorted(f.name for f in out.functions) == ["HalutEncodeTree", "HalutLookup"]
+    assert (out.producer_name, out.graph.name) == (model.producer_name, model.graph.name)
+
+
+def test_rewrite_keeps_output_shapes_under_inference(rng):
+    _, out, _ = _rewrite_zoo(rng, "pq")
+    inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
+    for value in inferred.graph.output:
+        assert value.type.tensor_type.HasField("shape"), value.name
+    codes = {v.name: v for v in inferred.graph.value_info}["fc3d/halut_codes"].type.tensor_type
+    assert codes.elem_type == TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in codes.shape.dim] == ["N", "T", 4]
+
+
+@pytest.mark.parametrize("encoder", ["tree", "pq"])
+def test_rewritten_model_computes_the_reference(rng, encoder):
+    model, out, layers = _rewrite_zoo(rng, encoder)
+    x = rng.standard_normal((3, 5, 32)).astype(np.float32)
+    z = rng.standard_normal((3, 32)).astype(np.float32)
+    feed = {"x": x, "z": z}
+    got = dict(zip(["att", "g", "t"], ort.InferenceSession(out.SerializeToString()).run(None, feed)))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = _layer_ref(layers["fc3d"], x)
+    k = x @ inits["wk"]
+    z2 = _layer_ref(layers["fcz"], z * np.float32(2.0) - np.float32(1.0))  # Scaler: (z - 0.5) * 2
+    tol = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["att"], q @ k.transpose(0, 2, 1), **tol)
+    np.testing.assert_allclose(got["g"], z2 @ inits["wta"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["t"], z2[:, :4] @ inits["wtiny"], **tol)
