@@ -1,0 +1,205 @@
+"""convert_model end to end on small models: structure, metadata, numbers against the numpy spec and the original."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from halut_models import IR_VERSION, OPSET, low_rank, make_model, mlp, write_calibration, zoo
+from halut_onnx import __version__, reference
+from halut_onnx.convert import ConvertOptions, convert_model
+from halut_onnx.errors import ConversionError
+from halut_onnx.learn import LearnOptions
+from halut_onnx.selection import default_codebooks
+
+FAST = dict(codebooks=4, max_rows=600, progress=False)
+
+
+@pytest.fixture
+def mlp_case(tmp_path, rng):
+    model = mlp(rng)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    data = low_rank(rng, (1100, 32))  # one distribution: 800 calibration rows, 300 held-out test rows
+    calib = write_calibration(tmp_path / "calib", "x", data[:800], per_file=100)
+    return path, calib, data[800:]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _params(model, layer):
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {k.split(".halut.")[1]: v for k, v in inits.items() if k.startswith(f"{layer}.halut.")}
+
+
+def _layer_ref(p, X):
+    if "split_dims" in p:
+        codes = reference.encode_tree(X, p["split_dims"], p["thresholds"])
+    else:
+        codes = reference.encode_pq(X, p["vectors"], p["biases"])
+    return reference.lookup(codes, p["lut"], p["scale"], p["offset"])
+
+
+def _mlp_ref(model, x):
+    """The converted MLP in numpy: lookup(fc1) -> Relu -> lookup(fc2), parameters read from the model."""
+    h = np.maximum(_layer_ref(_params(model, "fc1"), x), np.float32(0))
+    return _layer_ref(_params(model, "fc2"), h)
+
+
+def _nmse(y, ref):
+    return float(np.sum((y - ref) ** 2) / np.sum(ref**2))
+
+
+def test_convert_tree_mlp(mlp_case, tmp_path):
+    path, calib, x = mlp_case
+    before = _sha(path)
+    out_path = tmp_path / "out.onnx"
+    options = ConvertOptions(encoder="tree", **FAST)
+    result = convert_model(path, calib, out_path, options)
+
+    assert _sha(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "mlp.onnx", "out.onnx"]  # no temp file left
+    assert [(r.name, r.op_type, r.status, r.bias_node, r.D, r.M, r.C) for r in result.layers] == [
+        ("fc1", "MatMul", "converted", "fc1_bias", 32, 24, 4), ("fc2", "Gemm", "converted", None, 24, 10, 4)]
+    assert all(r.rows_seen == 800 and r.rows_train + r.rows_heldout == 600 for r in result.layers)
+
+    out = onnx.load(out_path)
+    onnx.checker.check_model(out, full_check=True)
+    assert out.ir_version == IR_VERSION
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", OPSET), ("ai.halut", 1)}
+    assert [n.op_type for n in out.graph.node] == [
+        "HalutEncodeTree", "HalutLookup", "Relu", "HalutEncodeTree", "HalutLookup"]
+    doc = {n.name: n.doc_string for n in out.graph.node}["fc1/halut_lookup"]
+    assert doc.startswith("Halut replacement of MatMul 'fc1' (B 'w1' [32, 24]) + Add 'fc1_bias' (bias folded): "
+                          "D=32, M=24, C=4 codebooks, encoder=tree; learned on 600 calibration rows (480 train, "
+                          "120 held out, 800 seen); held-out NMSE ")
+    meta = {p.key: p.value for p in out.metadata_props}
+    assert meta["halut.version"] == __version__
+    assert json.loads(meta["halut.settings"]) == options.settings()
+    assert [layer["name"] for layer in json.loads(meta["halut.layers"])] == ["fc1", "fc2"]
+    assert json.loads(meta["halut.skipped"]) == []
+
+    # The function fallback (no library) computes the spec exactly for trees and lookups.
+    y = ort.InferenceSession(str(out_path)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, _mlp_ref(out, x))
+    # ... and approximates the original on held-out data of the same low-rank structure.
+    y0 = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert _nmse(y, y0) < 0.05
+
+
+def test_convert_pq_mlp(mlp_case, tmp_path):
+    path, calib, x = mlp_case
+    result = convert_model(path, calib, tmp_path / "out.onnx", ConvertOptions(encoder="pq", **FAST))
+    out = result.model
+    assert [n.op_type for n in out.graph.node if n.domain == "ai.halut"] == ["HalutEncodePQ", "HalutLookup"] * 2
+    y = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})[0]
+    ref = _mlp_ref(out, x)
+    # The body's MatMul may flip a code at a rounding tie (rare): every other row is exact.
+    rows_differ = np.any(y != ref, axis=1)
+    assert rows_differ.mean() <= 0.01
+    y0 = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert _nmse(y, y0) < 0.05
+
+
+def test_convert_zoo_skips_with_reasons_and_passes_other_nodes(tmp_path, rng):
+    model = zoo(rng)
+    path = tmp_path / "zoo.onnx"
+    onnx.save(model, path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        np.savez(calib / f"{i}.npz", x=low_rank(rng, (4, 10, 32)), z=low_rank(rng, (20, 32)))
+    result = convert_model(path, calib, tmp_path / "out.onnx", ConvertOptions(encoder="tree", **FAST))
+    status = {r.name: r.reason or r.status for r in result.layers}
+    assert status == {
+        "fc3d": "converted", "k_proj": "converted", "attn": "input B is an activation (activation x activation product)",
+        "fcz": "converted", "gemm_ta": "Gemm with transA=1 is not supported",
+        "tiny": "D=4 is below --min-dim 16: too small to gain from a lookup",
+    }
+    assert {r.name: r.rows_seen for r in result.converted} == {"fc3d": 240, "k_proj": 240, "fcz": 120}
+    out = onnx.load(tmp_path / "out.onnx")
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", OPSET), ("ai.onnx.ml", 3), ("ai.halut", 1)}
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMul") == 2 and "Scaler" in ops and "Gemm" in ops
+    skipped = json.loads({p.key: p.value for p in out.metadata_props}["halut.skipped"])
+    assert [s["name"] for s in skipped] == ["attn", "gemm_ta", "tiny"]
+    inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    assert all(o.type.tensor_type.HasField("shape") for o in inferred.graph.output)
+    feed = {"x": low_rank(rng, (2, 10, 32)), "z": low_rank(rng, (5, 32))}
+    got = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, feed)
+    want = ort.InferenceSession(str(path)).run(None, feed)
+    assert [g.shape for g in got] == [w.shape for w in want]
+
+
+def test_include_exclude_and_codebooks_above_d(mlp_case, tmp_path):
+    path, calib, _ = mlp_case
+    result = convert_model(path, calib, None, ConvertOptions(include=("fc",), exclude=("2$",), codebooks=64,
+                                                             max_rows=600, progress=False))
+    fc1, fc2 = result.layers
+    assert (fc1.status, fc1.C, fc1.notes[0]) == ("converted", 32, "-C 64 is more than D=32: C=D")
+    assert "underdetermined" in fc1.notes[1]  # the learning warning (480 rows for 512 LUT entries) is kept
+    assert (fc2.status, fc2.reason) == ("skipped", "matched by --exclude '2$'")
+    result = convert_model(path, calib, None, ConvertOptions(include=("fc1",), **FAST))
+    assert result.layers[1].reason == "not matched by --include"
+
+
+def test_memory_budget_splits_calibration_without_changing_the_result(mlp_case):
+    path, calib, _ = mlp_case
+    one = convert_model(path, calib, None, ConvertOptions(**FAST))
+    split = convert_model(path, calib, None, ConvertOptions(memory_mb=1, **{**FAST, "max_rows": 5000}))
+    again = convert_model(path, calib, None, ConvertOptions(memory_mb=1, **{**FAST, "max_rows": 5000}))
+    assert [r.rows_seen for r in split.layers] == [800, 800]
+    assert split.model.SerializeToString() == again.model.SerializeToString()  # seeded: same bytes
+    assert one.model.graph.initializer[0].name  # the single-pass run converts too
+
+
+def test_too_few_rows_skips_then_fails(tmp_path, rng):
+    model = mlp(rng)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    calib = write_calibration(tmp_path / "calib", "x", low_rank(rng, (10, 32)))
+    with pytest.raises(ConversionError, match=r"^no layer of .*mlp.onnx could be converted: fc1: learning failed: "
+                                              r"A has 10 rows; learning needs at least"):
+        convert_model(path, calib, tmp_path / "out.onnx", ConvertOptions(**FAST))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_user_errors(mlp_case, tmp_path, rng):
+    path, calib, _ = mlp_case
+    with pytest.raises(ConversionError) as err:
+        convert_model(path, calib, path, ConvertOptions(**FAST))
+    assert str(err.value) == f"the output path {path} is the input model; write the output elsewhere"
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", 8])
+    k = helper.make_tensor_value_info("k", TensorProto.FLOAT, [8, "N"])
+    attention = make_model([helper.make_node("MatMul", ["q", "k"], ["s"], name="scores")], [q, k],
+                           [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", "N"])], {})
+    with pytest.raises(ConversionError) as err:
+        convert_model(attention, calib, None, ConvertOptions(**FAST))
+    assert str(err.value) == ("no eligible layer in the model: 1 MatMul/Gemm/Conv nodes skipped: scores: input B is "
+                              "an activation (activation x activation product)")
+    with pytest.raises(ValueError, match=r"^--include '\(' is not a valid regular expression"):
+        convert_model(path, calib, None, ConvertOptions(include=("(",)))
+
+
+def test_library_runs_the_converted_model_like_the_fallback(mlp_case, tmp_path):
+    from halut_onnx.library import get_library_path, session_options
+
+    try:
+        get_library_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    path, calib, x = mlp_case
+    out = convert_model(path, calib, None, ConvertOptions(encoder="tree", **FAST)).model
+    kernels = ort.InferenceSession(out.SerializeToString(), session_options()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(kernels, _mlp_ref(out, x))
+
+
+def test_default_codebook_rule():
+    assert [default_codebooks(D) for D in (3, 16, 24, 64, 100, 256, 512, 4096)] == [3, 4, 4, 8, 16, 32, 64, 64]
+    assert ConvertOptions().encoder == LearnOptions().encoder  # one default for the CLI and the API
