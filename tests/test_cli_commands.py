@@ -1,0 +1,107 @@
+"""The convert / inspect / eval / bench commands through click's runner: tables, and one-line errors."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from halut_models import low_rank, mlp, write_calibration
+from halut_onnx.cli import convert, main
+from halut_onnx.options import ConvertOptions
+
+
+@pytest.fixture
+def case(tmp_path, rng):
+    onnx.save(mlp(rng), tmp_path / "mlp.onnx")
+    data = low_rank(rng, (700, 32))
+    write_calibration(tmp_path / "calib", "x", data[:600], per_file=100)
+    write_calibration(tmp_path / "test", "x", data[600:], per_file=50)
+    return tmp_path
+
+
+def _run(args, cwd):
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, args)
+    finally:
+        os.chdir(old)
+
+
+CONVERT = ["convert", "mlp.onnx", "--calib", "calib", "-o", "out.onnx", "-C", "4", "--no-progress"]
+
+
+def test_convert_inspect_eval_bench(case):
+    result = _run(CONVERT + ["--encoder", "tree", "--exclude", "fc2"], case)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "held-out", "NMSE", "notes"]
+    assert lines[2].split()[:7] == ["fc1", "MatMul", "32", "24", "4", "tree", "600"]
+    assert "fc2            Gemm  matched by --exclude 'fc2'" in result.stdout
+    assert lines[-1] == "Wrote out.onnx: 1 layers converted, 1 skipped."
+
+    result = _run(["inspect", "out.onnx"], case)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Converted by halut-onnx ")
+    assert lines[1].split() == ["layer", "op", "D", "M", "C", "encoder", "LUT", "bytes", "held-out", "NMSE"]
+    assert lines[3].split()[:7] == ["fc1", "MatMul", "32", "24", "4", "tree", str(24 * 4 * 16)]
+    assert lines[-1].split()[:2] == ["fc2", "Gemm"]
+
+    result = _run(["eval", "mlp.onnx", "out.onnx", "--data", "test", "--no-progress"], case)
+    assert result.exit_code == 0, result.output
+    row = result.stdout.splitlines()[2].split()
+    assert row[:2] == ["y", "50x10"]
+    nmse, cosine, top1 = map(float, row[2:5])
+    assert nmse < 0.05 and cosine > 0.97 and 0.5 < top1 <= 1
+
+    result = _run(["bench", "mlp.onnx", "out.onnx", "--runs", "3", "--warmup", "1", "--batch", "4"], case)
+    assert result.exit_code == 0, result.output
+    assert "speedup (original / converted): " in result.stdout and "inputs x [4, 32]" in result.stdout
+
+
+def test_convert_flags_are_the_options_fields():
+    flags = {p.name for p in convert.params} - {"model", "calib_dir", "output"}
+    assert flags == {f.name for f in dataclasses.fields(ConvertOptions)}
+    defaults = {p.name: p.default for p in convert.params if p.name in flags and not p.multiple}
+    assert defaults == {k: v for k, v in dataclasses.asdict(ConvertOptions()).items() if k not in ("include", "exclude")}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["convert", "nope.onnx", "--calib", "calib", "-o", "o.onnx"], "model file nope.onnx does not exist"),
+        (["convert", "junk.onnx", "--calib", "calib", "-o", "o.onnx"], "junk.onnx is not an ONNX model"),
+        (["convert", "mlp.onnx", "--calib", "calib", "-o", "mlp.onnx"],
+         "the output path mlp.onnx is the input model; write the output elsewhere"),
+        (["convert", "mlp.onnx", "--calib", "empty", "-o", "o.onnx"], "no .npz or .npy calibration files in empty"),
+        (["convert", "mlp.onnx", "--calib", "bad", "-o", "o.onnx", "--no-progress"],
+         "bad/x.npz: input 'x' has dtype float64, the model expects float32"),
+        (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--include", "nothing"],
+         "no eligible layer in mlp.onnx: 2 MatMul/Gemm/Conv nodes skipped: fc1: not matched by --include; "
+         "fc2: not matched by --include"),
+        (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
+        (["inspect", "nope.onnx"], "model file nope.onnx does not exist"),
+        (["eval", "mlp.onnx", "nope.onnx", "--data", "calib"], "model file nope.onnx does not exist"),
+        (["bench", "mlp.onnx", "mlp.onnx", "--dim", "N"], "--dim 'N': expected NAME=VALUE with a positive integer VALUE"),
+    ],
+)
+def test_user_errors_are_one_line(case, args, message):
+    (case / "junk.onnx").write_text("this is not a model\n" * 20)
+    (case / "empty").mkdir(exist_ok=True)
+    (case / "bad").mkdir(exist_ok=True)
+    np.savez(case / "bad" / "x.npz", x=np.zeros((2, 32)))
+    before = (case / "mlp.onnx").read_bytes()
+    result = _run(args, case)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    if message.endswith("not an ONNX model"):
+        assert result.stderr.startswith(f"Error: {message} (") and result.stderr.count("\n") == 1
+    else:
+        assert result.stderr == f"Error: {message}\n"
+    assert (case / "mlp.onnx").read_bytes() == before
+    assert not (case / "o.onnx").exists()
