@@ -23,7 +23,7 @@ ENCODE_SHAPES = [
     ((65,), 300, 300),
 ]
 
-# (leading dims, C, M): M odd and not a multiple of 16, large M, C not a multiple of 4, C past 256.
+# (leading dims, C, M): M odd and not a multiple of 16, large M, C not a multiple of 4, C past 256, many rows.
 LOOKUP_SHAPES = [
     ((0,), 8, 16),
     ((1,), 8, 33),
@@ -34,6 +34,8 @@ LOOKUP_SHAPES = [
     ((3,), 16, 3072),
     ((70,), 300, 17),
     ((64,), 1, 1),
+    ((4100,), 20, 19),  # long inputs: 256-row tasks, a partial last one
+    ((2, 2100), 33, 24),
 ]
 
 

@@ -61,9 +61,23 @@ void encode_tree(const float* X, int64_t rows, int64_t D, const TreeParams& p, u
 
 // ---------------------------------------------------------------------------------------------------------------
 // HalutEncodePQ: the 16 prototypes in two registers per row; R rows share each column load.
+// The scan of docs/ops.md (first index of the smallest score; a NaN never wins; NaN at 0 keeps 0), branch-free:
+// a scalar scan over random scores mispredicts on most codebooks.
+inline int argmin16(__m256 lo, __m256 hi) {
+  const __m256 ordered_lo = _mm256_cmp_ps(lo, lo, _CMP_ORD_Q), ordered_hi = _mm256_cmp_ps(hi, hi, _CMP_ORD_Q);
+  if (!(_mm256_movemask_ps(ordered_lo) & 1)) return 0;
+  const __m256 inf = _mm256_set1_ps(__builtin_inff());
+  __m256 m = _mm256_min_ps(_mm256_blendv_ps(inf, lo, ordered_lo), _mm256_blendv_ps(inf, hi, ordered_hi));
+  m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 0x01));
+  m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, 0x4E));
+  m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, 0xB1));  // every lane holds the smallest ordered score
+  const int at = _mm256_movemask_ps(_mm256_cmp_ps(lo, m, _CMP_EQ_OQ)) |
+                 (_mm256_movemask_ps(_mm256_cmp_ps(hi, m, _CMP_EQ_OQ)) << 8);
+  return __builtin_ctz(static_cast<unsigned>(at));
+}
+
 template <int R>
 void pq_rows(const float* X, const PqParams& p, uint8_t* codes) {
-  alignas(32) float score[kCodes];
   for (int64_t c = 0; c < p.C; ++c) {
     __m256 lo[R], hi[R];
     const __m256 bias_lo = _mm256_loadu_ps(p.biases + c * kCodes);
@@ -81,15 +95,7 @@ void pq_rows(const float* X, const PqParams& p, uint8_t* codes) {
         hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(x, v_hi));
       }
     }
-    for (int r = 0; r < R; ++r) {
-      _mm256_store_ps(score, lo[r]);
-      _mm256_store_ps(score + 8, hi[r]);
-      int best = 0;
-      for (int k = 1; k < kCodes; ++k) {
-        if (score[k] < score[best]) best = k;
-      }
-      codes[r * p.C + c] = static_cast<uint8_t>(best);
-    }
+    for (int r = 0; r < R; ++r) codes[r * p.C + c] = static_cast<uint8_t>(argmin16(lo[r], hi[r]));
   }
 }
 
@@ -126,32 +132,41 @@ constexpr int64_t kGroupsPerChunk = 64;  // 256 codebooks: |sum| <= 128 * 256 fi
 void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch) {
   const int64_t G = p.Cpad / 4;
   const int64_t table_stride = p.Cpad * kCodes;
-  // Index bytes, [Cpad / 2 pairs][4 blocks of 16 rows][2 lanes][16 rows].
+  const int64_t blocks = (rows + 15) / 16;
+  const int64_t span_blocks = (blocks + 1) / 2 * 2;  // whole pairs of 16-row blocks
+  // Index bytes, [span_blocks / 2][Cpad / 2 pairs][2 blocks][2 lanes][16 rows]: a pass over 32 rows reads its
+  // codebook pairs in order, one sequential stream.
   uint8_t* index = static_cast<uint8_t*>(scratch);
-  for (int64_t r = 0; r < kRowsPerTask; ++r) {
+  for (int64_t r = 0; r < span_blocks * 16; ++r) {
     const int64_t block = r / 16, lane_row = r % 16;
     for (int64_t c = 0; c < p.Cpad; ++c) {
       const uint8_t code = (r < rows && c < p.C) ? (codes[r * p.C + c] & 15) : 0;
-      index[((c / 2) * 4 + block) * 32 + (c & 1) * 16 + lane_row] = code;
+      index[((block / 2) * (p.Cpad / 2) + c / 2) * 64 + (block & 1) * 32 + (c & 1) * 16 + lane_row] = code;
     }
   }
-  const int64_t blocks = (rows + 15) / 16;
   const __m256i ones = _mm256_set1_epi8(1);
-  alignas(32) int32_t sums[8][kRowsPerTask];  // 8 outputs x 64 rows
+  alignas(32) int32_t sums[8][32];  // 8 outputs x 32 rows
+  // 8 outputs at a time (their tables stay in L1/L2) across all rows of the call, 32 rows per pass.
   for (int64_t m0 = 0; m0 < p.Mpad; m0 += 8) {
-    for (int64_t mb = 0; mb < 8; ++mb)
-      for (int64_t r = 0; r < kRowsPerTask; ++r) sums[mb][r] = 0;
+    const int64_t nm = min64(8, p.M - m0);
+    if (nm <= 0) break;
+    const __m256i columns =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nm)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int64_t b0 = 0; b0 < blocks; b0 += 2) {
       for (int64_t mb = 0; mb < 8; mb += 2) {
         const int8_t* table = p.lut + (m0 + mb) * table_stride;
+        __m256i total[2][2][2];  // [output][block][rows 0..7, 8..15] int32
+        for (int j = 0; j < 2; ++j)
+          for (int b = 0; b < 2; ++b) total[j][b][0] = total[j][b][1] = _mm256_setzero_si256();
         for (int64_t g0 = 0; g0 < G; g0 += kGroupsPerChunk) {
           const int64_t g1 = min64(G, g0 + kGroupsPerChunk);
-          __m256i lo[2][2], hi[2][2];  // [output][row block]: rows 0..7 and 8..15, both lanes still apart
+          __m256i lo[2][2], hi[2][2];  // [output][block]: rows 0..7 and 8..15, both lanes still apart
           for (int j = 0; j < 2; ++j)
             for (int b = 0; b < 2; ++b) lo[j][b] = hi[j][b] = _mm256_setzero_si256();
           for (int64_t g = g0; g < g1; ++g) {
-            const __m256i* i_even = reinterpret_cast<const __m256i*>(index + ((2 * g) * 4 + b0) * 32);
-            const __m256i* i_odd = reinterpret_cast<const __m256i*>(index + ((2 * g + 1) * 4 + b0) * 32);
+            const uint8_t* pass = index + (b0 / 2) * (p.Cpad / 2) * 64;
+            const __m256i* i_even = reinterpret_cast<const __m256i*>(pass + (2 * g) * 64);
+            const __m256i* i_odd = reinterpret_cast<const __m256i*>(pass + (2 * g + 1) * 64);
             for (int j = 0; j < 2; ++j) {
               const int8_t* t = table + j * table_stride + g * 64;
               const __m256i t_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t));
@@ -166,32 +181,35 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
           }
           for (int j = 0; j < 2; ++j) {
             for (int b = 0; b < 2; ++b) {
-              if (b0 + b >= 4) continue;
-              int32_t* s = &sums[mb + j][16 * (b0 + b)];
               const __m128i l = _mm_add_epi16(_mm256_castsi256_si128(lo[j][b]), _mm256_extracti128_si256(lo[j][b], 1));
               const __m128i h = _mm_add_epi16(_mm256_castsi256_si128(hi[j][b]), _mm256_extracti128_si256(hi[j][b], 1));
-              __m256i* s8 = reinterpret_cast<__m256i*>(s);
-              _mm256_store_si256(s8, _mm256_add_epi32(_mm256_load_si256(s8), _mm256_cvtepi16_epi32(l)));
-              _mm256_store_si256(s8 + 1, _mm256_add_epi32(_mm256_load_si256(s8 + 1), _mm256_cvtepi16_epi32(h)));
+              total[j][b][0] = _mm256_add_epi32(total[j][b][0], _mm256_cvtepi16_epi32(l));
+              total[j][b][1] = _mm256_add_epi32(total[j][b][1], _mm256_cvtepi16_epi32(h));
             }
           }
         }
+        for (int j = 0; j < 2; ++j)
+          for (int b = 0; b < 2; ++b)
+            for (int h = 0; h < 2; ++h)
+              _mm256_store_si256(reinterpret_cast<__m256i*>(&sums[mb + j][16 * b + 8 * h]), total[j][b][h]);
       }
-    }
-    const int64_t nm = min64(8, p.M - m0);
-    if (nm <= 0) break;
-    const __m256i columns =
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nm)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-      __m256 r[8];
-      for (int k = 0; k < 8; ++k) {
-        const __m256 sum = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(&sums[k][r0])));
-        const __m256 scaled = _mm256_mul_ps(_mm256_set1_ps(p.scale[m0 + k]), sum);
-        r[k] = _mm256_add_ps(scaled, _mm256_set1_ps(p.offset[m0 + k]));
+      const int64_t row0 = 16 * b0;
+      for (int64_t r0 = 0; r0 < 32 && row0 + r0 < rows; r0 += 8) {
+        __m256 r[8];
+        for (int k = 0; k < 8; ++k) {
+          const __m256 sum = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(&sums[k][r0])));
+          const __m256 scaled = _mm256_mul_ps(_mm256_set1_ps(p.scale[m0 + k]), sum);
+          r[k] = _mm256_add_ps(scaled, _mm256_set1_ps(p.offset[m0 + k]));
+        }
+        transpose8(r);
+        const int64_t nr = min64(8, rows - row0 - r0);
+        float* out = Y + (row0 + r0) * p.M + m0;
+        if (nm == 8) {  // vmaskmovps stores are microcoded on AMD: only for the last columns
+          for (int64_t i = 0; i < nr; ++i) _mm256_storeu_ps(out + i * p.M, r[i]);
+        } else {
+          for (int64_t i = 0; i < nr; ++i) _mm256_maskstore_ps(out + i * p.M, columns, r[i]);
+        }
       }
-      transpose8(r);
-      const int64_t nr = min64(8, rows - r0);
-      for (int64_t i = 0; i < nr; ++i) _mm256_maskstore_ps(Y + (r0 + i) * p.M + m0, columns, r[i]);
     }
   }
 }

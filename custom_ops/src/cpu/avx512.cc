@@ -125,61 +125,66 @@ inline void transpose16(__m512 r[16]) {
 void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch) {
   const int64_t G = p.Cpad / 4;  // groups of 4 codebooks
   const int64_t table_stride = p.Cpad * kCodes;
-  // Index words, [G][64 rows]: byte j of a row's word is code(4g + j) & 15 plus 16 j (its codebook's table).
+  const int64_t span = (rows + 63) / 64 * 64;  // rows rounded up to whole 64-row groups
+  // Index words, [span / 64][G][64 rows]: byte j of a row's word is code(4g + j) & 15 plus 16 j (its codebook's
+  // table). A 64-row group reads its groups g in order: one sequential stream.
   uint32_t* index = static_cast<uint32_t*>(scratch);
-  for (int64_t r = 0; r < kRowsPerTask; ++r) {
-    const uint8_t* src = codes + r * p.C;
+  for (int64_t r = 0; r < span; ++r) {
     for (int64_t g = 0; g < G; ++g) {
       uint32_t word = 0;
       if (r < rows) {
+        const uint8_t* src = codes + r * p.C;
         if (4 * g + 4 <= p.C) {
           std::memcpy(&word, src + 4 * g, 4);
         } else {
           for (int64_t j = 0; 4 * g + j < p.C; ++j) word |= static_cast<uint32_t>(src[4 * g + j]) << (8 * j);
         }
       }
-      index[g * kRowsPerTask + r] = (word & 0x0F0F0F0Fu) | 0x30201000u;
+      index[((r / 64) * G + g) * 64 + r % 64] = (word & 0x0F0F0F0Fu) | 0x30201000u;
     }
   }
-  const int64_t blocks = (rows + 15) / 16;  // 16-row blocks holding real rows
   const __m512i ones = _mm512_set1_epi8(1);
-  alignas(64) float tile[16][kRowsPerTask];  // 16 outputs x 64 rows
+  alignas(64) float tile[16][64];  // 16 outputs x 64 rows
+  // 16 outputs at a time (their tables, 16 * Cpad * 16 bytes, stay in L1/L2) across all rows of the call.
   for (int64_t m0 = 0; m0 < p.Mpad; m0 += 16) {
-    for (int64_t mb = 0; mb < 16; mb += 4) {
-      __m512i acc[4][4];
-      for (int j = 0; j < 4; ++j)
-        for (int b = 0; b < 4; ++b) acc[j][b] = _mm512_setzero_si512();
-      const int8_t* table = p.lut + (m0 + mb) * table_stride;
-      for (int64_t g = 0; g < G; ++g) {
-        const __m512i* idx = reinterpret_cast<const __m512i*>(index + g * kRowsPerTask);
-        const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 1);
-        const __m512i i2 = _mm512_load_si512(idx + 2), i3 = _mm512_load_si512(idx + 3);
-        for (int j = 0; j < 4; ++j) {
-          const __m512i t = _mm512_loadu_si512(table + j * table_stride + g * 64);
-          acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], ones, _mm512_permutexvar_epi8(i0, t));
-          acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], ones, _mm512_permutexvar_epi8(i1, t));
-          acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], ones, _mm512_permutexvar_epi8(i2, t));
-          acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], ones, _mm512_permutexvar_epi8(i3, t));
-        }
-      }
-      for (int j = 0; j < 4; ++j) {
-        const __m512 scale = _mm512_set1_ps(p.scale[m0 + mb + j]);
-        const __m512 offset = _mm512_set1_ps(p.offset[m0 + mb + j]);
-        for (int b = 0; b < 4; ++b) {
-          const __m512 scaled = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[j][b]));
-          _mm512_store_ps(&tile[mb + j][16 * b], _mm512_add_ps(scaled, offset));
-        }
-      }
-    }
     const int64_t nm = min64(16, p.M - m0);
-    if (nm <= 0) break;
-    const __mmask16 columns = static_cast<__mmask16>(nm == 16 ? 0xFFFF : (1u << nm) - 1);
-    for (int64_t b = 0; b < blocks; ++b) {
-      __m512 r[16];
-      for (int k = 0; k < 16; ++k) r[k] = _mm512_load_ps(&tile[k][16 * b]);
-      transpose16(r);
-      const int64_t nr = min64(16, rows - 16 * b);
-      for (int64_t i = 0; i < nr; ++i) _mm512_mask_storeu_ps(Y + (16 * b + i) * p.M + m0, columns, r[i]);
+    const __mmask16 columns = static_cast<__mmask16>(nm >= 16 ? 0xFFFF : (1u << nm) - 1);
+    for (int64_t q = 0; q < rows; q += 64) {
+      for (int64_t mb = 0; mb < 16; mb += 4) {
+        // 4 outputs x 4 blocks of 16 rows: 16 accumulators, each table load serves 4 lookups.
+        __m512i acc[4][4];
+        for (int j = 0; j < 4; ++j)
+          for (int b = 0; b < 4; ++b) acc[j][b] = _mm512_setzero_si512();
+        const int8_t* table = p.lut + (m0 + mb) * table_stride;
+        for (int64_t g = 0; g < G; ++g) {
+          const __m512i* idx = reinterpret_cast<const __m512i*>(index + ((q / 64) * G + g) * 64);
+          const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 1);
+          const __m512i i2 = _mm512_load_si512(idx + 2), i3 = _mm512_load_si512(idx + 3);
+          for (int j = 0; j < 4; ++j) {
+            const __m512i t = _mm512_loadu_si512(table + j * table_stride + g * 64);
+            acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], ones, _mm512_permutexvar_epi8(i0, t));
+            acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], ones, _mm512_permutexvar_epi8(i1, t));
+            acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], ones, _mm512_permutexvar_epi8(i2, t));
+            acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], ones, _mm512_permutexvar_epi8(i3, t));
+          }
+        }
+        for (int j = 0; j < 4; ++j) {
+          const __m512 scale = _mm512_set1_ps(p.scale[m0 + mb + j]);
+          const __m512 offset = _mm512_set1_ps(p.offset[m0 + mb + j]);
+          for (int b = 0; b < 4; ++b) {
+            const __m512 scaled = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[j][b]));
+            _mm512_store_ps(&tile[mb + j][16 * b], _mm512_add_ps(scaled, offset));
+          }
+        }
+      }
+      for (int64_t b = 0; b < 4 && q + 16 * b < rows; ++b) {
+        __m512 r[16];
+        for (int k = 0; k < 16; ++k) r[k] = _mm512_load_ps(&tile[k][16 * b]);
+        transpose16(r);
+        const int64_t nr = min64(16, rows - q - 16 * b);
+        float* out = Y + (q + 16 * b) * p.M + m0;
+        for (int64_t i = 0; i < nr; ++i) _mm512_mask_storeu_ps(out + i * p.M, columns, r[i]);
+      }
     }
   }
 }

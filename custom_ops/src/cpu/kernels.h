@@ -13,8 +13,10 @@ constexpr int64_t kCodes = 16;      // prototypes per codebook
 constexpr int64_t kTreeDepth = 4;   // levels per tree
 constexpr int64_t kTreeNodes = 15;  // thresholds per tree
 
-// Rows handed to one kernel call (one parallel task); kernels accept any count up to this.
+// Rows handed to one encode call (one parallel task); the encoders accept any count up to this.
 constexpr int64_t kRowsPerTask = 64;
+// Rows handed to one lookup call at most: the kernel keeps each slice of the LUT in cache across these rows.
+constexpr int64_t kLookupMaxRows = 256;
 
 // Packed HalutEncodeTree weights (pack.cc): split dims as int32 [C][4], thresholds [C][16] (slot 15 unused).
 struct TreeParams {
@@ -42,17 +44,18 @@ struct LutParams {
   int64_t M, C, Mpad, Cpad;
 };
 
-// One instruction set's kernels. All take `rows` <= kRowsPerTask rows, row-major, and write row-major outputs.
+// One instruction set's kernels: row-major inputs and outputs.
 struct IsaKernels {
   const char* name;
   // codes[rows][C] from X[rows][D].
   void (*encode_tree)(const float* X, int64_t rows, int64_t D, const TreeParams& p, uint8_t* codes);
   void (*encode_pq)(const float* X, int64_t rows, const PqParams& p, uint8_t* codes);
-  // Y[rows][M] from codes[rows][C]; scratch holds lookup_scratch_bytes(Cpad) bytes, 64-byte aligned.
+  // Y[rows][M] from codes[rows][C], rows <= kLookupMaxRows; scratch holds lookup_scratch_bytes(Cpad) bytes,
+  // 64-byte aligned.
   void (*lookup)(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch);
 };
 
-inline size_t lookup_scratch_bytes(int64_t Cpad) { return static_cast<size_t>(kRowsPerTask * Cpad); }
+inline size_t lookup_scratch_bytes(int64_t Cpad) { return static_cast<size_t>(kLookupMaxRows * Cpad); }
 
 const IsaKernels& scalar_kernels();
 const IsaKernels& avx2_kernels();

@@ -45,9 +45,11 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
   const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad);
   const cpu::IsaKernels* isa = isa_;
   std::atomic<bool> out_of_memory{false};
+  // Long calls keep each LUT slice in cache across more rows; short inputs still split across threads.
+  const int64_t task_rows = N >= 16 * cpu::kLookupMaxRows ? cpu::kLookupMaxRows : 64;
   auto task = [&](int64_t t) noexcept {
-    const int64_t r0 = t * cpu::kRowsPerTask;
-    const int64_t rows = std::min(cpu::kRowsPerTask, N - r0);
+    const int64_t r0 = t * task_rows;
+    const int64_t rows = std::min(task_rows, N - r0);
     void* scratch = nullptr;
     try {
       scratch = thread_scratch(scratch_bytes);
@@ -57,7 +59,7 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
     }
     isa->lookup(code_data + r0 * lut.C, rows, params, Y + r0 * lut.M, scratch);
   };
-  parallel_for(ctx, (N + cpu::kRowsPerTask - 1) / cpu::kRowsPerTask, task);
+  parallel_for(ctx, (N + task_rows - 1) / task_rows, task);
   if (out_of_memory) throw std::bad_alloc();
 }
 

@@ -1,0 +1,171 @@
+"""Speed of the Halut custom ops (encode + lookup) against onnxruntime's fp32 MatMul and its dynamic int8 quantization.
+
+Per layer shape (N rows, D inputs, M outputs, C codebooks) and intra-op thread count, every contender runs as a
+single onnxruntime session on the same input; the table reports medians of repeated runs and the ratios
+time_ort / time_ours (above 1: ours is faster). Each Halut op is also timed alone to show where the time goes.
+
+    python benchmarks/bench_ops.py            # the full grid (several minutes)
+    python benchmarks/bench_ops.py --quick    # N=4096, D=M=512, C=32, 1 thread (< 1 minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ops_models import lookup_weights, pq_weights, single_node_model  # noqa: E402
+
+import halut_onnx  # noqa: E402
+from halut_onnx.ops import DOMAIN, DOMAIN_VERSION, ENCODE_PQ, ENCODE_TREE, LOOKUP  # noqa: E402
+from halut_onnx.reference import slice_bounds  # noqa: E402
+
+OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
+
+
+def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, initializer=initializers)
+    return helper.make_model(graph, ir_version=10, opset_imports=OPSETS)
+
+
+def matmul_model(W: np.ndarray) -> onnx.ModelProto:
+    D, M = W.shape
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", D])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", M])
+    node = helper.make_node("MatMul", ["X", "W"], ["Y"])
+    model = _model([node], [x], [y], [numpy_helper.from_array(W, "W")])
+    model.opset_import.pop()  # plain ONNX: the quantizer needs no custom domain
+    return model
+
+
+def halut_model(encoder: str, enc_weights: dict, lut_weights: dict, D: int, M: int) -> onnx.ModelProto:
+    """Encode -> Lookup with constant weights: one Halut layer as the converter emits it."""
+    names = ("split_dims", "thresholds") if encoder == ENCODE_TREE else ("vectors", "biases")
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", D])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", M])
+    nodes = [
+        helper.make_node(encoder, ["X", *names], ["codes"], name="encode", domain=DOMAIN),
+        helper.make_node(LOOKUP, ["codes", "lut", "scale", "offset"], ["Y"], name="lookup", domain=DOMAIN),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(enc_weights[n]), n) for n in names]
+    inits += [numpy_helper.from_array(lut_weights[n], n) for n in ("lut", "scale", "offset")]
+    return _model(nodes, [x], [y], inits)
+
+
+def tree_weights_in_slices(rng: np.random.Generator, D: int, C: int) -> dict:
+    """Split dims inside each codebook's slice, as the learner picks them."""
+    bounds = slice_bounds(D, C)
+    split_dims = np.stack([rng.integers(bounds[c], bounds[c + 1], size=4) for c in range(C)]).astype(np.int64)
+    return {"split_dims": split_dims, "thresholds": (rng.standard_normal((C, 15)) * 0.7).astype(np.float32)}
+
+
+def session(model: onnx.ModelProto | str, threads: int, halut: bool) -> ort.InferenceSession:
+    options = halut_onnx.session_options() if halut else ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def median_time(sess: ort.InferenceSession, feeds: dict, budget_s: float, max_reps: int) -> float:
+    sess.run(None, feeds)  # warm-up: allocations, prepacking, page faults
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_reps):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_shape(N, D, M, Cs, threads, rng, tmp: Path, budget_s, max_reps, int8: bool):
+    """Rows of results for one (N, D, M, threads): baselines timed once, Halut per C."""
+    X = rng.standard_normal((N, D)).astype(np.float32)
+    W = (rng.standard_normal((D, M)) / np.sqrt(D)).astype(np.float32)
+    fp32 = matmul_model(W)
+    t_fp32 = median_time(session(fp32, threads, False), {"X": X}, budget_s, max_reps)
+    t_int8 = float("nan")
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        src, dst = tmp / f"mm_{D}_{M}.onnx", tmp / f"mm_{D}_{M}_int8.onnx"
+        if not dst.exists():
+            onnx.save(fp32, src)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        t_int8 = median_time(session(str(dst), threads, False), {"X": X}, budget_s, max_reps)
+    rows = []
+    for C in Cs:
+        lut_w = lookup_weights(rng, M, C)
+        tree_w = tree_weights_in_slices(rng, D, C)
+        pq_w = pq_weights(rng, D, C)
+        codes = rng.integers(0, 16, size=(N, C), dtype=np.uint8)
+        t = {}
+        t["tree"] = median_time(session(halut_model(ENCODE_TREE, tree_w, lut_w, D, M), threads, True), {"X": X},
+                                budget_s, max_reps)
+        t["pq"] = median_time(session(halut_model(ENCODE_PQ, pq_w, lut_w, D, M), threads, True), {"X": X},
+                              budget_s, max_reps)
+        t["enc_tree"] = median_time(session(single_node_model(ENCODE_TREE, X, tree_w), threads, True), {"X": X},
+                                    budget_s, max_reps)
+        t["enc_pq"] = median_time(session(single_node_model(ENCODE_PQ, X, pq_w), threads, True), {"X": X},
+                                  budget_s, max_reps)
+        t["lookup"] = median_time(session(single_node_model(LOOKUP, codes, lut_w), threads, True),
+                                  {"codes": codes}, budget_s, max_reps)
+        rows.append(dict(N=N, D=D, M=M, C=C, threads=threads, fp32=t_fp32, int8=t_int8, **t))
+        print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    "| N | D | M | C | thr | fp32 MatMul ms | int8 MatMul ms | tree ms | pq ms | fp32/tree | fp32/pq | int8/tree "
+    "| int8/pq | enc tree ms | enc pq ms | lookup ms | lookup out GB/s |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def _format_row(r: dict) -> str:
+    ms = lambda s: f"{s * 1e3:.3f}"  # noqa: E731
+    gbs = r["N"] * r["M"] * 4 / r["lookup"] / 1e9
+    return (
+        f"| {r['N']} | {r['D']} | {r['M']} | {r['C']} | {r['threads']} | {ms(r['fp32'])} | {ms(r['int8'])} "
+        f"| {ms(r['tree'])} | {ms(r['pq'])} | {r['fp32'] / r['tree']:.1f} | {r['fp32'] / r['pq']:.1f} "
+        f"| {r['int8'] / r['tree']:.1f} | {r['int8'] / r['pq']:.1f} | {ms(r['enc_tree'])} | {ms(r['enc_pq'])} "
+        f"| {ms(r['lookup'])} | {gbs:.1f} |"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one configuration (N=4096, D=M=512, C=32, 1 thread)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the dynamic int8 quantization baseline")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    if args.quick:
+        grid, Cs, threads, budget, reps = [(4096, 512, 512)], [32], [1], 1.0, 15
+    else:
+        grid = [(N, D, M) for (D, M) in [(512, 512), (768, 3072)] for N in (256, 4096, 16384)]
+        Cs, threads, budget, reps = [16, 32, 64], args.threads, 1.5, 21
+    isa = os.environ.get("HALUT_ONNX_ISA", "best available")
+    print(f"# onnxruntime {ort.__version__}, Halut ISA: {isa}, times are medians, ratios = time_ort / time_ours")
+    print(HEADER)
+    with tempfile.TemporaryDirectory() as tmp:
+        for N, D, M in grid:
+            for t in threads:
+                bench_shape(N, D, M, Cs, t, rng, Path(tmp), budget, reps, not args.no_int8)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
