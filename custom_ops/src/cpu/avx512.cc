@@ -143,6 +143,9 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
       index[((r / 64) * G + g) * 64 + r % 64] = (word & 0x0F0F0F0Fu) | 0x30201000u;
     }
   }
+  // Whole-line non-temporal stores when every output row segment is 64-byte aligned: a large Y is not read back
+  // before it leaves the cache, so skipping the read-for-ownership saves half the output traffic.
+  const bool stream = p.stream_output && (reinterpret_cast<uintptr_t>(Y) % 64 == 0) && (p.M % 16 == 0);
   const __m512i ones = _mm512_set1_epi8(1);
   alignas(64) float tile[16][64];  // 16 outputs x 64 rows
   // 16 outputs at a time (their tables, 16 * Cpad * 16 bytes, stay in L1/L2) across all rows of the call.
@@ -183,10 +186,15 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
         transpose16(r);
         const int64_t nr = min64(16, rows - q - 16 * b);
         float* out = Y + (q + 16 * b) * p.M + m0;
-        for (int64_t i = 0; i < nr; ++i) _mm512_mask_storeu_ps(out + i * p.M, columns, r[i]);
+        if (stream && nm == 16) {
+          for (int64_t i = 0; i < nr; ++i) _mm512_stream_ps(out + i * p.M, r[i]);
+        } else {
+          for (int64_t i = 0; i < nr; ++i) _mm512_mask_storeu_ps(out + i * p.M, columns, r[i]);
+        }
       }
     }
   }
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before the task ends
 }
 
 }  // namespace

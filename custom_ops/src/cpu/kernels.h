@@ -42,6 +42,7 @@ struct LutParams {
   const float* scale;
   const float* offset;
   int64_t M, C, Mpad, Cpad;
+  bool stream_output;  // Y is large: a kernel may write it with non-temporal stores
 };
 
 // One instruction set's kernels: row-major inputs and outputs.

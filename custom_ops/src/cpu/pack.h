@@ -35,7 +35,7 @@ struct PackedLut {
   std::vector<int8_t> lut;           // [Mpad][Cpad][16]
   std::vector<float> scale, offset;  // [Mpad]
   int64_t M = 0, C = 0, Mpad = 0, Cpad = 0;
-  LutParams params() const { return {lut.data(), scale.data(), offset.data(), M, C, Mpad, Cpad}; }
+  LutParams params() const { return {lut.data(), scale.data(), offset.data(), M, C, Mpad, Cpad, false}; }
 };
 
 // lut [M, C, 16], scale [M], offset [M].
