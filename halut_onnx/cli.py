@@ -55,7 +55,7 @@ _DEFAULTS = ConvertOptions()
                    "for a single-input model), one sample or a batch per file.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Converted model file.")
 @click.option("-C", "--codebooks", type=int, default=_DEFAULTS.codebooks,
-              help="Codebooks per layer (default: the power of two nearest D/8, within 4..64); more than a layer's "
+              help="Codebooks per layer (default: the power of two nearest D/2, within 4..64); more than a layer's "
                    "D means C=D for that layer.")
 @click.option("--encoder", type=click.Choice(["tree", "pq"]), default=_DEFAULTS.encoder, show_default=True,
               help="Encoder: 'tree' (MADDNESS decision trees) or 'pq' (nearest prototype).")
