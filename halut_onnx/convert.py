@@ -117,6 +117,23 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[Laye
     return record, layer
 
 
+def _check(converted: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """check_model(full_check=True) on the output (strict shape inference through the ops' function bodies).
+
+    A model that fails it only because its input already did is written anyway, with a warning.
+    """
+    try:
+        onnx.checker.check_model(converted, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        try:
+            onnx.checker.check_model(original, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as original_exc:
+            log.warning("the input model does not pass onnx.checker.check_model(full_check=True) either (%s); "
+                        "the converted model fails it with: %s", str(original_exc).splitlines()[0], exc)
+            return
+        raise
+
+
 def convert_model(
     model: str | os.PathLike | onnx.ModelProto,
     calib_dir: str | os.PathLike,
@@ -183,8 +200,7 @@ def convert_model(
     layers = [all_records[name] for name in order if name in all_records]
     write_records(converted, __version__, options.settings(), layers)
     if converted.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-        # full_check runs strict shape inference through the ops' function bodies.
-        onnx.checker.check_model(converted, full_check=True)
+        _check(converted, original)
     result = ConvertResult(converted, None, layers)
     if output_path is not None:
         result.output_path = save_model_atomic(converted, output_path)

@@ -172,3 +172,35 @@ def test_rewritten_model_computes_the_reference(rng, encoder):
     np.testing.assert_allclose(got["att"], q @ k.transpose(0, 2, 1), **tol)
     np.testing.assert_allclose(got["g"], z2 @ inits["wta"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got["t"], z2[:, :4] @ inits["wtiny"], **tol)
+
+
+@pytest.mark.parametrize(
+    "attrs,c_shape,reason",
+    [
+        ({}, None, None),
+        ({"transB": 1}, (16,), None),
+        ({"beta": 0.5}, (), None),
+        ({}, (5, 16), "bias C of shape (5, 16) differs between rows"),
+    ],
+)
+def test_gemm_variants(rng, attrs, c_shape, reason):
+    b = rng.standard_normal((16, 32) if attrs.get("transB") else (32, 16)).astype(np.float32)
+    inits = [numpy_helper.from_array(b, "b")]
+    inputs = ["x", "b"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(np.asarray(rng.standard_normal(c_shape), np.float32), "c"))
+        inputs.append("c")
+    node = helper.make_node("Gemm", inputs, ["y"], name="g", **attrs)
+    model = helper.make_model(
+        helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 16])], inits),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    candidates, skipped = _find(model)
+    if reason:
+        assert skipped == {"g": reason}
+        return
+    cand = candidates["g"]
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = x @ cand.weight + (0 if cand.bias is None else cand.bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
