@@ -1,8 +1,9 @@
 """Speed of the Halut custom ops (encode + lookup) against onnxruntime's fp32 MatMul and its dynamic int8 quantization.
 
 Per layer shape (N rows, D inputs, M outputs, C codebooks) and intra-op thread count, every contender runs as a
-single onnxruntime session on the same input; the table reports medians of repeated runs and the ratios
-time_ort / time_ours (above 1: ours is faster). Each Halut op is also timed alone to show where the time goes.
+single onnxruntime session on the same input, round-robin; the table reports medians of repeated runs and the
+ratios time_ort / time_ours (above 1: ours is faster). Each Halut op is also timed alone to show where the time
+goes.
 
     python benchmarks/bench_ops.py            # the full grid (several minutes)
     python benchmarks/bench_ops.py --quick    # N=4096, D=M=512, C=32, 1 thread (< 1 minute)
@@ -78,24 +79,34 @@ def session(model: onnx.ModelProto | str, threads: int, halut: bool) -> ort.Infe
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def median_time(sess: ort.InferenceSession, feeds: dict, budget_s: float, max_reps: int) -> float:
-    sess.run(None, feeds)  # warm-up: allocations, prepacking, page faults
-    times = []
+def interleaved_medians(contenders: dict, budget_s: float, min_reps: int, max_reps: int) -> dict:
+    """Median run time of each (session, feeds) contender, measured round-robin.
+
+    The machine is shared: alternating the contenders run by run exposes them all to the same background load, so
+    their ratios stay meaningful even when absolute times drift.
+    """
+    for sess, feeds in contenders.values():
+        sess.run(None, feeds)  # warm-up: allocations, prepacking, page faults
+    times = {name: [] for name in contenders}
+    names = list(contenders)
     start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_reps):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    rep = 0
+    while rep < min_reps or (time.perf_counter() - start < budget_s and rep < max_reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            sess, feeds = contenders[name]
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append(time.perf_counter() - t0)
+        rep += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_shape(N, D, M, Cs, threads, rng, tmp: Path, budget_s, max_reps, int8: bool):
-    """Rows of results for one (N, D, M, threads): baselines timed once, Halut per C."""
+    """Rows of results for one (N, D, M, threads): per C, all contenders measured round-robin."""
     X = rng.standard_normal((N, D)).astype(np.float32)
     W = (rng.standard_normal((D, M)) / np.sqrt(D)).astype(np.float32)
     fp32 = matmul_model(W)
-    t_fp32 = median_time(session(fp32, threads, False), {"X": X}, budget_s, max_reps)
-    t_int8 = float("nan")
+    baselines = {"fp32": (session(fp32, threads, False), {"X": X})}
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -103,25 +114,22 @@ def bench_shape(N, D, M, Cs, threads, rng, tmp: Path, budget_s, max_reps, int8: 
         if not dst.exists():
             onnx.save(fp32, src)
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        t_int8 = median_time(session(str(dst), threads, False), {"X": X}, budget_s, max_reps)
+        baselines["int8"] = (session(str(dst), threads, False), {"X": X})
     rows = []
     for C in Cs:
         lut_w = lookup_weights(rng, M, C)
         tree_w = tree_weights_in_slices(rng, D, C)
         pq_w = pq_weights(rng, D, C)
         codes = rng.integers(0, 16, size=(N, C), dtype=np.uint8)
-        t = {}
-        t["tree"] = median_time(session(halut_model(ENCODE_TREE, tree_w, lut_w, D, M), threads, True), {"X": X},
-                                budget_s, max_reps)
-        t["pq"] = median_time(session(halut_model(ENCODE_PQ, pq_w, lut_w, D, M), threads, True), {"X": X},
-                              budget_s, max_reps)
-        t["enc_tree"] = median_time(session(single_node_model(ENCODE_TREE, X, tree_w), threads, True), {"X": X},
-                                    budget_s, max_reps)
-        t["enc_pq"] = median_time(session(single_node_model(ENCODE_PQ, X, pq_w), threads, True), {"X": X},
-                                  budget_s, max_reps)
-        t["lookup"] = median_time(session(single_node_model(LOOKUP, codes, lut_w), threads, True),
-                                  {"codes": codes}, budget_s, max_reps)
-        rows.append(dict(N=N, D=D, M=M, C=C, threads=threads, fp32=t_fp32, int8=t_int8, **t))
+        contenders = dict(baselines)
+        contenders["tree"] = (session(halut_model(ENCODE_TREE, tree_w, lut_w, D, M), threads, True), {"X": X})
+        contenders["pq"] = (session(halut_model(ENCODE_PQ, pq_w, lut_w, D, M), threads, True), {"X": X})
+        contenders["enc_tree"] = (session(single_node_model(ENCODE_TREE, X, tree_w), threads, True), {"X": X})
+        contenders["enc_pq"] = (session(single_node_model(ENCODE_PQ, X, pq_w), threads, True), {"X": X})
+        contenders["lookup"] = (session(single_node_model(LOOKUP, codes, lut_w), threads, True), {"codes": codes})
+        t = interleaved_medians(contenders, budget_s, 5, max_reps)
+        t.setdefault("int8", float("nan"))
+        rows.append(dict(N=N, D=D, M=M, C=C, threads=threads, **t))
         print(_format_row(rows[-1]), flush=True)
     return rows
 
@@ -153,10 +161,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     if args.quick:
-        grid, Cs, threads, budget, reps = [(4096, 512, 512)], [32], [1], 1.0, 15
+        grid, Cs, threads, budget, reps = [(4096, 512, 512)], [32], [1], 2.0, 21
     else:
         grid = [(N, D, M) for (D, M) in [(512, 512), (768, 3072)] for N in (256, 4096, 16384)]
-        Cs, threads, budget, reps = [16, 32, 64], args.threads, 1.5, 21
+        Cs, threads, budget, reps = [16, 32, 64], args.threads, 3.0, 21
     isa = os.environ.get("HALUT_ONNX_ISA", "best available")
     print(f"# onnxruntime {ort.__version__}, Halut ISA: {isa}, times are medians, ratios = time_ort / time_ours")
     print(HEADER)

@@ -36,6 +36,7 @@ LOOKUP_SHAPES = [
     ((64,), 1, 1),
     ((4100,), 20, 19),  # long inputs: 256-row tasks, a partial last one
     ((2, 2100), 33, 24),
+    ((4101,), 8, 256),  # a 4 MB output: non-temporal stores
 ]
 
 

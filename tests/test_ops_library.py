@@ -67,3 +67,39 @@ def test_forced_avx512_on_a_cpu_without_it_reports_supported_paths(rng, tmp_path
             assert out.strip() == "ran"
         else:
             assert f"HALUT_ONNX_ISA={isa} but this CPU lacks it (supported: scalar" in out
+
+
+def test_old_onnxruntime_gets_a_clear_error():
+    """RegisterCustomOps against a fake onnxruntime 1.16 (GetApi(17) is NULL) reports the version through API 1."""
+    import ctypes
+
+    lib = ctypes.CDLL(halut_onnx.get_library_path())
+    get_api_t = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)
+    version_t = ctypes.CFUNCTYPE(ctypes.c_void_p)
+    create_status_t = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+
+    class OrtApiBase(ctypes.Structure):
+        _fields_ = [("GetApi", get_api_t), ("GetVersionString", version_t)]
+
+    statuses = []
+    fake_status = 0x5EED
+
+    def create_status(code, message):
+        statuses.append((code, message.decode()))
+        return fake_status
+
+    create_status_fn = create_status_t(create_status)
+    api_v1 = (ctypes.c_void_p * 1)(ctypes.cast(create_status_fn, ctypes.c_void_p))  # slot 0: CreateStatus
+    version = ctypes.create_string_buffer(b"1.16.3")
+    requested = []
+
+    def get_api(v):
+        requested.append(v)
+        return ctypes.addressof(api_v1) if v == 1 else None
+
+    base = OrtApiBase(get_api_t(get_api), version_t(lambda: ctypes.addressof(version)))
+    lib.RegisterCustomOps.restype = ctypes.c_void_p
+    lib.RegisterCustomOps.argtypes = [ctypes.c_void_p, ctypes.POINTER(OrtApiBase)]
+    assert lib.RegisterCustomOps(None, ctypes.byref(base)) == fake_status
+    assert requested == [17, 1]
+    assert statuses == [(1, "halut-onnx needs onnxruntime >= 1.17 (C API 17); this onnxruntime is 1.16.3")]
