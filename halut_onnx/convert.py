@@ -147,6 +147,9 @@ def convert_model(
     a user can fix; layers that cannot be converted are skipped, each with its reason in ``result.layers``.
     """
     options.validate()
+    if output_path is not None and not Path(output_path).resolve().parent.is_dir():
+        # before the calibration and learning, not after
+        raise ConversionError(f"output folder {Path(output_path).parent} does not exist")
     source = "the model"
     if isinstance(model, onnx.ModelProto):
         original = model

@@ -183,6 +183,9 @@ def test_user_errors(mlp_case, tmp_path, rng):
         convert_model(attention, calib, None, ConvertOptions(**FAST))
     assert str(err.value) == ("no eligible layer in the model: 1 MatMul/Gemm/Conv nodes skipped: scores: input B is "
                               "an activation (activation x activation product)")
+    with pytest.raises(ConversionError) as err:
+        convert_model(path, calib, tmp_path / "nowhere" / "out.onnx", ConvertOptions(**FAST))
+    assert str(err.value) == f"output folder {tmp_path / 'nowhere'} does not exist"
     with pytest.raises(ValueError, match=r"^--include '\(' is not a valid regular expression"):
         convert_model(path, calib, None, ConvertOptions(include=("(",)))
 
