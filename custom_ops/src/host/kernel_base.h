@@ -45,6 +45,7 @@ const char* type_name(int type);
 class KernelBase {
  public:
   KernelBase(const OrtApi* api, const OrtKernelInfo* info, const char* op);
+  const ort::Api& api() const { return api_; }
 
  protected:
   void check(OrtStatus* status) const {

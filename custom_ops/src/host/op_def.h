@@ -13,11 +13,8 @@
 
 namespace halut {
 
-// Converts the exception in flight into a status (api may be NULL only if creating the status is impossible).
+// Converts the exception in flight (called inside a catch block) into a status.
 OrtStatus* status_from_exception(const ort::Api& api);
-
-// The API table every callback uses; set by RegisterCustomOps before any op can run.
-const OrtApi* registered_api();
 
 template <typename Kernel>
 struct OpDef : OrtCustomOp {
@@ -53,7 +50,7 @@ struct OpDef : OrtCustomOp {
         static_cast<Kernel*>(kernel)->Compute(ctx);
         return nullptr;
       } catch (...) {
-        return status_from_exception(ort::Api(registered_api()));
+        return status_from_exception(static_cast<Kernel*>(kernel)->api());
       }
     };
   }

@@ -9,16 +9,12 @@
 namespace halut {
 namespace {
 
-const OrtApi* g_api = nullptr;
-
 // onnxruntime keeps pointers to the op records for the lifetime of every session: static storage.
 const OpDef<EncodeTreeKernel> kEncodeTree;
 const OpDef<EncodePqKernel> kEncodePq;
 const OpDef<LookupKernel> kLookup;
 
 }  // namespace
-
-const OrtApi* registered_api() { return g_api; }
 
 OrtStatus* status_from_exception(const ort::Api& api) {
   try {
@@ -49,7 +45,6 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                             std::string(api_base->GetVersionString());
     return v1 ? Api(v1).CreateStatus(halut::ort::kFail, msg.c_str()) : nullptr;
   }
-  halut::g_api = api;
   Api ort(api);
   try {
     OrtCustomOpDomain* domain = nullptr;
