@@ -161,12 +161,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     if args.quick:
-        grid, Cs, threads, budget, reps = [(4096, 512, 512)], [32], [1], 2.0, 21
+        grid, Cs, threads, budget, reps = [(4096, 512, 512)], [32], [1], 3.0, 41
     else:
         grid = [(N, D, M) for (D, M) in [(512, 512), (768, 3072)] for N in (256, 4096, 16384)]
         Cs, threads, budget, reps = [16, 32, 64], args.threads, 3.0, 21
     isa = os.environ.get("HALUT_ONNX_ISA", "best available")
-    print(f"# onnxruntime {ort.__version__}, Halut ISA: {isa}, times are medians, ratios = time_ort / time_ours")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"# onnxruntime {ort.__version__}, Halut ISA: {isa}, {os.cpu_count()} CPUs, load average {load}; "
+          "times are medians, ratios = time_ort / time_ours")
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         for N, D, M in grid:

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from ops_models import lookup_weights, pq_weights, run_op, tree_weights
+from ops_models import lookup_weights, pq_weights, run_op, single_node_model, tree_weights
 
 from halut_onnx.ops import ENCODE_PQ, ENCODE_TREE, LOOKUP
 
@@ -94,3 +94,14 @@ def test_unknown_isa_is_an_error(rng, monkeypatch):
     monkeypatch.setenv("HALUT_ONNX_ISA", "neon")
     w = lookup_weights(rng, 4, 2)
     _bad(LOOKUP, np.zeros((1, 2), np.uint8), w, r"HALUT_ONNX_ISA=neon is not one of scalar, avx2, avx512", True)
+
+
+def test_node_with_a_missing_input_is_rejected_by_onnxruntime(rng):
+    """Input counts are onnxruntime's to check (the op schema): a clean load error, no call into the library."""
+    from ops_models import make_session
+
+    codes = rng.integers(0, 16, size=(2, 4), dtype=np.uint8)
+    model = single_node_model(LOOKUP, codes, lookup_weights(rng, 3, 4), node_name=NODE)
+    del model.graph.node[0].input[3]
+    with pytest.raises(Exception, match="HalutLookup"):
+        make_session(model)
