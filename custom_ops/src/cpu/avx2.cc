@@ -217,7 +217,7 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
 }  // namespace
 
 const IsaKernels& avx2_kernels() {
-  static const IsaKernels k{"avx2", encode_tree, encode_pq, lookup};
+  static const IsaKernels k{"avx2", false, encode_tree, encode_pq, lookup};
   return k;
 }
 

@@ -200,7 +200,7 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
 }  // namespace
 
 const IsaKernels& avx512_kernels() {
-  static const IsaKernels k{"avx512", encode_tree, encode_pq, lookup};
+  static const IsaKernels k{"avx512", false, encode_tree, encode_pq, lookup};
   return k;
 }
 

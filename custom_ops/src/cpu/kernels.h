@@ -36,7 +36,8 @@ struct PqParams {
 };
 
 // Packed HalutLookup weights: lut zero-padded to [Mpad][Cpad][16] (Mpad multiple of 16, Cpad of 4; padded entries
-// are 0 so padded codebooks add nothing), scale/offset zero-padded to Mpad.
+// are 0 so padded codebooks add nothing), or to [Cpad][16][Mpad] for kernels that ask for the code-major layout;
+// scale/offset zero-padded to Mpad.
 struct LutParams {
   const int8_t* lut;
   const float* scale;
@@ -48,15 +49,19 @@ struct LutParams {
 // One instruction set's kernels: row-major inputs and outputs.
 struct IsaKernels {
   const char* name;
+  bool lut_code_major;  // the lookup wants LutParams::lut as [Cpad][16][Mpad]
   // codes[rows][C] from X[rows][D].
   void (*encode_tree)(const float* X, int64_t rows, int64_t D, const TreeParams& p, uint8_t* codes);
   void (*encode_pq)(const float* X, int64_t rows, const PqParams& p, uint8_t* codes);
-  // Y[rows][M] from codes[rows][C], rows <= kLookupMaxRows; scratch holds lookup_scratch_bytes(Cpad) bytes,
-  // 64-byte aligned.
+  // Y[rows][M] from codes[rows][C], rows <= kLookupMaxRows; scratch holds lookup_scratch_bytes(Cpad, Mpad)
+  // bytes, 64-byte aligned.
   void (*lookup)(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch);
 };
 
-inline size_t lookup_scratch_bytes(int64_t Cpad) { return static_cast<size_t>(kLookupMaxRows * Cpad); }
+inline size_t lookup_scratch_bytes(int64_t Cpad, int64_t Mpad) {
+  const int64_t index_bytes = kLookupMaxRows * Cpad, sum_bytes = Mpad * 4;
+  return static_cast<size_t>(index_bytes > sum_bytes ? index_bytes : sum_bytes);
+}
 
 const IsaKernels& scalar_kernels();
 const IsaKernels& avx2_kernels();

@@ -33,15 +33,21 @@ PackedPq pack_pq(const float* vectors, const float* biases, int64_t C, int64_t D
   return p;
 }
 
-PackedLut pack_lut(const int8_t* lut, const float* scale, const float* offset, int64_t M, int64_t C) {
+PackedLut pack_lut(const int8_t* lut, const float* scale, const float* offset, int64_t M, int64_t C,
+                   bool code_major) {
   PackedLut p;
   p.M = M;
   p.C = C;
   p.Mpad = (M + 15) / 16 * 16;
   p.Cpad = (C + 3) / 4 * 4;
   p.lut.assign(static_cast<size_t>(p.Mpad * p.Cpad * kCodes), 0);
-  for (int64_t m = 0; m < M; ++m) {
-    std::memcpy(&p.lut[m * p.Cpad * kCodes], lut + m * C * kCodes, static_cast<size_t>(C * kCodes));
+  if (code_major) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t ck = 0; ck < C * kCodes; ++ck) p.lut[ck * p.Mpad + m] = lut[m * C * kCodes + ck];
+  } else {
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(&p.lut[m * p.Cpad * kCodes], lut + m * C * kCodes, static_cast<size_t>(C * kCodes));
+    }
   }
   p.scale.assign(static_cast<size_t>(p.Mpad), 0.0f);
   p.offset.assign(static_cast<size_t>(p.Mpad), 0.0f);

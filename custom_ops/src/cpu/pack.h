@@ -32,13 +32,13 @@ struct PackedPq {
 PackedPq pack_pq(const float* vectors, const float* biases, int64_t C, int64_t D);
 
 struct PackedLut {
-  std::vector<int8_t> lut;           // [Mpad][Cpad][16]
+  std::vector<int8_t> lut;           // [Mpad][Cpad][16], or [Cpad][16][Mpad] when code-major
   std::vector<float> scale, offset;  // [Mpad]
   int64_t M = 0, C = 0, Mpad = 0, Cpad = 0;
   LutParams params() const { return {lut.data(), scale.data(), offset.data(), M, C, Mpad, Cpad, false}; }
 };
 
-// lut [M, C, 16], scale [M], offset [M].
-PackedLut pack_lut(const int8_t* lut, const float* scale, const float* offset, int64_t M, int64_t C);
+// lut [M, C, 16], scale [M], offset [M]; code_major picks the layout the kernels ask for (IsaKernels).
+PackedLut pack_lut(const int8_t* lut, const float* scale, const float* offset, int64_t M, int64_t C, bool code_major);
 
 }  // namespace halut::cpu

@@ -42,15 +42,21 @@ void encode_pq(const float* X, int64_t rows, const PqParams& p, uint8_t* codes) 
   }
 }
 
-void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* /*scratch*/) {
+// Code-major LUT ([Cpad][16][Mpad]): each code selects one contiguous row of M entries, so the adds run along m
+// and the compiler vectorizes them with the baseline instruction set (no shuffles needed).
+void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, void* scratch) {
+  int32_t* sums = static_cast<int32_t*>(scratch);
   for (int64_t n = 0; n < rows; ++n) {
     const uint8_t* code = codes + n * p.C;
+    for (int64_t m = 0; m < p.M; ++m) sums[m] = 0;
+    for (int64_t c = 0; c < p.C; ++c) {
+      const int8_t* entries = p.lut + (c * kCodes + (code[c] & 15)) * p.Mpad;
+      for (int64_t m = 0; m < p.M; ++m) sums[m] += entries[m];
+    }
+    float* y = Y + n * p.M;
     for (int64_t m = 0; m < p.M; ++m) {
-      const int8_t* table = p.lut + m * p.Cpad * kCodes;
-      int32_t sum = 0;
-      for (int64_t c = 0; c < p.C; ++c) sum += table[c * kCodes + (code[c] & 15)];
-      const float scaled = p.scale[m] * static_cast<float>(sum);
-      Y[n * p.M + m] = scaled + p.offset[m];
+      const float scaled = p.scale[m] * static_cast<float>(sums[m]);
+      y[m] = scaled + p.offset[m];
     }
   }
 }
@@ -58,7 +64,7 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
 }  // namespace
 
 const IsaKernels& scalar_kernels() {
-  static const IsaKernels k{"scalar", encode_tree, encode_pq, lookup};
+  static const IsaKernels k{"scalar", true, encode_tree, encode_pq, lookup};
   return k;
 }
 

@@ -26,7 +26,7 @@ cpu::PackedLut LookupKernel::pack(const TensorView& lut, const TensorView& scale
   expect_type(offset, "offset", ort::kFloat);
   expect_rank(offset, "offset", 1);
   expect_dim(offset, "offset", 0, M, "M, lut's dim 0");
-  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C);
+  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C, isa_->lut_code_major);
 }
 
 void LookupKernel::Compute(OrtKernelContext* ctx) {
@@ -47,7 +47,7 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
   cpu::LutParams params = lut.params();
   params.stream_output = N * lut.M * static_cast<int64_t>(sizeof(float)) >= kStreamOutputBytes;
   const uint8_t* code_data = codes.as<uint8_t>();
-  const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad);
+  const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad, lut.Mpad);
   const cpu::IsaKernels* isa = isa_;
   std::atomic<bool> out_of_memory{false};
   // Long calls keep each LUT slice in cache across more rows; short inputs still split across threads.
