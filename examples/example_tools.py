@@ -28,7 +28,7 @@ def convert_available() -> bool:
 
 
 def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
-    halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), *options)
+    halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
     return out
 
 

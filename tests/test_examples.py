@@ -179,15 +179,35 @@ def test_format_table_aligns_columns():
 
 
 # ------------------------------------------------------------------------------- quick end-to-end runs
-@needs_convert
-def test_digits_quick_conversion_keeps_accuracy(tmp_path):
-    pytest.importorskip("skl2onnx")
-    import digits_mlp
+def _table_rows(stdout: str) -> dict[str, list[str]]:
+    """The rows of the table a script prints last, by their first column (settings contain single spaces only)."""
+    lines = stdout.splitlines()
+    rule = max(i for i, line in enumerate(lines) if line.startswith("---"))
+    return {cells[0]: cells for cells in (line.split("  ") for line in lines[rule + 1 :] if line.strip())
+            for cells in [[c.strip() for c in cells if c.strip()]]}
 
-    results = digits_mlp.run(tmp_path, quick=True)
-    default = results[0]
-    assert default["setting"] == "default" and default["layers"] == 3
-    assert default["drop"] <= 0.015  # issue 4: all three MatMuls converted, at most 1.5 points lost
+
+@pytest.fixture(scope="module")
+def digits_quick(tmp_path_factory) -> dict[str, list[str]]:
+    """The documented command, end to end, once for the tests below: its table rows by setting."""
+    pytest.importorskip("skl2onnx")
+    out = tmp_path_factory.mktemp("digits")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "digits_mlp.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return _table_rows(result.stdout)
+
+
+@needs_convert
+def test_digits_quick_run_meets_issue_4_target(digits_quick):
+    assert set(digits_quick) == {"default", "--encoder tree"}
+    for setting, layers, original, converted, drop in digits_quick.values():
+        assert layers == "3" and float(original) == pytest.approx(97.22)
+        assert float(drop) == pytest.approx(float(original) - float(converted), abs=0.011)
+    # Issue 4: all three MatMuls converted with default settings, at most 1.5 points of test accuracy lost.
+    assert float(digits_quick["default"][4]) <= 1.5
 
 
 @needs_convert
@@ -195,17 +215,8 @@ def test_ppocr_rec_quick_conversion(ppocr, tmp_path):
     import ppocr_rec
 
     info, results = ppocr_rec.run(tmp_path, quick=True)
-    assert info["cer"] < 0.02
-    default = results[0]
-    assert default["layers"] == info["layers"]
-    assert default["cer_converted"] < 0.5 and default["agreement"] > 0.5
-
-
-@needs_convert
-def test_digits_script_prints_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "digits_mlp.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "setting" in result.stdout and "acc converted %" in result.stdout
+    assert info["cer"] < 0.02 and info["layers"] == 9
+    (default,) = results
+    assert default["setting"] == "default" and default["layers"] == info["layers"]
+    # Measured 2.1 % CER and 96.9 % agreement (docs/examples.md); these bounds catch a broken conversion or runtime.
+    assert default["cer_converted"] < 0.08 and default["agreement"] > 0.9
