@@ -92,8 +92,7 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "held-out NMSE", "notes"], rows))
     if result.skipped:
         click.echo("")
-        click.echo(format_table(["skipped layer", "op", "reason"],
-                                [[r.name, r.op_type, r.reason] for r in result.skipped]))
+        click.echo(_skipped_table(result.skipped))
     click.echo(f"\nWrote {output}: {len(result.converted)} layers converted, {len(result.skipped)} skipped.")
 
 
@@ -119,8 +118,7 @@ def inspect_cmd(model: str) -> None:
         ))
     if summary.skipped:
         click.echo("")
-        click.echo(format_table(["skipped layer", "op", "reason"],
-                                [[r.name, r.op_type, r.reason] for r in summary.skipped]))
+        click.echo(_skipped_table(summary.skipped))
 
 
 @main.command("eval")
@@ -145,6 +143,22 @@ def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, 
         "Halut ops run by the custom-op library." if result.library_loaded
         else "custom-op library not found: Halut ops ran through their ONNX function fallbacks."
     ))
+
+
+def _skipped_table(records) -> str:
+    """The skipped layers; many layers skipped for the same reason (e.g. every Conv) share one row."""
+    from .tables import format_table
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        groups.setdefault((r.op_type, r.reason), []).append(r.name)
+    rows = []
+    for (op, reason), names in groups.items():
+        if len(names) > 3:
+            rows.append([f"{names[0]}, {names[1]} and {len(names) - 2} more", op, reason])
+        else:
+            rows += [[name, op, reason] for name in names]
+    return format_table(["skipped layer", "op", "reason"], rows)
 
 
 def _parse_dims(values) -> dict[str, int]:

@@ -105,3 +105,17 @@ def test_user_errors_are_one_line(case, args, message):
         assert result.stderr == f"Error: {message}\n"
     assert (case / "mlp.onnx").read_bytes() == before
     assert not (case / "o.onnx").exists()
+
+
+def test_skipped_table_groups_repeated_reasons():
+    from halut_onnx.cli import _skipped_table
+    from halut_onnx.records import LayerRecord
+
+    records = [LayerRecord(f"conv{i}", "Conv", "skipped", reason="Conv layers are not converted by this version")
+               for i in range(5)] + [LayerRecord("attn", "MatMul", "skipped", reason="input B is an activation")]
+    assert _skipped_table(records).splitlines() == [
+        "skipped layer            op      reason",
+        "-----------------------  ------  ---------------------------------------------",
+        "conv0, conv1 and 3 more  Conv    Conv layers are not converted by this version",
+        "attn                     MatMul  input B is an activation",
+    ]
