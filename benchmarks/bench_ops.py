@@ -11,18 +11,23 @@ goes.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+# numpy's OpenBLAS threads spin after any BLAS call and steal the cores the timed sessions run on: keep it serial.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ops_models import lookup_weights, pq_weights, single_node_model  # noqa: E402
