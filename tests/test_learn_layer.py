@@ -191,7 +191,7 @@ W_OK = np.ones((8, 3), dtype=np.float32)
          "ridge=None picks lambda on held-out rows, but heldout_fraction=0 leaves none; give ridge or "
          "heldout_fraction > 0"),
         (A_OK, W_OK, None, LearnOptions(codebooks=2, kmeans_iters=0),
-         "kmeans_iters, tree_candidates and ridge_points must be >= 1; found 0, 4, 29"),
+         "kmeans_iters, tree_candidates and ridge_points must be >= 1; found 0, 4, 43"),
         (A_OK[:19], W_OK, None, LearnOptions(codebooks=2),
          "A has 19 rows; learning needs at least 20 (16 training rows for 16 prototypes per codebook, after "
          "holding out heldout_fraction=0.2)"),

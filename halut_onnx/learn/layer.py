@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import reference
 from ..ops import NUM_CODES
-from .lut import code_stats, fit_ridge, quantize_lut, ridge_grid
+from .lut import fit_ridge, linear_code_stats, quantize_lut, ridge_grid
 from .pq import encode_pq, learn_pq
 from .tree import encode_trees, learn_trees
 
@@ -35,8 +35,9 @@ class LearnOptions:
     heldout_fraction: float = 0.2
     seed: int = 0
     kmeans_iters: int = 25  # pq: Lloyd iterations at most (stops earlier once no assignment changes)
+    kmeans_rows: int = 16384  # pq: k-means runs on at most this many training rows (seeded sample); 0 = all
     tree_candidates: int = 4  # tree: columns tried per level, highest within-bucket SSE first
-    ridge_points: int = 29  # ridge=None: lambdas tried, log-spaced (see lut.ridge_grid)
+    ridge_points: int = 43  # ridge=None: lambdas tried, 6 per decade (see lut.ridge_grid)
 
 
 @dataclass
@@ -143,6 +144,8 @@ def _validate(A, W, bias, options: LearnOptions):
     if options.ridge is None and options.heldout_fraction == 0:
         raise ValueError("ridge=None picks lambda on held-out rows, but heldout_fraction=0 leaves none; "
                          "give ridge or heldout_fraction > 0")
+    if options.kmeans_rows < 0:
+        raise ValueError(f"kmeans_rows must be >= 0 (0 = all training rows); found {options.kmeans_rows}")
     if options.kmeans_iters < 1 or options.tree_candidates < 1 or options.ridge_points < 1:
         raise ValueError(
             "kmeans_iters, tree_candidates and ridge_points must be >= 1; found "
@@ -203,7 +206,10 @@ def learn_layer(
     if options.encoder == "tree":
         split_dims, thresholds = learn_trees(A_tr, bounds, options.tree_candidates)
     else:
-        vectors, biases, _ = learn_pq(A_tr, W, bounds, options.kmeans_iters, rng)
+        sample = A_tr
+        if 0 < options.kmeans_rows < len(A_tr):
+            sample = A_tr[np.sort(rng.choice(len(A_tr), options.kmeans_rows, replace=False))]
+        vectors, biases, _ = learn_pq(sample, W, bounds, options.kmeans_iters, rng)
 
     step("encode")
 
@@ -216,11 +222,8 @@ def learn_layer(
     codes_h = encode(A_h)
 
     step("lut")
-    Y_tr = A_tr @ W32 + b32
-    train_stats = code_stats(codes_tr, Y_tr)
-    del Y_tr
-    Y_h = A_h @ W32 + b32
-    heldout_stats = code_stats(codes_h, Y_h) if nh else None
+    train_stats = linear_code_stats(codes_tr, A_tr, W32, b32)
+    heldout_stats = linear_code_stats(codes_h, A_h, W32, b32) if nh else None
     ridges = np.array([options.ridge]) if options.ridge is not None else ridge_grid(train_stats, options.ridge_points)
     fit = fit_ridge(train_stats, heldout_stats, ridges)
 
@@ -231,6 +234,7 @@ def learn_layer(
     lut = np.ascontiguousarray(fit.lut.reshape(C, NUM_CODES, M).transpose(2, 0, 1), dtype=np.float32)
     lut_bias = fit.intercept.astype(np.float32)
     if nh:
+        Y_h = A_h @ W32 + b32
         ss_h = float(np.sum(np.square(Y_h, dtype=np.float64)))
         y_float = reference.lookup_float(codes_h, lut, lut_bias)
         y_int8 = reference.lookup(codes_h, q.lut_q, q.scale, q.offset)
