@@ -40,37 +40,58 @@ def _function(name: str, inputs, outputs, nodes, opset: int, doc: str) -> onnx.F
 
 
 def lookup_function(opset: int) -> onnx.FunctionProto:
-    """HalutLookup(codes, lut, scale, offset) -> Y."""
+    """HalutLookup(codes, lut, scale, offset) -> Y.
+
+    S contracts the one-hot codes (..., C, 16) with the table as float (C, 16, M) (Einsum; Reshape + MatMul before
+    opset 12): every product is 0 or an int8 entry and every partial sum an integer below 2^24 in magnitude, so the
+    float sum is exact in any order, as the contract's int32 sum, and memory stays O(rows * (C * 16 + M)), not
+    O(rows * C * M) as a Gather of the entries would need.
+    """
     n = helper.make_node
     nodes = [
-        _scalar("one", 1),
         _scalar("zero", 0),
+        _scalar("one", 1),
         _scalar("sixteen", NUM_CODES),
-        n("Shape", ["lut"], ["lut_shape"]),
-        n("Gather", ["lut_shape", "one"], ["C"], axis=0),
-        n("Range", ["zero", "C", "one"], ["c"]),
-        n("Mul", ["c", "sixteen"], ["row_base"]),  # codebook c's entries start at row 16 * c of the flat table
+        _const("start0", [0]),
+        _const("one_dim", [1]),
+        _const("two_dim", [2]),
+        _const("end_minus1", [-1]),
+        _const("codes_dim", [NUM_CODES]),
+        n("Range", ["zero", "sixteen", "one"], ["k"]),  # 0..15
         n("Cast", ["codes"], ["codes64"], to=TensorProto.INT64),
         n("Mod", ["codes64", "sixteen"], ["low4"]),  # == codes & 15 for the non-negative codes
-        n("Add", ["low4", "row_base"], ["idx"]),
-        n("Transpose", ["lut"], ["lut_ckm"], perm=[1, 2, 0]),
-        n("Flatten", ["lut_ckm"], ["lut_rows"], axis=2),  # (C * 16, M)
-        n("Cast", ["lut_rows"], ["lut_i32"], to=TensorProto.INT32),
-        n("Gather", ["lut_i32", "idx"], ["entries"], axis=0),  # (..., C, M)
-        # ReduceSum's axes moved from an attribute to an input in opset 13.
-        *(
-            [_const("sum_axes", [-2]), n("ReduceSum", ["entries", "sum_axes"], ["S"], keepdims=0)]
+        *(  # Unsqueeze's axes moved from an attribute to an input in opset 13
+            [n("Unsqueeze", ["low4", "end_minus1"], ["low4_col"])]
             if opset >= 13
-            else [n("ReduceSum", ["entries"], ["S"], axes=[-2], keepdims=0)]
+            else [n("Unsqueeze", ["low4"], ["low4_col"], axes=[-1])]
+        ),  # (..., C, 1)
+        n("Equal", ["low4_col", "k"], ["hit"]),  # (..., C, 16)
+        n("Cast", ["hit"], ["onehot3"], to=TensorProto.FLOAT),
+        n("Transpose", ["lut"], ["lut_ckm"], perm=[1, 2, 0]),
+        n("Cast", ["lut_ckm"], ["lut_float"], to=TensorProto.FLOAT),  # (C, 16, M)
+        *(
+            # Einsum keeps the leading dims visible to shape inference
+            [n("Einsum", ["onehot3", "lut_float"], ["S_float"], equation="...ck,ckm->...m")]
+            if opset >= 12
+            else [
+                n("Shape", ["lut"], ["lut_shape"]),
+                n("Slice", ["lut_shape", "one_dim", "two_dim"], ["C_1d"]),
+                n("Mul", ["C_1d", "codes_dim"], ["C16_1d"]),
+                n("Shape", ["low4"], ["codes_shape"]),
+                n("Slice", ["codes_shape", "start0", "end_minus1"], ["lead"]),
+                n("Concat", ["lead", "C16_1d"], ["onehot_shape"], axis=0),  # C * 16, not -1: rows may be 0
+                n("Reshape", ["onehot3", "onehot_shape"], ["onehot"]),  # (..., C * 16), column 16 * c + k
+                n("Flatten", ["lut_float"], ["lut_rows"], axis=2),  # (C * 16, M), row 16 * c + k
+                n("MatMul", ["onehot", "lut_rows"], ["S_float"]),
+            ]
         ),
-        n("Cast", ["S"], ["S_float"], to=TensorProto.FLOAT),
         n("Mul", ["S_float", "scale"], ["scaled"]),
         n("Add", ["scaled", "offset"], ["Y"]),
     ]
     doc = (
         "Sum over codebooks of int8 look-up-table entries, scaled per output column (docs/ops.md, HalutLookup).\n"
         "codes: uint8 [..., C]; lut: int8 [M, C, 16]; scale, offset: float32 [M] -> Y: float32 [..., M].\n"
-        "S[n, m] = sum_c lut[m, c, codes[n, c] & 15] (int32); Y = fl32(fl32(scale * float(S)) + offset)."
+        "S[n, m] = sum_c lut[m, c, codes[n, c] & 15] (exact); Y = fl32(fl32(scale * float(S)) + offset)."
     )
     return _function(LOOKUP, ["codes", "lut", "scale", "offset"], ["Y"], nodes, opset, doc)
 
