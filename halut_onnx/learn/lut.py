@@ -62,42 +62,66 @@ def _code_sums(codes, Y, P, ysum, ysq):
 
 @dataclass
 class CodeStats:
-    """Sufficient statistics of (codes, Y) for a least-squares fit of Y on the one-hot codes."""
+    """Sufficient statistics of (codes, T) for a least-squares fit of the layer output on the one-hot codes.
 
+    The regression targets T are the layer outputs Y (``space == "output"``) or, for layers with fewer inputs than
+    outputs, the inputs A themselves (``space == "input"``): Y = A W + b is linear in A, so every statistic of Y
+    follows from those of A through W, at D/M of the cost (a 120 -> 18710 classifier would otherwise accumulate
+    18710-wide sums per code). The LUT in input space is MADDNESS's prototype table, then multiplied by W.
+    """
+
+    space: str  # "output" (T = Y) or "input" (T = A)
     rows: int
     counts: np.ndarray  # (16C,) rows per (codebook, code)
     gram: np.ndarray  # (16C, 16C) Phi^T Phi
-    phi_y: np.ndarray  # (16C, M) Phi^T Y
-    ysum: np.ndarray  # (M,)
-    ysq: np.ndarray  # (M,) sum of squares per column
+    phi_t: np.ndarray  # (16C, T) Phi^T T
+    tsum: np.ndarray  # (T,)
+    tt: np.ndarray  # output space: (M,) sums of squares per column; input space: (D, D) T^T T
+
+
+def _stats(space, codes, T_chunks, T_width) -> CodeStats:
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    N, C = codes.shape
+    G = np.zeros((C * NUM_CODES, C * NUM_CODES), dtype=np.float64)
+    _code_gram(codes, G)
+    P = np.zeros((C * NUM_CODES, T_width), dtype=np.float64)
+    tsum = np.zeros(T_width, dtype=np.float64)
+    tsq = np.zeros(T_width, dtype=np.float64)
+    tt = np.zeros((T_width, T_width), dtype=np.float64) if space == "input" else tsq
+    for i, T in T_chunks:
+        _code_sums(codes[i : i + len(T)], T, P, tsum, tsq)
+        if space == "input":
+            T64 = T.astype(np.float64)
+            tt += T64.T @ T64
+    return CodeStats(space, N, np.diag(G).copy(), G, P, tsum, tt)
 
 
 def code_stats(codes: np.ndarray, Y: np.ndarray) -> CodeStats:
     """Counts, Gram and ``Phi^T Y`` of codes (uint8, N x C) against targets Y (N x M), float64."""
-    return linear_code_stats(codes, Y, np.eye(Y.shape[1], dtype=np.float32), None)
+    Y = np.ascontiguousarray(Y, dtype=np.float32)
+    return _stats("output", codes, [(0, Y)], Y.shape[1])
 
 
 def linear_code_stats(codes: np.ndarray, A: np.ndarray, W: np.ndarray, bias: np.ndarray | None,
-                      chunk: int = 8192) -> CodeStats:
-    """``code_stats(codes, A @ W + bias)`` without holding all of Y: it is formed ``chunk`` rows at a time."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+                      chunk_elems: int = 1 << 22) -> CodeStats:
+    """Statistics for ``Y = A W + bias``: in input space when D < M, else of Y formed about ``chunk_elems`` values
+    (16 MiB) at a time, so memory stays bounded whatever the layer's width."""
+    D, M = W.shape
+    if D < M:
+        chunk = max(1, chunk_elems // D)
+        A = np.ascontiguousarray(A, dtype=np.float32)
+        return _stats("input", codes, ((i, A[i : i + chunk]) for i in range(0, len(A), chunk)), D)
     W = np.asarray(W, dtype=np.float32)
-    N, C = codes.shape
-    M = W.shape[1]
-    G = np.zeros((C * NUM_CODES, C * NUM_CODES), dtype=np.float64)
-    _code_gram(codes, G)
-    P = np.zeros((C * NUM_CODES, M), dtype=np.float64)
-    ysum = np.zeros(M, dtype=np.float64)
-    ysq = np.zeros(M, dtype=np.float64)
-    Y = np.empty((min(chunk, N), M), dtype=np.float32)
-    for i in range(0, N, chunk):
-        rows = min(chunk, N - i)
-        y = Y[:rows]
-        np.matmul(A[i : i + rows], W, out=y)
-        if bias is not None:
-            y += bias
-        _code_sums(codes[i : i + rows], y, P, ysum, ysq)
-    return CodeStats(N, np.diag(G).copy(), G, P, ysum, ysq)
+    chunk = max(1, chunk_elems // M)
+
+    def chunks():
+        for i in range(0, len(A), chunk):
+            Y = A[i : i + chunk] @ W
+            if bias is not None:
+                Y += bias
+            yield i, Y
+
+    return _stats("output", codes, chunks(), M)
 
 
 @dataclass
@@ -109,70 +133,97 @@ class RidgeFit:
     heldout_sse: float  # nan without held-out rows
     train_ss: float  # ||Y_train||^2 (uncentred: the NMSE denominator)
     heldout_ss: float
+    counts: np.ndarray  # (16C,) training rows per (codebook, code)
     centred_gram: np.ndarray  # (16C, 16C) Gram of the centred one-hot matrix (train rows), reused by quantization
-    mean_code: np.ndarray  # (16C,) counts / rows
 
 
 def ridge_grid(train: CodeStats, points: int = 43) -> np.ndarray:
     """Lambdas scaled to the data: the mean count per (codebook, code) times 1e-6 .. 10."""
-    C16 = train.counts.shape[0]
-    base = max(float(train.rows) / NUM_CODES * (1.0 - 1.0 / NUM_CODES), 1.0) if C16 else 1.0
+    base = max(float(train.rows) / NUM_CODES * (1.0 - 1.0 / NUM_CODES), 1.0)
     return base * np.logspace(-6.0, 1.0, points)
 
 
-def fit_ridge(train: CodeStats, heldout: CodeStats | None, ridges: np.ndarray) -> RidgeFit:
+def _centred_ss(st: CodeStats, t0: np.ndarray, K: np.ndarray | None) -> float:
+    """``||(T - 1 t0^T) W||^2`` (input space, K = W W^T) or ``||T - 1 t0^T||^2`` (output space)."""
+    if K is None:
+        return float(np.sum(st.tt - 2.0 * t0 * st.tsum + st.rows * t0 * t0))
+    S = st.tt - np.outer(t0, st.tsum) - np.outer(st.tsum, t0) + st.rows * np.outer(t0, t0)
+    return float(np.sum(K * S))
+
+
+def fit_ridge(train: CodeStats, heldout: CodeStats | None, ridges: np.ndarray, W: np.ndarray | None = None,
+              bias: np.ndarray | None = None) -> RidgeFit:
     """Fit the float LUT for each lambda in ``ridges``; keep the one with the lowest held-out error.
 
-    With one lambda (or no held-out rows) that lambda is used. Errors are exact sums of squares over the rows,
-    computed from the statistics (no predictions are formed).
+    With one lambda (or no held-out rows) that lambda is used. Errors are exact sums of squares of the layer
+    output over the rows, computed from the statistics (no predictions are formed). Input-space statistics need
+    the layer's W (and bias); the fitted LUT is always in output space.
     """
     ridges = np.asarray(ridges, dtype=np.float64)
+    K = None
+    if train.space == "input":
+        W = np.asarray(W, dtype=np.float64)
+        K = W @ W.T  # ||X W||^2 = tr(K X^T X): every output-space norm through the D x D metric
+        b = np.zeros(W.shape[1]) if bias is None else np.asarray(bias, dtype=np.float64)
     N = float(train.rows)
     phibar = train.counts / N
-    mu = train.ysum / N
+    t0 = train.tsum / N
     Gc = train.gram - np.outer(train.counts, train.counts) / N
-    Pc = train.phi_y - np.outer(train.counts, mu)
-    syy = float(np.sum(train.ysq - N * mu * mu))
+    Pc = train.phi_t - np.outer(train.counts, t0)
+    syy = _centred_ss(train, t0, K)
     evals, Q = np.linalg.eigh(Gc)
     evals = np.maximum(evals, 0.0)  # the centred Gram is PSD; clip rounding below zero
     R = Q.T @ Pc
+    RK = R if K is None else R @ K  # R K R^T is the output-space Gram of R's rows
+    r2 = np.sum(RK * R, axis=1)
 
     def train_sse(lam: float) -> float:
         w = 1.0 / (evals + lam)
-        r2 = np.sum(R * R, axis=1)
         return syy - float(np.sum(r2 * w * (2.0 - evals * w)))
 
     heldout_sse = np.full(ridges.shape, np.nan)
-    if heldout is not None and heldout.rows > 0:
+    has_heldout = heldout is not None and heldout.rows > 0
+    if has_heldout:
         Nh = float(heldout.rows)
         ch = heldout.counts
-        # Held-out residual: (Yh - mu) - (Phi_h - 1 phibar^T) L, expanded into the held-out statistics.
+        # Held-out residual: (Th - t0) - (Phi_h - 1 phibar^T) L, expanded into the held-out statistics.
         Hh = heldout.gram - np.outer(phibar, ch) - np.outer(ch, phibar) + Nh * np.outer(phibar, phibar)
-        Ph = heldout.phi_y - np.outer(ch, mu) - np.outer(phibar, heldout.ysum) + Nh * np.outer(phibar, mu)
-        syy_h = float(np.sum(heldout.ysq - 2.0 * mu * heldout.ysum + Nh * mu * mu))
+        Ph = heldout.phi_t - np.outer(ch, t0) - np.outer(phibar, heldout.tsum) + Nh * np.outer(phibar, t0)
+        syy_h = _centred_ss(heldout, t0, K)
         # With Z = diag(w) R, w = 1 / (evals + lam): tr(Z^T Q^T Ph) = w . v and tr(Z^T (Q^T Hh Q) Z) = w^T S w,
-        # so after three p x p products each lambda costs O(p^2), p = 16C.
-        v = np.sum(R * (Q.T @ Ph), axis=1)
-        S = (Q.T @ Hh @ Q) * (R @ R.T)
+        # so after a few p x p products each lambda costs O(p^2), p = 16C.
+        v = np.sum(RK * (Q.T @ Ph), axis=1)
+        S = (Q.T @ Hh @ Q) * (RK @ R.T)
         for i, lam in enumerate(ridges):
             w = 1.0 / (evals + lam)
             heldout_sse[i] = syy_h - 2.0 * float(w @ v) + float(w @ S @ w)
-        best = int(np.nanargmin(heldout_sse)) if len(ridges) > 1 else 0
+        best = int(np.nanargmin(heldout_sse))
     else:
         best = 0
     lam = float(ridges[best])
     L = Q @ (R / (evals + lam)[:, None])
-    intercept = mu - phibar @ L
+    intercept = t0 - phibar @ L
+    if K is not None:  # input-space tables and intercept to the layer's outputs
+        L = L @ W
+        intercept = intercept @ W + b
+    # Uncentred ||Y||^2 = centred + cross term + N ||mu||^2, with mu = the training mean of Y.
+    mu = t0 if K is None else t0 @ W + b
+    train_ss = syy + N * float(mu @ mu)
+    heldout_ss = float("nan")
+    if has_heldout:
+        dev = heldout.tsum - heldout.rows * t0  # sum over held-out rows of (T - t0)
+        dev = dev if K is None else dev @ W
+        heldout_ss = syy_h + 2.0 * float(mu @ dev) + heldout.rows * float(mu @ mu)
     return RidgeFit(
         lut=L,
         intercept=intercept,
         ridge=lam,
         train_sse=max(train_sse(lam), 0.0),
-        heldout_sse=float(max(heldout_sse[best], 0.0)) if np.isfinite(heldout_sse[best]) else float("nan"),
-        train_ss=float(np.sum(train.ysq)),
-        heldout_ss=float(np.sum(heldout.ysq)) if heldout is not None and heldout.rows > 0 else float("nan"),
+        heldout_sse=float(max(heldout_sse[best], 0.0)) if has_heldout else float("nan"),
+        train_ss=train_ss,
+        heldout_ss=heldout_ss,
+        counts=train.counts,
         centred_gram=Gc,
-        mean_code=phibar,
     )
 
 
@@ -188,34 +239,83 @@ class QuantizedLUT:
 _SCALE_FRACTIONS = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
 
 
-def quantize_lut(fit: RidgeFit, C: int) -> QuantizedLUT:
+def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> QuantizedLUT:
     """int8 LUT with one scale per output column.
 
     Each (m, c) table is centred on its midrange (the centres fold into ``offset``), so int8 covers the spread only.
-    Per column the scale minimises the squared error of the integer sums on the training codes (``E^T Gc E`` with
-    the centred Gram, over a few candidate scales), and the mean error on the training codes folds into ``offset``
-    so the column sums stay unbiased.
+    Per column the scale minimises the squared error of the integer sums on the training codes over a few
+    candidate scales, and the mean error on the training codes folds into ``offset`` so the column sums stay
+    unbiased. The error of a table-error matrix E is ``E^T Gc E`` with the centred Gram; for very wide layers
+    (16C x 16C x M beyond ``exact_limit``) its block diagonal stands in (codebooks' errors taken as uncorrelated).
     """
     L = fit.lut  # (16C, M)
-    M = L.shape[1]
+    p, M = L.shape
+    phibar = fit.counts * (C / fit.counts.sum())  # fraction of rows per (codebook, code)
     T = L.reshape(C, NUM_CODES, M)
     mid = 0.5 * (T.max(axis=1) + T.min(axis=1))  # (C, M)
-    Rr = (T - mid[:, None, :]).reshape(C * NUM_CODES, M)
+    Rr = (T - mid[:, None, :]).reshape(p, M)
     half = 0.5 * (T.max(axis=1) - T.min(axis=1)).max(axis=0)  # (M,)
     s0 = np.where(half > 0, half / 127.0, 1.0)
+    exact = p * p * M <= exact_limit
+    if not exact:
+        blocks = fit.centred_gram.reshape(C, NUM_CODES, C, NUM_CODES)[np.arange(C), :, np.arange(C), :]  # (C,16,16)
     best_err = np.full(M, np.inf)
-    best_q = np.zeros((C * NUM_CODES, M), dtype=np.int8)
+    best_q = np.zeros((p, M), dtype=np.int8)
     best_s = np.ones(M, dtype=np.float32)
     for frac in _SCALE_FRACTIONS:
         s = (s0 * frac).astype(np.float32)
         q = np.clip(np.rint(Rr / s), -128, 127)
         E = q * s.astype(np.float64) - Rr
-        err = np.sum(E * (fit.centred_gram @ E), axis=0)
+        if exact:
+            err = np.sum(E * (fit.centred_gram @ E), axis=0)
+        else:
+            Eb = E.reshape(C, NUM_CODES, M)
+            err = np.einsum("ckm,ckj,cjm->m", Eb, blocks, Eb, optimize=True)
         better = err < best_err
         best_err[better] = err[better]
         best_q[:, better] = q[:, better].astype(np.int8)
         best_s[better] = s[better]
     E = best_q.astype(np.float64) * best_s.astype(np.float64) - Rr
-    offset = fit.intercept + mid.sum(axis=0) - fit.mean_code @ E
+    offset = fit.intercept + mid.sum(axis=0) - phibar @ E
     lut_q = np.ascontiguousarray(best_q.reshape(C, NUM_CODES, M).transpose(2, 0, 1))
     return QuantizedLUT(lut_q=lut_q, scale=best_s, offset=offset.astype(np.float32))
+
+
+@njit("void(uint8[:, ::1], int8[:, :, ::1], float32[::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
+def _lookup_int8(codes, lut_q, scale, offset, out):
+    N, C = codes.shape
+    M = lut_q.shape[0]
+    for n in prange(N):
+        for m in range(M):
+            S = np.int32(0)
+            for c in range(C):
+                S += np.int32(lut_q[m, c, codes[n, c] & 15])
+            out[n, m] = np.float32(scale[m] * np.float32(S)) + offset[m]
+
+
+@njit("void(uint8[:, ::1], float32[:, :, ::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
+def _lookup_float(codes, lut, bias, out):
+    N, C = codes.shape
+    M = lut.shape[0]
+    for n in prange(N):
+        for m in range(M):
+            y = np.float32(0.0)
+            for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
+                y = y + lut[m, c, codes[n, c]]
+            out[n, m] = y + bias[m]
+
+
+def lookup_int8(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``reference.lookup`` (bit for bit), parallel over rows: for measuring large layers."""
+    out = np.empty((codes.shape[0], lut_q.shape[0]), dtype=np.float32)
+    _lookup_int8(np.ascontiguousarray(codes, dtype=np.uint8), np.ascontiguousarray(lut_q, dtype=np.int8),
+                 np.ascontiguousarray(scale, dtype=np.float32), np.ascontiguousarray(offset, dtype=np.float32), out)
+    return out
+
+
+def lookup_float(codes: np.ndarray, lut: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``reference.lookup_float`` (bit for bit), parallel over rows."""
+    out = np.empty((codes.shape[0], lut.shape[0]), dtype=np.float32)
+    _lookup_float(np.ascontiguousarray(codes, dtype=np.uint8), np.ascontiguousarray(lut, dtype=np.float32),
+                  np.ascontiguousarray(bias, dtype=np.float32), out)
+    return out
