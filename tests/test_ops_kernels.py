@@ -10,7 +10,7 @@ from halut_onnx import reference
 from halut_onnx.ops import ENCODE_PQ, ENCODE_TREE, LOOKUP
 
 # (leading dims, D, C): empty, single row, rows off the 16/64-row blocks, rank 1 and 3, D % C != 0, C == D, C = 1,
-# C past the AVX2 int16 chunk (256 codebooks).
+# C past the AVX2 int16 chunk (256 codebooks), several parallel tasks (sized by work, see kernel_base.h).
 ENCODE_SHAPES = [
     ((0,), 32, 8),
     ((1,), 32, 8),
@@ -21,6 +21,7 @@ ENCODE_SHAPES = [
     ((9,), 24, 24),
     ((5,), 10, 1),
     ((65,), 300, 300),
+    ((700,), 96, 96),  # several parallel tasks and a partial last one
 ]
 
 # (leading dims, C, M): M odd and not a multiple of 16, large M, C not a multiple of 4, C past 256, many rows.
@@ -37,6 +38,7 @@ LOOKUP_SHAPES = [
     ((4100,), 20, 19),  # long inputs: 256-row tasks, a partial last one
     ((2, 2100), 33, 24),
     ((4101,), 8, 256),  # a 4 MB output: non-temporal stores
+    ((300,), 64, 1024),  # several parallel tasks of 128 rows and a partial last one
 ]
 
 

@@ -13,8 +13,8 @@ constexpr int64_t kCodes = 16;      // prototypes per codebook
 constexpr int64_t kTreeDepth = 4;   // levels per tree
 constexpr int64_t kTreeNodes = 15;  // thresholds per tree
 
-// Rows handed to one encode call (one parallel task); the encoders accept any count up to this.
-constexpr int64_t kRowsPerTask = 64;
+// Parallel tasks cover multiples of this many rows (whole SIMD row blocks).
+constexpr int64_t kRowGranularity = 64;
 // Rows handed to one lookup call at most: the kernel keeps each slice of the LUT in cache across these rows.
 constexpr int64_t kLookupMaxRows = 256;
 
@@ -50,7 +50,7 @@ struct LutParams {
 struct IsaKernels {
   const char* name;
   bool lut_code_major;  // the lookup wants LutParams::lut as [Cpad][16][Mpad]
-  // codes[rows][C] from X[rows][D].
+  // codes[rows][C] from X[rows][D], any number of rows.
   void (*encode_tree)(const float* X, int64_t rows, int64_t D, const TreeParams& p, uint8_t* codes);
   void (*encode_pq)(const float* X, int64_t rows, const PqParams& p, uint8_t* codes);
   // Y[rows][M] from codes[rows][C], rows <= kLookupMaxRows; scratch holds lookup_scratch_bytes(Cpad, Mpad)

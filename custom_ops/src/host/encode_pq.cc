@@ -46,11 +46,12 @@ void EncodePqKernel::Compute(OrtKernelContext* ctx) {
   const cpu::PqParams params = pq.params();
   const float* x = X.as<float>();
   const cpu::IsaKernels* isa = isa_;
+  const int64_t task_rows = rows_per_task(2 * D + 16 * pq.C);  // 16 D multiply-adds, 16 lanes; an argmin per codebook
   auto task = [&](int64_t t) noexcept {
-    const int64_t r0 = t * cpu::kRowsPerTask;
-    isa->encode_pq(x + r0 * D, std::min(cpu::kRowsPerTask, N - r0), params, codes + r0 * pq.C);
+    const int64_t r0 = t * task_rows;
+    isa->encode_pq(x + r0 * D, std::min(task_rows, N - r0), params, codes + r0 * pq.C);
   };
-  parallel_for(ctx, (N + cpu::kRowsPerTask - 1) / cpu::kRowsPerTask, task);
+  parallel_for(ctx, (N + task_rows - 1) / task_rows, task);
 }
 
 }  // namespace halut

@@ -55,11 +55,12 @@ void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {
   const cpu::TreeParams params = tree.params();
   const float* x = X.as<float>();
   const cpu::IsaKernels* isa = isa_;
+  const int64_t task_rows = rows_per_task(8 * tree.C);  // 4 gathers and compares per codebook and row
   auto task = [&](int64_t t) noexcept {
-    const int64_t r0 = t * cpu::kRowsPerTask;
-    isa->encode_tree(x + r0 * D, std::min(cpu::kRowsPerTask, N - r0), D, params, codes + r0 * tree.C);
+    const int64_t r0 = t * task_rows;
+    isa->encode_tree(x + r0 * D, std::min(task_rows, N - r0), D, params, codes + r0 * tree.C);
   };
-  parallel_for(ctx, (N + cpu::kRowsPerTask - 1) / cpu::kRowsPerTask, task);
+  parallel_for(ctx, (N + task_rows - 1) / task_rows, task);
 }
 
 }  // namespace halut

@@ -1,5 +1,6 @@
 #include "kernel_base.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -128,6 +129,13 @@ void KernelBase::expect_dim(const TensorView& t, const char* name, size_t axis, 
     invalid(std::string("input '") + name + "' dim " + std::to_string(axis) + " (" + what + ") must be " +
             std::to_string(expected) + ", found " + std::to_string(t.shape[axis]) + " (shape " + t.shape_str() + ")");
   }
+}
+
+int64_t rows_per_task(int64_t cost_per_row) {
+  constexpr int64_t kMinTaskCycles = 100000;
+  const int64_t g = cpu::kRowGranularity;
+  const int64_t rows = kMinTaskCycles / std::max<int64_t>(cost_per_row, 1);
+  return std::max<int64_t>(g, (rows + g - 1) / g * g);
 }
 
 void* thread_scratch(size_t bytes) {

@@ -82,6 +82,10 @@ class KernelBase {
   const cpu::IsaKernels* isa_ = nullptr;
 };
 
+// Rows per parallel task: a multiple of cpu::kRowGranularity holding at least ~100k cycles of work (cost_per_row
+// is a rough cycle count), so that waking a pool thread pays off; small inputs stay on the calling thread.
+int64_t rows_per_task(int64_t cost_per_row);
+
 // A 64-byte aligned scratch buffer per thread (the lookup's transposed codes), grown on demand.
 void* thread_scratch(size_t bytes);
 

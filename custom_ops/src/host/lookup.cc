@@ -50,11 +50,9 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
   const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad, lut.Mpad);
   const cpu::IsaKernels* isa = isa_;
   std::atomic<bool> out_of_memory{false};
-  // Long calls keep each LUT slice in cache across more rows; short inputs still split across threads.
-  const int64_t task_rows = N >= 16 * cpu::kLookupMaxRows ? cpu::kLookupMaxRows : 64;
+  // One (vpermb, vpdpbusd) pair per 64 lookups plus the per-output epilogue, per row.
+  const int64_t task_rows = rows_per_task(lut.Mpad * lut.Cpad / 64 + lut.Mpad / 4);
   auto task = [&](int64_t t) noexcept {
-    const int64_t r0 = t * task_rows;
-    const int64_t rows = std::min(task_rows, N - r0);
     void* scratch = nullptr;
     try {
       scratch = thread_scratch(scratch_bytes);
@@ -62,7 +60,11 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
       out_of_memory = true;
       return;
     }
-    isa->lookup(code_data + r0 * lut.C, rows, params, Y + r0 * lut.M, scratch);
+    const int64_t end = std::min(N, (t + 1) * task_rows);
+    for (int64_t r0 = t * task_rows; r0 < end; r0 += cpu::kLookupMaxRows) {
+      const int64_t rows = std::min(cpu::kLookupMaxRows, end - r0);
+      isa->lookup(code_data + r0 * lut.C, rows, params, Y + r0 * lut.M, scratch);
+    }
   };
   parallel_for(ctx, (N + task_rows - 1) / task_rows, task);
   if (out_of_memory) throw std::bad_alloc();
