@@ -252,7 +252,8 @@ def collect_rows(
     problems: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         session = _session(augmented, tmpdir)
-        for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress):
+        for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress,
+                               leave=False):
             try:
                 values = dict(zip(fetched, session.run(fetched, feed))) if fetched else {}
             except Exception as exc:  # onnxruntime raises its own exception types for a bad feed
