@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from halut_models import make_model, mlp
+from halut_models import IR_VERSION, make_model, mlp
 from halut_onnx.calibrate import CalibrationSet, ReservoirSampler, collect_rows, model_inputs
 from halut_onnx.errors import CalibrationError
 
@@ -158,3 +158,27 @@ def test_collect_rows_reports_onnxruntime_failures_with_the_file(tmp_path, rng):
     calib = CalibrationSet(tmp_path, model_inputs(model))
     with pytest.raises(CalibrationError, match=rf"^{tmp_path}/x.npz: onnxruntime could not run the model on it: "):
         collect_rows(model, calib, {"fc": ("s", 8)}, max_rows=10, progress=False)
+
+
+def test_rows_with_non_finite_values_are_left_out(tmp_path, rng):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Log", ["x"], ["lx"]), helper.make_node("MatMul", ["lx", "w"], ["y"], name="fc")]
+    model = make_model(nodes, [x], [out], {"w": rng.standard_normal((8, 4)).astype(np.float32)})
+    data = rng.random((30, 8)).astype(np.float32) + 0.5
+    data[[3, 17], 5] = -1.0  # log(-1) = NaN in two rows
+    np.savez(tmp_path / "x.npz", x=data)
+    got = collect_rows(model, CalibrationSet(tmp_path, model_inputs(model)), {"fc": ("lx", 8)}, 100, progress=False)
+    assert (got["fc"].rows_seen, got["fc"].rows_dropped, got["fc"].rows.shape) == (30, 2, (28, 8))
+    np.testing.assert_allclose(got["fc"].rows, np.log(np.delete(data, [3, 17], axis=0)), rtol=1e-6)
+
+
+def test_rank1_layer_input_is_reported_not_collected(tmp_path, rng):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)  # no declared shape: rank seen on the data
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g", [x], [out],
+                              [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")])
+    model = helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", 17)])
+    np.savez(tmp_path / "x.npz", x=np.ones(8, np.float32))
+    got = collect_rows(model, CalibrationSet(tmp_path, model_inputs(model)), {"fc": ("x", 8)}, 100, progress=False)
+    assert got["fc"].problem == "its input 'x' was float32 [8] on x.npz; needs float32 [..., 8] of rank >= 2"

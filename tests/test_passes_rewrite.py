@@ -204,3 +204,18 @@ def test_gemm_variants(rng, attrs, c_shape, reason):
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = x @ cand.weight + (0 if cand.bias is None else cand.bias)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_and_rank1_matmul_are_listed_as_skipped(rng):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [32])
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], name="conv"),
+             helper.make_node("MatMul", ["v", "w"], ["m"], name="vec")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x, v], [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+                                                helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "k"),
+                           numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w")]),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    assert _find(model) == ({}, {"conv": "Conv layers are not converted by this version",
+                                 "vec": "input A has rank 1; needs rank >= 2"})
