@@ -18,18 +18,24 @@ def make_session(path: str | os.PathLike, threads: int | None = None, halut: boo
 
     from .library import session_options
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    def fresh():
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        return options
+
+    options = fresh()
     loaded = False
     if halut:
         try:
             session_options(options)
             loaded = True
-        except FileNotFoundError as exc:
-            log.warning("%s; running the Halut ops through their ONNX function fallbacks", exc)
+        except Exception as exc:  # not found, or onnxruntime refused to load it
+            log.warning("%s; running the Halut ops through their ONNX function fallbacks",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            options = fresh()
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
