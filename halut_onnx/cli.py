@@ -3,7 +3,6 @@ reported as one line and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 

@@ -20,13 +20,15 @@ from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .errors import ConversionError
 from .learn import LearnOptions, learn_layer
 from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic
+from .options import ConvertOptions
 from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
 from .passes.functions import MIN_OPSET
-from .options import ConvertOptions
 from .records import LayerRecord, write_records
 from .selection import SelectedLayer, select_layers
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ConvertOptions", "ConvertResult", "convert_model"]
 
 
 @dataclass

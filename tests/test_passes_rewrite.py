@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from halut_models import IR_VERSION, OPSET, make_model, mlp, zoo
+from halut_models import IR_VERSION, OPSET, mlp, zoo
 from halut_onnx import reference
 from halut_onnx.passes import LayerRewrite, find_layers, name_nodes, rewrite_model
 
