@@ -84,11 +84,13 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     options = ConvertOptions(**flags)  # the flags are the fields, one to one
     result = convert_model(model, calib_dir, output, options)
     rows = [
-        [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8,
-         "; ".join(r.notes)]
+        [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8]
         for r in result.converted
     ]
-    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "held-out NMSE", "notes"], rows))
+    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "held-out NMSE"], rows))
+    notes = [f"  {r.name}: {note}" for r in result.converted for note in r.notes]
+    if notes:
+        click.echo("notes:\n" + "\n".join(notes))
     if result.skipped:
         click.echo("")
         click.echo(_skipped_table(result.skipped))

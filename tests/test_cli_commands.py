@@ -39,7 +39,7 @@ def test_convert_inspect_eval_bench(case):
     result = _run(CONVERT + ["--encoder", "tree", "--exclude", "fc2"], case)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "held-out", "NMSE", "notes"]
+    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "held-out", "NMSE"]
     assert lines[2].split()[:7] == ["fc1", "MatMul", "32", "24", "4", "tree", "600"]
     assert "fc2            Gemm  matched by --exclude 'fc2'" in result.stdout
     assert lines[-1] == "Wrote out.onnx: 1 layers converted, 1 skipped."
