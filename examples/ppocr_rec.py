@@ -27,9 +27,10 @@ SIZES_FULL = (400, 200)  # calibration lines, evaluation lines
 SIZES_QUICK = (48, 24)
 SETTINGS_FULL = [
     ("default", []),
-    ("--encoder pq", ["--encoder", "pq"]),
-    ("-C 32 --encoder tree", ["-C", "32", "--encoder", "tree"]),
+    ("--encoder tree", ["--encoder", "tree"]),
+    ("-C 16 --encoder pq", ["-C", "16", "--encoder", "pq"]),
     ("-C 32 --encoder pq", ["-C", "32", "--encoder", "pq"]),
+    ("-C 32 --encoder tree", ["-C", "32", "--encoder", "tree"]),
 ]
 SETTINGS_QUICK = [("default", [])]
 
