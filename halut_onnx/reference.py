@@ -94,3 +94,83 @@ def lookup_float(codes: np.ndarray, lut: np.ndarray, bias: np.ndarray) -> np.nda
     for c in range(C):
         y += lut[:, c, :].T.astype(np.float32)[codes[:, c]]
     return y + bias.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conv forms: the same ops over the patch rows of a 2-D convolution (docs/ops.md, "Conv ops").
+
+
+def conv_pads(
+    H: int, W: int, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), auto_pad: str = "NOTSET"
+) -> tuple[tuple[int, int, int, int], int, int]:
+    """Resolved pads [top, left, bottom, right] and the output size (Ho, Wo), as ONNX Conv computes them."""
+    kh, kw = kernel_shape
+    sh, sw = strides
+    dh, dw = dilations
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        resolved = []
+        for size, k, s, d in ((H, kh, sh, dh), (W, kw, sw, dw)):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            resolved.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        pads = (resolved[0][0], resolved[1][0], resolved[0][1], resolved[1][1])
+    elif auto_pad == "VALID":
+        pads = (0, 0, 0, 0)
+    elif auto_pad != "NOTSET":
+        raise ValueError(f"auto_pad {auto_pad!r} is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+    top, left, bottom, right = (int(p) for p in pads)
+    Ho = (H + top + bottom - ((kh - 1) * dh + 1)) // sh + 1
+    Wo = (W + left + right - ((kw - 1) * dw + 1)) // sw + 1
+    return (top, left, bottom, right), max(Ho, 0), max(Wo, 0)
+
+
+def im2col(
+    X: np.ndarray, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), auto_pad: str = "NOTSET"
+) -> np.ndarray:
+    """Patch rows of a 2-D convolution: (B * Ho * Wo, Cin * kh * kw) float32, rows in (b, oy, ox) order.
+
+    Element ``d = (ci * kh + ky) * kw + kx`` of row (b, oy, ox) is
+    ``X[b, ci, oy * sh - top + ky * dh, ox * sw - left + kx * dw]``, or 0 outside the image, so a Conv weight
+    ``W`` (Cout, Cin, kh, kw) acts on the rows as ``W.reshape(Cout, -1).T``.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    B, Cin, H, W = X.shape
+    kh, kw = kernel_shape
+    sh, sw = strides
+    dh, dw = dilations
+    (top, left, bottom, right), Ho, Wo = conv_pads(H, W, kernel_shape, strides, pads, dilations, auto_pad)
+    padded = np.zeros((B, Cin, H + top + bottom, W + left + right), dtype=np.float32)
+    # Negative pads crop: place the part of X that lands inside the padded frame.
+    src = X[:, :, max(-top, 0) : H - max(-bottom, 0), max(-left, 0) : W - max(-right, 0)]
+    padded[:, :, max(top, 0) : max(top, 0) + src.shape[2], max(left, 0) : max(left, 0) + src.shape[3]] = src
+    cols = np.empty((B, Ho, Wo, Cin, kh, kw), dtype=np.float32)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            patch = padded[:, :, y0 : y0 + (Ho - 1) * sh + 1 : sh, x0 : x0 + (Wo - 1) * sw + 1 : sw]
+            cols[:, :, :, :, ky, kx] = patch.transpose(0, 2, 3, 1)
+    return cols.reshape(B * Ho * Wo, Cin * kh * kw)
+
+
+def _conv_codes(X, codes_rows, geometry) -> np.ndarray:
+    B, _, H, W = np.shape(X)
+    _, Ho, Wo = conv_pads(H, W, **geometry)
+    return codes_rows.reshape(B, Ho, Wo, -1)
+
+
+def encode_tree_conv(X, split_dims, thresholds, **geometry) -> np.ndarray:
+    """HalutEncodeTreeConv: codes (uint8, B x Ho x Wo x C) = encode_tree(im2col(X)); geometry as ``im2col``."""
+    return _conv_codes(X, encode_tree(im2col(X, **geometry), split_dims, thresholds), geometry)
+
+
+def encode_pq_conv(X, vectors, biases, **geometry) -> np.ndarray:
+    """HalutEncodePQConv: codes (uint8, B x Ho x Wo x C) = encode_pq(im2col(X)); geometry as ``im2col``."""
+    return _conv_codes(X, encode_pq(im2col(X, **geometry), vectors, biases), geometry)
+
+
+def lookup_conv(codes: np.ndarray, lut_q, scale, offset) -> np.ndarray:
+    """HalutLookupConv: Y (float32, B x M x Ho x Wo) with ``Y[b, :, oy, ox] = lookup(codes[b, oy, ox])``."""
+    B, Ho, Wo, C = codes.shape
+    Y = lookup(codes.reshape(-1, C), lut_q, scale, offset)
+    return np.ascontiguousarray(Y.reshape(B, Ho, Wo, -1).transpose(0, 3, 1, 2))
