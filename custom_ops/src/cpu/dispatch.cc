@@ -5,6 +5,7 @@
 namespace halut::cpu {
 namespace {
 
+#if defined(HALUT_X86_KERNELS)
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2");
@@ -17,6 +18,15 @@ bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
          __builtin_cpu_supports("avx512vnni");
 }
+const IsaKernels& avx2_or_scalar() { return avx2_kernels(); }
+const IsaKernels& avx512_or_scalar() { return avx512_kernels(); }
+#else
+// Not an x86-64 build: only the scalar kernels exist.
+bool cpu_has_avx2() { return false; }
+bool cpu_has_avx512() { return false; }
+const IsaKernels& avx2_or_scalar() { return scalar_kernels(); }
+const IsaKernels& avx512_or_scalar() { return scalar_kernels(); }
+#endif
 
 }  // namespace
 
@@ -29,13 +39,13 @@ std::string supported_isas() {
 
 const IsaKernels* select_kernels(const char* forced, std::string* error) {
   if (forced == nullptr || *forced == '\0') {
-    if (cpu_has_avx512()) return &avx512_kernels();
-    if (cpu_has_avx2()) return &avx2_kernels();
+    if (cpu_has_avx512()) return &avx512_or_scalar();
+    if (cpu_has_avx2()) return &avx2_or_scalar();
     return &scalar_kernels();
   }
   if (std::strcmp(forced, "scalar") == 0) return &scalar_kernels();
-  if (std::strcmp(forced, "avx2") == 0 && cpu_has_avx2()) return &avx2_kernels();
-  if (std::strcmp(forced, "avx512") == 0 && cpu_has_avx512()) return &avx512_kernels();
+  if (std::strcmp(forced, "avx2") == 0 && cpu_has_avx2()) return &avx2_or_scalar();
+  if (std::strcmp(forced, "avx512") == 0 && cpu_has_avx512()) return &avx512_or_scalar();
   if (std::strcmp(forced, "avx2") == 0 || std::strcmp(forced, "avx512") == 0) {
     *error = std::string("HALUT_ONNX_ISA=") + forced + " but this CPU lacks it (supported: " + supported_isas() + ")";
   } else {
