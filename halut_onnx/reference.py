@@ -156,7 +156,7 @@ def im2col(
 def _conv_codes(X, codes_rows, geometry) -> np.ndarray:
     B, _, H, W = np.shape(X)
     _, Ho, Wo = conv_pads(H, W, **geometry)
-    return codes_rows.reshape(B, Ho, Wo, -1)
+    return codes_rows.reshape(B, Ho, Wo, codes_rows.shape[1])
 
 
 def encode_tree_conv(X, split_dims, thresholds, **geometry) -> np.ndarray:
@@ -173,4 +173,4 @@ def lookup_conv(codes: np.ndarray, lut_q, scale, offset) -> np.ndarray:
     """HalutLookupConv: Y (float32, B x M x Ho x Wo) with ``Y[b, :, oy, ox] = lookup(codes[b, oy, ox])``."""
     B, Ho, Wo, C = codes.shape
     Y = lookup(codes.reshape(-1, C), lut_q, scale, offset)
-    return np.ascontiguousarray(Y.reshape(B, Ho, Wo, -1).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(Y.reshape(B, Ho, Wo, lut_q.shape[0]).transpose(0, 3, 1, 2))

@@ -118,6 +118,14 @@ class Api {
   OrtStatus* GetTensorTypeAndShape(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) const {
     return slot<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(65)(value, out);
   }
+  OrtStatus* KernelInfoGetAttribute_string(const OrtKernelInfo* info, const char* name, char* out,
+                                          size_t* size) const {
+    return slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, char*, size_t*)>(87)(info, name, out, size);
+  }
+  OrtStatus* KernelInfoGetAttributeArray_int64(const OrtKernelInfo* info, const char* name, int64_t* out,
+                                               size_t* count) const {
+    return slot<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*, size_t*)>(163)(info, name, out, count);
+  }
   OrtStatus* KernelContext_GetInputCount(const OrtKernelContext* ctx, size_t* out) const {
     return slot<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(88)(ctx, out);
   }

@@ -1,6 +1,7 @@
-// The library's entry point: registers the ai.halut domain with its three CPU ops.
+// The library's entry point: registers the ai.halut domain with its CPU ops.
 #include <string>
 
+#include "conv.h"
 #include "encode_pq.h"
 #include "encode_tree.h"
 #include "lookup.h"
@@ -13,6 +14,9 @@ namespace {
 const OpDef<EncodeTreeKernel> kEncodeTree;
 const OpDef<EncodePqKernel> kEncodePq;
 const OpDef<LookupKernel> kLookup;
+const OpDef<EncodeTreeConvKernel> kEncodeTreeConv;
+const OpDef<EncodePqConvKernel> kEncodePqConv;
+const OpDef<LookupConvKernel> kLookupConv;
 
 }  // namespace
 
@@ -53,7 +57,10 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     if (OrtStatus* s = ort.CreateCustomOpDomain("ai.halut", &domain)) return s;
     for (const OrtCustomOp* op : {static_cast<const OrtCustomOp*>(&halut::kEncodeTree),
                                   static_cast<const OrtCustomOp*>(&halut::kEncodePq),
-                                  static_cast<const OrtCustomOp*>(&halut::kLookup)}) {
+                                  static_cast<const OrtCustomOp*>(&halut::kLookup),
+                                  static_cast<const OrtCustomOp*>(&halut::kEncodeTreeConv),
+                                  static_cast<const OrtCustomOp*>(&halut::kEncodePqConv),
+                                  static_cast<const OrtCustomOp*>(&halut::kLookupConv)}) {
       if (OrtStatus* s = ort.CustomOpDomain_Add(domain, op)) return s;
     }
     return ort.AddCustomOpDomain(options, domain);
