@@ -22,11 +22,6 @@ def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def convert_available() -> bool:
-    """Whether this halut_onnx has the ``convert`` command yet."""
-    return halut_cli("convert", "--help", check=False).returncode == 0
-
-
 def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
     halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
     return out

@@ -64,8 +64,6 @@ def run(out: Path, quick: bool) -> tuple[dict, list[dict]]:
             "layers": tools.matmul_layers(model)}
     print(f"model {model.name}: {info['layers']} constant-weight MatMul/Gemm layers")
     print(f"{n_calib} calibration lines, {n_eval} evaluation lines; original CER {100 * original_cer:.2f} %")
-    if not tools.convert_available():
-        raise SystemExit("halut-onnx has no convert command yet: nothing to compare")
 
     results = []
     for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
