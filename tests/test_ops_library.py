@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_forced_isa_runs_only_where_the_cpu_has_it():
 
     flags = cpu_flags()
     for isa, needed in ISA_FLAGS.items():
-        out = subprocess.run([sys.executable, "-c", script], env={"HALUT_ONNX_ISA": isa, "PATH": ""},
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "HALUT_ONNX_ISA": isa},
                              capture_output=True, text=True, cwd=str(Path(__file__).parent.parent), timeout=60).stdout
         if needed <= flags:
             assert out.strip() == "ran"
