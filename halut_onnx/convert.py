@@ -149,6 +149,12 @@ def convert_model(
     a user can fix; layers that cannot be converted are skipped, each with its reason in ``result.layers``.
     """
     options.validate()
+    if options.budget is not None or options.sequential:
+        # docs/budget.md: analysis, selection and sequential learning live in budget_convert
+        from .budget_convert import convert_sequential, convert_under_budget
+
+        run = convert_under_budget if options.budget is not None else convert_sequential
+        return run(model, calib_dir, output_path, options)
     if output_path is not None and not Path(output_path).resolve().parent.is_dir():
         # before the calibration and learning, not after
         raise ConversionError(f"output folder {Path(output_path).parent} does not exist")

@@ -36,6 +36,11 @@ class ConvertOptions:
     seed: int = 0  # --seed: row sampling and learning
     memory_mb: int = 2048  # --memory-mb: row samples held at once; more layers -> more passes over the data
     progress: bool = True  # --progress/--no-progress: tqdm bars on stderr
+    budget: str | None = None  # --budget METRIC=VALUE: convert the layers and settings that save most within it
+    sequential: bool = False  # --sequential: learn each layer on the inputs the converted layers before it produce
+    heldout_files: float = 0.25  # --heldout-files: calibration files held out to measure the budget metric
+    objective: str = "macs"  # --objective: what a budget maximises: multiply-adds removed, or measured kernel time
+    metric_output: str | None = None  # --metric-output: the output the budget metric compares (default: first float)
 
     def validate(self) -> None:
         if self.codebooks is not None and self.codebooks < 1:
@@ -56,6 +61,14 @@ class ConvertOptions:
             raise ValueError(f"--memory-mb must be >= 1, got {self.memory_mb}")
         compile_patterns(self.include, "--include")
         compile_patterns(self.exclude, "--exclude")
+        if self.budget is not None:
+            from .budget import parse_budget
+
+            parse_budget(self.budget)
+        if self.objective not in ("macs", "time"):
+            raise ValueError(f"--objective must be 'macs' or 'time', got {self.objective!r}")
+        if not 0 < self.heldout_files < 1:
+            raise ValueError(f"--heldout-files must be in (0, 1), got {self.heldout_files}")
 
     def settings(self) -> dict:
         """The options that shape the output (recorded in the model's metadata)."""

@@ -189,6 +189,7 @@ def learn_layer(
     bias: np.ndarray | None = None,
     options: LearnOptions = LearnOptions(),
     progress: Callable[[str], None] | None = None,
+    target_inputs: np.ndarray | None = None,
 ) -> HalutLayer:
     """Learn the Halut replacement of ``Y = A W + bias``.
 
@@ -199,10 +200,18 @@ def learn_layer(
     options : LearnOptions.
     progress : called with the name of each stage as it starts ("split", "encoder", "encode", "lut", "quantize",
         "measure").
+    target_inputs : (rows, D) or None. Sequential calibration: the original model's inputs of this layer, paired row
+        by row with ``A`` (the inputs the already-converted layers before it produce). The encoder learns on ``A``,
+        the LUT fits (and the report measures against) ``Y = target_inputs W + bias``. None: ``target_inputs = A``.
 
     Raises ValueError naming the problem for bad shapes, dtypes, non-finite values, too few rows or bad options.
     """
     A, W, bias = _validate(A, W, bias, options)
+    T = A
+    if target_inputs is not None:
+        T = _as_float_array("target_inputs", target_inputs, 2, "(rows, D)").astype(np.float32, copy=False)
+        if T.shape != A.shape:
+            raise ValueError(f"target_inputs must have A's shape {A.shape} (one row per row of A); found {T.shape}")
     step = progress or (lambda stage: None)
     rows, D = A.shape
     M = W.shape[1]
@@ -217,6 +226,8 @@ def learn_layer(
     nh = heldout_rows(rows, options.heldout_fraction)
     A_h = A[np.sort(perm[:nh])]
     A_tr = np.ascontiguousarray(A[np.sort(perm[nh:])])
+    T_h = A_h if T is A else T[np.sort(perm[:nh])]
+    T_tr = A_tr if T is A else np.ascontiguousarray(T[np.sort(perm[nh:])])
 
     step("encoder")
     split_dims = thresholds = vectors = biases = None
@@ -239,8 +250,8 @@ def learn_layer(
     codes_h = encode(A_h)
 
     step("lut")
-    train_stats = linear_code_stats(codes_tr, A_tr, W32, b32)
-    heldout_stats = linear_code_stats(codes_h, A_h, W32, b32) if nh else None
+    train_stats = linear_code_stats(codes_tr, T_tr, W32, b32)
+    heldout_stats = linear_code_stats(codes_h, T_h, W32, b32) if nh else None
     ridges = np.array([options.ridge]) if options.ridge is not None else ridge_grid(train_stats, options.ridge_points)
     fit = fit_ridge(train_stats, heldout_stats, ridges, W, bias)
 
@@ -251,7 +262,7 @@ def learn_layer(
     lut = np.ascontiguousarray(fit.lut.reshape(C, NUM_CODES, M).transpose(2, 0, 1), dtype=np.float32)
     lut_bias = fit.intercept.astype(np.float32)
     if nh:
-        sse = heldout_errors(A_h, codes_h, W32, b32, lut, lut_bias, q)
+        sse = heldout_errors(T_h, codes_h, W32, b32, lut, lut_bias, q)
         heldout_nmse = _nmse(sse["float"], sse["ss"])
         heldout_nmse_int8 = _nmse(sse["int8"], sse["ss"])
     else:

@@ -1,0 +1,339 @@
+"""Sensitivity analysis: every eligible layer converted alone, at each candidate setting (codebooks x encoder),
+with its effect on the model's end metric and what it saves (multiply-adds, measured kernel time).
+
+Calibration files are split into learn files and held-out files (budget.split_files). Cost is kept to one pass of
+the original model over the learn files (row samples, as ``convert``), one over the held-out files (reference
+outputs and per-layer held-out rows), one learning per (layer, setting), and one held-out run per (layer, setting)
+of the model with that single layer swapped in. docs/budget.md describes the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .budget import Option, split_files
+from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
+from .errors import ConversionError
+from .learn import HalutLayer, LearnOptions, learn_layer
+from .learn.layer import heldout_errors
+from .metrics import OutputComparison, loss, metric_output
+from .model_io import load_model
+from .options import ConvertOptions
+from .passes import LayerCandidate, LayerRewrite, find_layers, name_nodes, rewrite_model
+from .selection import MAX_DEFAULT_CODEBOOKS, MIN_DEFAULT_CODEBOOKS, select_layers
+
+log = logging.getLogger(__name__)
+
+#: codebook counts tried by default, as divisors of D (rounded to the nearest power of two, clamped to 4..64)
+DEFAULT_DIVISORS = (16, 8, 4, 2)
+HELDOUT_ROWS = 16384  # per layer, rows of the held-out files kept to measure the layer's error there
+
+
+@dataclass(frozen=True)
+class Setting:
+    encoder: str
+    codebooks: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.encoder} C={self.codebooks}"
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    convert: ConvertOptions = ConvertOptions()  # shared fields: include/exclude, min_dim, rows, seed, held-out files
+    codebooks: tuple[int, ...] = ()  # () : D/16, D/8, D/4, D/2 per layer
+    encoders: tuple[str, ...] = ("pq", "tree")
+    timing: bool = True  # time MatMul against encode + lookup per layer shape (needs the custom-op library)
+
+    def validate(self) -> None:
+        self.convert.validate()
+        if any(c < 1 for c in self.codebooks):
+            raise ValueError(f"--codebooks-list values must be >= 1, got {list(self.codebooks)}")
+        bad = [e for e in self.encoders if e not in ("tree", "pq")]
+        if bad or not self.encoders:
+            raise ValueError(f"--encoders must be a comma-separated subset of tree,pq, got {','.join(self.encoders)!r}")
+
+
+def codebook_grid(D: int, fixed: tuple[int, ...] = ()) -> list[int]:
+    """The codebook counts tried for a layer of D columns (each at most D), smallest first."""
+    if fixed:
+        return sorted({min(c, D) for c in fixed})
+    out = set()
+    for k in DEFAULT_DIVISORS:
+        c = 2 ** round(math.log2(max(D / k, 1.0)))
+        out.add(int(min(max(c, MIN_DEFAULT_CODEBOOKS), MAX_DEFAULT_CODEBOOKS, D)))
+    return sorted(out)
+
+
+def halut_macs(D: int, M: int, C: int, encoder: str) -> int:
+    """Operations per row of a converted layer: encode (pq: 16 multiply-adds per input; tree: 4 comparisons per
+    codebook) plus the lookup's C adds per output."""
+    return (16 * D if encoder == "pq" else 4 * C) + C * M
+
+
+@dataclass
+class SensitivityRow:
+    """One layer converted alone with one setting, measured on the held-out files."""
+
+    layer: str
+    op_type: str
+    D: int
+    M: int
+    encoder: str
+    C: int
+    rows_per_sample: float  # rows the layer sees per sample (1 after a flatten or pooling)
+    rows_train: int | None = None
+    train_nmse: float | None = None  # layer output, learn rows
+    heldout_nmse: float | None = None  # layer output, held-out rows of the learn files
+    file_nmse: float | None = None  # layer output, rows of the held-out files (int8 LUT)
+    agreement: float | None = None  # end metrics of the model with this layer alone converted
+    cosine: float | None = None
+    nmse: float | None = None
+    macs: int = 0  # multiply-adds of the original layer per sample
+    macs_removed: int = 0  # per sample: macs minus what the encode + lookup costs
+    matmul_ms: float | None = None  # kernel timing for the rows of one held-out file
+    halut_ms: float | None = None
+    learn_s: float | None = None
+    error: str | None = None  # why this setting could not be learned
+
+    @property
+    def setting(self) -> Setting:
+        return Setting(self.encoder, self.C)
+
+    def saving(self, objective: str = "macs") -> float | None:
+        """What converting saves: multiply-adds per sample ("macs"), or measured ms per held-out file ("time";
+        None when not timed)."""
+        if objective == "time":
+            if self.matmul_ms is None or self.halut_ms is None:
+                return None
+            return self.matmul_ms - self.halut_ms
+        return float(self.macs_removed)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        return out
+
+
+@dataclass
+class Analysis:
+    rows: list[SensitivityRow]
+    metric_output: str
+    learn_files: list[str]
+    heldout_files: list[str]
+    samples_heldout: int
+    model_ms: float | None  # the original model on one held-out file, 1 thread (for the expected speedup)
+    total_macs: int  # eligible layers, per sample
+    seconds: float
+    timed: bool
+    skipped: list = field(default_factory=list)  # SkippedLayer
+    # not serialized: what budget selection reuses
+    candidates: dict[str, LayerCandidate] = field(default_factory=dict, repr=False)
+    learned: dict[tuple[str, str], HalutLayer] = field(default_factory=dict, repr=False)
+    learn_rows: dict[str, CollectedRows] = field(default_factory=dict, repr=False)
+    work: onnx.ModelProto | None = field(default=None, repr=False)
+    evaluator: "HeldoutEvaluator | None" = field(default=None, repr=False)
+    learn_set: CalibrationSet | None = field(default=None, repr=False)
+
+    def options(self, metric: str, objective: str = "macs") -> list[Option]:
+        """The knapsack options (budget.Option) for ``metric``: one per learned (layer, setting), saving
+        multiply-adds ("macs", deterministic) or measured kernel time ("time", noisy on a busy machine)."""
+        if objective == "time" and not self.timed:
+            raise ValueError("--objective time needs kernel timings: the custom-op library did not load")
+        out = []
+        for r in self.rows:
+            value = getattr(r, metric)
+            if r.error is None and value is not None:
+                out.append(Option(r.layer, r.setting.key, loss(metric, value), r.saving(objective)))
+        return out
+
+    def row(self, layer: str, key: str) -> SensitivityRow:
+        return next(r for r in self.rows if r.layer == layer and r.setting.key == key)
+
+    def to_json(self) -> dict:
+        return {
+            "metric_output": self.metric_output, "learn_files": self.learn_files, "heldout_files": self.heldout_files,
+            "samples_heldout": self.samples_heldout, "model_ms": self.model_ms, "total_macs": self.total_macs,
+            "seconds": self.seconds, "timed": self.timed, "rows": [r.to_json() for r in self.rows],
+            "skipped": [{"name": s.name, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def subset(calibration: CalibrationSet, files: list) -> CalibrationSet:
+    """The same calibration set restricted to ``files``."""
+    out = copy.copy(calibration)
+    out.files = list(files)
+    return out
+
+
+def _session(model: onnx.ModelProto, threads: int | None = None):
+    import onnxruntime as ort
+
+    from .library import session_options
+
+    try:
+        options = session_options()
+    except Exception:  # no library: the model-local functions run the Halut ops
+        options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class HeldoutEvaluator:
+    """The original model's metric output on every held-out file, kept in memory, to compare converted models."""
+
+    def __init__(self, work: onnx.ModelProto, heldout: CalibrationSet, output: str):
+        self.work = work
+        self.output = output
+        self.feeds = [feed for _, feed in heldout]
+        session = _session(work)
+        self.reference = [session.run([output], feed)[0] for feed in self.feeds]
+        first = next(iter(self.feeds[0].values()))
+        self.samples = sum(int(next(iter(f.values())).shape[0]) if first.ndim else 1 for f in self.feeds)
+
+    def compare(self, model: onnx.ModelProto) -> OutputComparison:
+        session = _session(model)
+        out = OutputComparison()
+        for feed, ref in zip(self.feeds, self.reference):
+            out.add(ref, session.run([self.output], feed)[0])
+        return out
+
+
+def _outputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, int | None]]:
+    out = []
+    for value in model.graph.output:
+        t = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else None
+        out.append((value.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
+    return out
+
+
+def _model_ms(work: onnx.ModelProto, feed: dict) -> float:
+    session = _session(work, threads=1)
+    session.run(None, feed)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def prepare(model, options: ConvertOptions):
+    """(work model with named nodes, eligible candidates in graph order, skipped layers)."""
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(original)
+    name_nodes(work)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work)
+    except Exception:  # inference is an aid: types left unknown are checked on the data
+        inferred = work
+    candidates, not_eligible = find_layers(inferred)
+    selected, not_selected = select_layers(candidates, options.include, options.exclude, None, options.min_dim)
+    if not selected:
+        raise ConversionError("no eligible layer in the model: "
+                              + "; ".join(f"{s.name}: {s.reason}" for s in (not_eligible + not_selected)[:3]))
+    return original, work, [s.candidate for s in selected], not_eligible + not_selected
+
+
+def target(cand: LayerCandidate) -> tuple:
+    """``collect_rows``' target of a layer: (input tensor, D), plus the Conv geometry for a Conv (patch rows)."""
+    conv = getattr(cand, "conv", None)
+    return (cand.input_name, cand.D) if conv is None else (cand.input_name, cand.D, conv)
+
+
+def learn_options(options: ConvertOptions, setting: Setting) -> LearnOptions:
+    return LearnOptions(codebooks=setting.codebooks, encoder=setting.encoder, ridge=options.ridge,
+                        heldout_fraction=options.heldout_fraction, seed=options.seed)
+
+
+def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.PathLike,
+            options: AnalyzeOptions = AnalyzeOptions()) -> Analysis:
+    """Measure every (eligible layer, setting) converted alone; see the module doc."""
+    from tqdm.auto import tqdm
+
+    from .kernel_timing import library_available, time_layer
+
+    options.validate()
+    conv = options.convert
+    start = time.perf_counter()
+    _, work, candidates, skipped = prepare(model, conv)
+    calibration = CalibrationSet(calib_dir, model_inputs(work))
+    learn_files, heldout_files = split_files(calibration.files, conv.heldout_files, conv.seed)
+    learn_set, heldout_set = subset(calibration, learn_files), subset(calibration, heldout_files)
+    output = metric_output(_outputs(work), conv.metric_output)
+
+    targets = {c.name: target(c) for c in candidates}
+    learn_rows = collect_rows(work, learn_set, targets, conv.max_rows, conv.seed, conv.progress, "calibrating")
+    held_rows = collect_rows(work, heldout_set, targets, min(conv.max_rows, HELDOUT_ROWS), conv.seed + 1,
+                             conv.progress, "held-out rows")
+    evaluator = HeldoutEvaluator(work, heldout_set, output)
+    timed = options.timing and library_available()
+    if options.timing and not timed:
+        log.warning("custom-op library not loadable: savings are multiply-adds, not measured kernel times")
+    model_ms = _model_ms(work, evaluator.feeds[0]) if timed else None
+
+    rows: list[SensitivityRow] = []
+    learned: dict[tuple[str, str], HalutLayer] = {}
+    plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks) for e in options.encoders]
+    with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
+        for cand, setting in plan:
+            bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
+            rows.append(_measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv,
+                                 learned, len(heldout_files), time_layer if timed else None))
+            bar.update(1)
+    total = sum(r.macs for r in {r.layer: r for r in rows}.values())
+    return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,
+                    model_ms, total, time.perf_counter() - start, timed, skipped,
+                    {c.name: c for c in candidates}, learned, learn_rows, work, evaluator, learn_set)
+
+
+def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator: HeldoutEvaluator,
+             conv: ConvertOptions, learned: dict, n_heldout_files: int, timer) -> SensitivityRow:
+    per_sample = held.rows_seen / max(evaluator.samples, 1)
+    macs = int(round(per_sample * cand.D * cand.M))
+    row = SensitivityRow(cand.name, cand.op_type, cand.D, cand.M, setting.encoder, setting.codebooks, per_sample,
+                         macs=macs)
+    row.macs_removed = int(round(macs - per_sample * halut_macs(cand.D, cand.M, setting.codebooks, setting.encoder)))
+    problem = rows.problem or held.problem
+    if problem:
+        row.error = problem
+        return row
+    t0 = time.perf_counter()
+    try:
+        layer = learn_layer(rows.rows, cand.weight, cand.bias, learn_options(conv, setting))
+    except ValueError as exc:
+        row.error = f"learning failed: {exc}"
+        return row
+    row.learn_s = time.perf_counter() - t0
+    rep = layer.report
+    row.rows_train, row.train_nmse, row.heldout_nmse = rep.rows_train, rep.train_nmse, rep.heldout_nmse_int8
+    if len(held.rows):
+        W32 = cand.weight.astype(np.float32)
+        b32 = np.zeros(cand.M, np.float32) if cand.bias is None else cand.bias.astype(np.float32)
+        sse = heldout_errors(held.rows, layer.encode(held.rows), W32, b32, layer.lut, layer.lut_bias, layer)
+        row.file_nmse = sse["int8"] / sse["ss"] if sse["ss"] > 0 else float("nan")
+    single = rewrite_model(evaluator.work, [LayerRewrite(cand, layer, f"analysis: {setting.key}")])
+    values = evaluator.compare(single).values()
+    row.agreement, row.cosine, row.nmse = values["agreement"], values["cosine"], values["nmse"]
+    if timer is not None:
+        n = max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
+        t = timer(n, cand.D, cand.M, setting.codebooks, setting.encoder)
+        row.matmul_ms, row.halut_ms = t.matmul_ms, t.halut_ms
+    learned[(cand.name, setting.key)] = layer
+    return row

@@ -1,0 +1,172 @@
+"""Accuracy budgets: ``--budget METRIC=VALUE``, the held-out calibration files it is measured on, and the choice
+of layers and settings that removes the most cost within it (docs/budget.md).
+
+The choice is a multiple-choice knapsack: each layer is left as it is or converted with one of its settings, each
+setting with a measured single-layer loss and a saving; the predicted loss of a combination is the sum of its
+single-layer losses. Losses compound in ways a sum does not capture, so the combination is then measured and, while
+it misses the budget, its worst offender (largest single-layer loss) is upgraded to a more accurate setting or
+dropped (``back_off``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .metrics import METRICS, loss
+
+#: bins of the loss budget in the knapsack's dynamic programme (losses are rounded up to a bin: never optimistic)
+BINS = 2000
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # "agreement", "cosine" or "nmse"
+    value: float
+
+    @property
+    def max_loss(self) -> float:
+        """The largest loss (metrics.loss) within the budget."""
+        return loss(self.metric, self.value)
+
+    def met_by(self, value: float) -> bool:
+        return value <= self.value if self.metric == "nmse" else value >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+
+def parse_budget(text: str) -> Budget:
+    """``METRIC=VALUE`` -> Budget, or a one-line ValueError naming the problem."""
+    where = f"--budget {text!r}"
+    metric, sep, raw = text.partition("=")
+    metric, raw = metric.strip(), raw.strip()
+    if not sep or not metric or not raw:
+        raise ValueError(f"{where}: expected METRIC=VALUE, e.g. agreement=0.99 (metrics: {', '.join(METRICS)})")
+    if metric not in METRICS:
+        raise ValueError(f"{where}: unknown metric {metric!r} (expected {', '.join(METRICS)})")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{where}: VALUE {raw!r} is not a number") from None
+    if metric == "nmse":
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{where}: nmse must be a finite number >= 0, got {raw}")
+    elif not 0 < value <= 1:
+        raise ValueError(f"{where}: {metric} must be in (0, 1], got {raw}")
+    return Budget(metric, value)
+
+
+def split_files(files: Sequence, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """(learn files, held-out files): whole calibration files held out, never rows of a file used to learn.
+
+    ``round(fraction * n)`` files (at least 1, at most n - 1) are drawn by a generator seeded with ``seed``; both
+    lists keep the files' order.
+    """
+    n = len(files)
+    if not 0 < fraction < 1:
+        raise ValueError(f"--heldout-files must be in (0, 1), got {fraction}")
+    if n < 2:
+        raise ValueError(f"a budget needs at least 2 calibration files (one to learn from, one held out); found {n}")
+    k = min(n - 1, max(1, int(round(fraction * n))))
+    held = set(np.random.default_rng([seed, 7]).choice(n, k, replace=False).tolist())
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to convert one layer: its setting key, single-layer loss and saving (larger is better)."""
+
+    layer: str
+    setting: str
+    loss: float
+    saving: float
+
+
+def choose(options: Sequence[Option], max_loss: float, bins: int = BINS) -> dict[str, Option]:
+    """At most one option per layer, maximising the total saving with the summed loss within ``max_loss``.
+
+    Options with no saving are never chosen; a negative loss (the layer happened to improve the metric) counts
+    as 0, so one layer cannot pay for another. Exact up to the rounding of losses up to ``max_loss / bins``.
+    """
+    layers: dict[str, list[Option]] = {}
+    for opt in options:
+        if opt.saving > 0 and math.isfinite(opt.loss):
+            layers.setdefault(opt.layer, []).append(opt)
+    if max_loss <= 0:
+        # only free options fit
+        return {name: max((o for o in opts if o.loss <= 0), key=lambda o: o.saving)
+                for name, opts in layers.items() if any(o.loss <= 0 for o in opts)}
+    names = list(layers)
+    best = np.zeros(bins + 1)  # best[b]: largest saving with weight <= b
+    picks = []
+    for name in names:
+        new = best.copy()
+        pick = np.full(bins + 1, -1)
+        for j, opt in enumerate(layers[name]):
+            w = 0 if opt.loss <= 0 else math.ceil(opt.loss / max_loss * bins - 1e-9)
+            if w > bins:
+                continue
+            cand = np.full(bins + 1, -np.inf)
+            cand[w:] = best[: bins + 1 - w] + opt.saving
+            better = cand > new
+            new[better] = cand[better]
+            pick[better] = j
+        picks.append(pick)
+        best = new
+    chosen: dict[str, Option] = {}
+    b = bins
+    for name, pick in zip(reversed(names), reversed(picks)):
+        j = pick[b]
+        if j >= 0:
+            opt = layers[name][j]
+            chosen[name] = opt
+            b -= 0 if opt.loss <= 0 else math.ceil(opt.loss / max_loss * bins - 1e-9)
+    return chosen
+
+
+def back_off(chosen: dict[str, Option], options: Sequence[Option]) -> tuple[dict[str, Option], str]:
+    """One step back from a choice that missed the budget: its worst offender (largest loss, then least saving)
+    gets the setting of the next smaller loss that still saves (the largest saving among those), or is dropped.
+
+    Returns the new choice and what was done (for the report).
+    """
+    if not chosen:
+        raise ValueError("nothing left to back off from")
+    worst = max(chosen.values(), key=lambda o: (o.loss, -o.saving))
+    better = [o for o in options if o.layer == worst.layer and o.loss < worst.loss and o.saving > 0]
+    out = dict(chosen)
+    if better:
+        pick = max(better, key=lambda o: (o.saving, -o.loss))
+        out[worst.layer] = pick
+        return out, f"{worst.layer}: {worst.setting} -> {pick.setting}"
+    del out[worst.layer]
+    return out, f"{worst.layer}: dropped ({worst.setting})"
+
+
+def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[dict[str, Option]], float],
+                  max_steps: int | None = None) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+    """``choose`` and then ``back_off`` until ``measure(choice)`` (the budget metric's value of the combined model)
+    meets the budget; an empty choice always does (the original model).
+
+    Returns the final choice and the history: (what was tried, measured value) per verification.
+    """
+    chosen = choose(options, budget.max_loss)
+    history: list[tuple[str, float]] = []
+    action = "knapsack choice"
+    steps = 0
+    while chosen:
+        value = measure(chosen)
+        history.append((action, value))
+        if budget.met_by(value):
+            break
+        steps += 1
+        if max_steps is not None and steps > max_steps:
+            chosen = {}
+            history.append(("gave up: nothing converted", math.nan))
+            break
+        chosen, action = back_off(chosen, options)
+    return chosen, history

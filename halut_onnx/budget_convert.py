@@ -1,0 +1,181 @@
+"""``convert --budget`` and ``convert --sequential``: which layers and settings to convert, learned how.
+
+With a budget: analyze (analyze.py) -> knapsack over the single-layer measurements -> learn the chosen layers
+(sequentially with ``--sequential``) -> measure the combined model on the held-out files -> back off until it meets
+the budget (budget.select_within) -> write. Without a budget, ``--sequential`` learns the layers ``convert`` would
+convert, in graph order, each on the outputs of the converted layers before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, prepare, target
+from .budget import Budget, Option, parse_budget, select_within
+from .calibrate import CalibrationSet, collect_rows, model_inputs
+from .convert import ConvertResult, _check, _doc_string
+from .errors import ConversionError
+from .learn import HalutLayer
+from .model_io import EXTERNAL_DATA_THRESHOLD, same_file, save_model_atomic
+from .options import ConvertOptions
+from .passes import LayerCandidate, LayerRewrite, rewrite_model
+from .records import LayerRecord, write_records
+from .selection import SelectedLayer, select_layers
+from .sequential import learn_sequential
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BudgetReport:
+    budget: Budget
+    chosen: list[tuple[str, str, float]]  # (layer, setting, single-layer loss) in graph order
+    predicted: float  # the budget metric if single-layer losses added up
+    measured: float  # the budget metric of the written model on the held-out files
+    measured_all: dict  # agreement, cosine, nmse of the written model on the held-out files
+    history: list[tuple[str, float]]  # each verification: what was tried, measured value
+    macs_share: float  # multiply-adds of the converted layers / of all eligible layers
+    expected_speedup: float | None  # from the kernel timings and the original model's time
+    analysis: Analysis = field(repr=False)
+
+
+@dataclass
+class BudgetResult(ConvertResult):
+    budget: BudgetReport | None = None
+
+
+def _record(cand: LayerCandidate, setting: Setting, layer: HalutLayer, rows_seen: int) -> LayerRecord:
+    rep = layer.report
+    return LayerRecord(
+        cand.name, cand.op_type, "converted", D=cand.D, M=cand.M, C=setting.codebooks, encoder=setting.encoder,
+        bias_node=cand.bias_node, rows_seen=rows_seen, rows_train=rep.rows_train, rows_heldout=rep.rows_heldout,
+        ridge=float(rep.ridge), train_nmse=float(rep.train_nmse), heldout_nmse=float(rep.heldout_nmse),
+        heldout_nmse_int8=float(rep.heldout_nmse_int8), lut_bytes=int(layer.lut_q.nbytes), notes=list(rep.warnings),
+    )
+
+
+def _finish(original, work, plan, layers, rows_seen, skipped, options, output_path, cls=ConvertResult, **extra):
+    rewrites, records = [], {}
+    for cand, setting in plan:
+        record = _record(cand, setting, layers[cand.name], rows_seen[cand.name])
+        records[cand.name] = record
+        rewrites.append(LayerRewrite(cand, layers[cand.name], _doc_string(SelectedLayer(cand, setting.codebooks),
+                                                                            record)))
+    converted = rewrite_model(work, rewrites)
+    all_records = {**{s.name: LayerRecord(s.name, s.op_type, "skipped", reason=s.reason) for s in skipped}, **records}
+    order = [n.name for n in work.graph.node]
+    layer_records = [all_records[n] for n in order if n in all_records]
+    write_records(converted, __version__, options.settings(), layer_records)
+    if converted.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        _check(converted, original)
+    result = cls(converted, None, layer_records, **extra)
+    if output_path is not None:
+        result.output_path = save_model_atomic(converted, output_path)
+    return result
+
+
+def _check_paths(model, output_path) -> None:
+    if output_path is not None and not Path(output_path).resolve().parent.is_dir():
+        raise ConversionError(f"output folder {Path(output_path).parent} does not exist")
+    if output_path is not None and not isinstance(model, onnx.ModelProto) and same_file(model, output_path):
+        raise ConversionError(f"the output path {output_path} is the input model; write the output elsewhere")
+
+
+def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -> ConvertResult:
+    """``convert`` with ``--sequential`` and no budget: the same layers and settings, learned in graph order."""
+    options.validate()
+    _check_paths(model, output_path)
+    original, work, candidates, skipped = prepare(model, options)
+    selected, not_selected = select_layers(candidates, codebooks=options.codebooks, min_dim=1)
+    calibration = CalibrationSet(calib_dir, model_inputs(work))
+    targets = {c.name: target(c) for c in candidates}
+    rows = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress)
+    problems = [(s.candidate, rows[s.candidate.name].problem) for s in selected if rows[s.candidate.name].problem]
+    if problems:
+        raise ConversionError(f"layer {problems[0][0].name}: {problems[0][1]}")
+    plan = [(s.candidate, Setting(options.encoder, s.codebooks)) for s in selected]
+    layers = learn_sequential(work, calibration, [(c, learn_options(options, s)) for c, s in plan], rows,
+                              options.max_rows, options.seed, progress=options.progress)
+    return _finish(original, work, plan, layers, {k: v.rows_seen for k, v in rows.items()}, skipped, options,
+                   output_path)
+
+
+def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
+                         analysis: Analysis | None = None) -> BudgetResult:
+    """Convert the layers and settings that remove the most multiply-adds with the budget met on the held-out
+    files. ``analysis`` (from ``analyze`` with the same options) is reused when given."""
+    options.validate()
+    budget = parse_budget(options.budget)
+    _check_paths(model, output_path)
+    fixed = (options.codebooks,) if options.codebooks else ()
+    if analysis is None:
+        analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed))
+    original, work, candidates, skipped = prepare(model, options)
+    by_name = {c.name: c for c in candidates}
+    order = [c.name for c in candidates]
+    evaluator = analysis.evaluator
+    measured: dict[tuple, tuple] = {}
+
+    def plan_of(choice: dict[str, Option]):
+        return [(by_name[n], _setting(choice[n].setting)) for n in order if n in choice]
+
+    def build(choice: dict[str, Option]) -> dict[str, HalutLayer]:
+        plan = plan_of(choice)
+        if not options.sequential:
+            return {c.name: analysis.learned[(c.name, s.key)] for c, s in plan}
+        reuse = {c.name: analysis.learned[(c.name, s.key)] for c, s in plan}
+        return learn_sequential(work, analysis.learn_set, [(c, learn_options(options, s)) for c, s in plan],
+                                analysis.learn_rows, options.max_rows, options.seed, reuse)
+
+    def measure(choice: dict[str, Option]) -> float:
+        layers = build(choice)
+        rewrites = [LayerRewrite(c, layers[c.name], "") for c, _ in plan_of(choice)]
+        comparison = evaluator.compare(rewrite_model(work, rewrites))
+        key = tuple(sorted((n, o.setting) for n, o in choice.items()))
+        measured[key] = (layers, comparison.values())
+        return comparison.value(budget.metric)
+
+    options_list = analysis.options(budget.metric, options.objective)
+    chosen, history = select_within(options_list, budget, measure)
+    if not chosen:
+        best = min(options_list, key=lambda o: o.loss, default=None)
+        hint = f"; the best single layer is {best.layer} ({best.setting}) with a loss of {best.loss:.4g}" if best else ""
+        raise ConversionError(f"no layer can be converted within --budget {budget}{hint}")
+    key = tuple(sorted((n, o.setting) for n, o in chosen.items()))
+    layers, values = measured[key]
+    plan = plan_of(chosen)
+    total_loss = sum(max(o.loss, 0.0) for o in chosen.values())
+    predicted = total_loss if budget.metric == "nmse" else 1.0 - total_loss
+    macs = sum(analysis.row(n, o.setting).macs for n, o in chosen.items())
+    speedup = None
+    if analysis.model_ms:
+        saved = sum(analysis.row(n, o.setting).saving("time") for n, o in chosen.items())
+        speedup = analysis.model_ms / max(analysis.model_ms - saved, 1e-9)
+    report = BudgetReport(
+        budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], values,
+        history, macs / analysis.total_macs if analysis.total_macs else 0.0, speedup, analysis,
+    )
+    reason = f"not chosen under --budget {budget}"
+    skipped = skipped + [_Skip(n, by_name[n].op_type, reason) for n in order if n not in chosen]
+    rows_seen = {n: r.rows_seen for n, r in analysis.learn_rows.items()}
+    log.info("budget %s: %d layers, measured %s", budget, len(plan), values)
+    return _finish(original, work, plan, layers, rows_seen, skipped, options, output_path, BudgetResult,
+                   budget=report)
+
+
+@dataclass
+class _Skip:
+    name: str
+    op_type: str
+    reason: str
+
+
+def _setting(key: str) -> Setting:
+    encoder, _, c = key.partition(" C=")
+    return Setting(encoder, int(c))

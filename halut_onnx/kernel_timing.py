@@ -1,0 +1,109 @@
+"""Measured speed of one layer shape: onnxruntime's fp32 MatMul against the Halut encode + lookup ops.
+
+For a layer of N rows, D inputs, M outputs converted with C codebooks and an encoder, both run as single-layer
+onnxruntime sessions (1 intra-op thread, random weights of the right shapes: the kernels' speed does not depend on
+the values) and the median of a few runs is kept. Results are cached per shape for the process. A Conv layer is
+timed as its patch-row MatMul (N = output pixels x batch, D = in-channels x kernel area).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ops import DOMAIN, DOMAIN_VERSION, ENCODE_PQ, ENCODE_TREE, LOOKUP, NUM_CODES
+
+MAX_TIMED_ROWS = 8192  # larger N scales linearly for both: time at most this many rows and scale
+_RUNS = 5
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    matmul_ms: float  # onnxruntime MatMul, N rows
+    halut_ms: float  # encode + lookup, N rows
+
+    @property
+    def saving_ms(self) -> float:
+        return self.matmul_ms - self.halut_ms
+
+    @property
+    def speedup(self) -> float:
+        return self.matmul_ms / self.halut_ms if self.halut_ms > 0 else float("inf")
+
+
+def _model(nodes, D: int, M: int, inits: dict, halut: bool):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", D])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", M])
+    graph = helper.make_graph(nodes, "timing", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(DOMAIN, DOMAIN_VERSION)] if halut else [])
+    return helper.make_model(graph, ir_version=10, opset_imports=opsets).SerializeToString()
+
+
+def _median_ms(session, feed: dict) -> float:
+    session.run(None, feed)
+    times = []
+    for _ in range(_RUNS):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def library_available() -> bool:
+    from .library import session_options
+
+    try:
+        session_options()
+    except Exception:  # not built or not loadable: the function fallbacks' speed means nothing
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def time_layer(N: int, D: int, M: int, C: int, encoder: str) -> KernelTime:
+    """Median time of MatMul and of encode + lookup on ``N`` rows of one (D, M, C, encoder) layer (1 thread)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from .library import session_options
+    from .reference import slice_bounds
+
+    rows = max(1, min(N, MAX_TIMED_ROWS))
+    rng = np.random.default_rng([N, D, M, C])
+    X = rng.standard_normal((rows, D)).astype(np.float32)
+    plain = ort.SessionOptions()
+    plain.intra_op_num_threads = plain.inter_op_num_threads = 1
+    plain.log_severity_level = 3
+    mm = _model([helper.make_node("MatMul", ["X", "W"], ["Y"])], D, M,
+                {"W": rng.standard_normal((D, M)).astype(np.float32)}, False)
+    if encoder == "tree":
+        bounds = slice_bounds(D, C)
+        enc = {"split_dims": np.stack([rng.integers(bounds[c], bounds[c + 1], 4) for c in range(C)]).astype(np.int64),
+               "thresholds": rng.standard_normal((C, 15)).astype(np.float32)}
+    else:
+        enc = {"vectors": rng.standard_normal((NUM_CODES, D)).astype(np.float32),
+               "biases": rng.standard_normal((C, NUM_CODES)).astype(np.float32)}
+    lut = {"lut": rng.integers(-128, 128, (M, C, NUM_CODES)).astype(np.int8),
+           "scale": np.full(M, 0.01, np.float32), "offset": np.zeros(M, np.float32)}
+    nodes = [
+        helper.make_node(ENCODE_TREE if encoder == "tree" else ENCODE_PQ, ["X", *enc], ["codes"], domain=DOMAIN),
+        helper.make_node(LOOKUP, ["codes", *lut], ["Y"], domain=DOMAIN),
+    ]
+    hm = _model(nodes, D, M, {**enc, **lut}, True)
+    options = session_options()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    s_mm = ort.InferenceSession(mm, plain, providers=["CPUExecutionProvider"])
+    s_h = ort.InferenceSession(hm, options, providers=["CPUExecutionProvider"])
+    feed = {"X": X}
+    # interleaved twice, the better median of each kept: a slow phase of a shared machine hits both
+    t_mm = min(_median_ms(s_mm, feed), _median_ms(s_mm, feed))
+    t_h = min(_median_ms(s_h, feed), _median_ms(s_h, feed))
+    scale = N / rows
+    return KernelTime(t_mm * scale, t_h * scale)

@@ -1,0 +1,107 @@
+"""End metrics of a converted model against its original, accumulated file by file: top-1 agreement, mean cosine,
+NMSE. ``--budget METRIC=VALUE`` and ``halut-onnx analyze`` read them as a loss (0 = same outputs as the original).
+
+- ``agreement``: fraction of rows whose arg-max over the last axis is the same (rows = all leading dims flattened:
+  a ``[N, classes]`` output has N rows, a ``[B, T, classes]`` sequence output B*T). An integer output (labels)
+  counts equal elements.
+- ``cosine``: mean over samples (leading dim) of the cosine between the two outputs, each sample flattened.
+- ``nmse``: ``sum((converted - original)^2) / sum(original^2)`` over everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+METRICS = ("agreement", "cosine", "nmse")
+
+
+@dataclass
+class OutputComparison:
+    """Running sums for one output of the original (``ref``) and the converted (``conv``) model."""
+
+    same: int = 0
+    rows: int = 0
+    cos_sum: float = 0.0
+    samples: int = 0
+    sq_err: float = 0.0
+    sq_ref: float = 0.0
+
+    def add(self, ref: np.ndarray, conv: np.ndarray) -> None:
+        ref, conv = np.asarray(ref), np.asarray(conv)
+        if ref.shape != conv.shape:
+            raise ValueError(f"the original output has shape {list(ref.shape)}, the converted {list(conv.shape)}")
+        if ref.dtype.kind not in "fc":
+            self.same += int(np.count_nonzero(ref == conv))
+            self.rows += int(ref.size)
+            self.samples += int(ref.size)
+            self.cos_sum += float(np.count_nonzero(ref == conv))
+            self.sq_err += float(np.count_nonzero(ref != conv))
+            self.sq_ref += float(ref.size)
+            return
+        r = ref.astype(np.float64)
+        c = conv.astype(np.float64)
+        if r.ndim >= 2 and r.shape[-1] > 1:
+            r2, c2 = r.reshape(-1, r.shape[-1]), c.reshape(-1, r.shape[-1])
+            self.same += int(np.count_nonzero(np.argmax(r2, axis=1) == np.argmax(c2, axis=1)))
+            self.rows += r2.shape[0]
+        per = r.reshape(r.shape[0], -1) if r.ndim >= 1 and r.size else r.reshape(1, -1)
+        per_c = c.reshape(per.shape)
+        dot = np.sum(per * per_c, axis=1)
+        norms = np.sqrt(np.sum(per * per, axis=1) * np.sum(per_c * per_c, axis=1))
+        both_zero = (norms == 0) & (np.sum((per - per_c) ** 2, axis=1) == 0)
+        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+        self.cos_sum += float(np.sum(cos))
+        self.samples += per.shape[0]
+        self.sq_err += float(np.sum((c - r) ** 2))
+        self.sq_ref += float(np.sum(r * r))
+
+    @property
+    def agreement(self) -> float | None:
+        return self.same / self.rows if self.rows else None
+
+    @property
+    def cosine(self) -> float:
+        return self.cos_sum / self.samples if self.samples else 1.0
+
+    @property
+    def nmse(self) -> float:
+        return self.sq_err / self.sq_ref if self.sq_ref > 0 else (0.0 if self.sq_err == 0 else math.inf)
+
+    def value(self, metric: str) -> float:
+        if metric == "agreement":
+            if self.agreement is None:
+                raise ValueError("top-1 agreement needs an output with a last axis of more than one class "
+                                 "(or an integer output); use --budget cosine=... or nmse=...")
+            return self.agreement
+        if metric == "cosine":
+            return self.cosine
+        if metric == "nmse":
+            return self.nmse
+        raise ValueError(f"unknown metric {metric!r} (expected {', '.join(METRICS)})")
+
+    def values(self) -> dict[str, float | None]:
+        return {"agreement": self.agreement, "cosine": self.cosine, "nmse": self.nmse}
+
+
+def loss(metric: str, value: float) -> float:
+    """How far ``value`` of ``metric`` is from the original model's (0 = identical outputs)."""
+    return value if metric == "nmse" else 1.0 - value
+
+
+def metric_output(outputs: list[tuple[str, np.dtype | None, int | None]], name: str | None = None) -> str:
+    """The output the end metric compares: ``name``, else the first float output of rank >= 2, else the first.
+
+    ``outputs`` are (name, numpy dtype or None, rank or None) of the model's graph outputs.
+    """
+    names = [o[0] for o in outputs]
+    if name is not None:
+        if name not in names:
+            raise ValueError(f"--metric-output {name!r} is not an output of the model (its outputs: {', '.join(names)})")
+        return name
+    for out, dtype, rank in outputs:
+        if dtype is not None and dtype.kind == "f" and rank is not None and rank >= 2:
+            return out
+    return names[0]
