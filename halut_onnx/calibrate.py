@@ -161,24 +161,33 @@ class ReservoirSampler:
         self._filled = 0
 
     def add(self, rows: np.ndarray) -> None:
-        n = rows.shape[0]
+        self.add_lazy(rows.shape[0], rows.shape[1] if rows.ndim == 2 else 0, lambda index: rows[index],
+                      rows.dtype)
+
+    def add_lazy(self, n: int, width: int, extract, dtype=np.float32) -> None:
+        """Offer ``n`` rows of ``width`` columns, of which only the ones the sample takes are built:
+        ``extract(index)`` returns the rows at the int64 positions ``index`` (ascending in the fill phase).
+
+        Draws the same random numbers as ``add`` on the same row counts; the conv patch sampler uses it so that
+        only the sampled patches are ever extracted (memory bounded by the cap, not by B * Ho * Wo).
+        """
         if n == 0:
             return
         if self._buf is None:
-            self._buf = np.empty((min(self.cap, max(n, 1024)), rows.shape[1]), dtype=rows.dtype)
+            self._buf = np.empty((min(self.cap, max(n, 1024)), width), dtype=dtype)
         take = min(n, self.cap - self._filled)
         if take:
             need = self._filled + take
             if need > self._buf.shape[0]:
-                grown = np.empty((min(self.cap, max(need, 2 * self._buf.shape[0])), rows.shape[1]), rows.dtype)
+                grown = np.empty((min(self.cap, max(need, 2 * self._buf.shape[0])), width), dtype)
                 grown[: self._filled] = self._buf[: self._filled]
                 self._buf = grown
-            self._buf[self._filled : need] = rows[:take]
+            self._buf[self._filled : need] = extract(np.arange(take, dtype=np.int64))
             self._filled = need
-        rest = rows[take:]
-        if rest.shape[0]:
+        rest = n - take
+        if rest:
             # Algorithm R: the row with global index t replaces slot j ~ U{0..t} when j < cap.
-            t = self.seen + take + np.arange(rest.shape[0], dtype=np.int64)
+            t = self.seen + take + np.arange(rest, dtype=np.int64)
             slots = self.rng.integers(0, t + 1)
             hit = np.nonzero(slots < self.cap)[0]
             if hit.size:
@@ -186,8 +195,15 @@ class ReservoirSampler:
                 rev = hit[::-1]
                 _, first = np.unique(slots[rev], return_index=True)
                 winners = rev[first]
-                self._buf[slots[winners]] = rest[winners]
+                self._buf[slots[winners]] = extract(take + winners)
         self.seen += n
+
+    def drop(self, mask: np.ndarray) -> None:
+        """Removes the sampled rows where ``mask`` is true (counted as never seen)."""
+        kept = self._buf[: self._filled][~mask]
+        self._buf[: kept.shape[0]] = kept
+        self._filled = kept.shape[0]
+        self.seen -= int(mask.sum())
 
     def rows(self) -> np.ndarray:
         if self._buf is None:
@@ -203,6 +219,31 @@ class CollectedRows:
     rows_seen: int
     rows_dropped: int  # rows with non-finite values, left out of the sample
     problem: str | None = None  # why this layer cannot be learned from the data (e.g. its input was not 2-D+)
+
+
+def patch_extractor(X: np.ndarray, geometry):
+    """(number of patch rows, D, extract) for an NCHW activation ``X`` under a Conv ``geometry``
+    (``passes.candidates.ConvGeometry``): ``extract(index)`` builds only the patch rows at the given positions
+    (rows in (b, oy, ox) order, elements as ``reference.im2col``), from X padded once."""
+    from .reference import conv_pads
+
+    B, Cin, H, W = X.shape
+    kh, kw = geometry.kernel_shape
+    sh, sw = geometry.strides
+    dh, dw = geometry.dilations
+    (top, left, bottom, right), Ho, Wo = conv_pads(H, W, **geometry.kwargs())
+    padded = np.pad(X, ((0, 0), (0, 0), (top, bottom), (left, right))) if top or left or bottom or right else X
+    taps_y, taps_x = np.arange(kh) * dh, np.arange(kw) * dw
+
+    def extract(index: np.ndarray) -> np.ndarray:
+        b, pos = np.divmod(index, Ho * Wo)
+        oy, ox = np.divmod(pos, Wo)
+        iy = (oy * sh)[:, None] + taps_y  # (n, kh)
+        ix = (ox * sw)[:, None] + taps_x  # (n, kw)
+        patches = padded[b[:, None, None], :, iy[:, :, None], ix[:, None, :]]  # (n, kh, kw, Cin)
+        return patches.transpose(0, 3, 1, 2).reshape(len(index), Cin * kh * kw)
+
+    return B * Ho * Wo, Cin * kh * kw, extract
 
 
 def layer_seed(seed: int, name: str) -> np.random.Generator:
@@ -222,6 +263,17 @@ def _session(model: onnx.ModelProto, tmpdir: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def _add_patches(sampler: ReservoirSampler, value: np.ndarray, geometry, D: int) -> str | None:
+    """Offers the patch rows of an NCHW activation to ``sampler``; a problem description when it cannot."""
+    if value.ndim != 4 or value.dtype != np.float32:
+        return "a Conv needs float32 [B, Cin, H, W]"
+    n, width, extract = patch_extractor(value, geometry)
+    if width != D:
+        return f"its patches have {width} elements, the weight expects D={D}"
+    sampler.add_lazy(n, D, extract, np.float32)
+    return None
+
+
 def collect_rows(
     model: onnx.ModelProto,
     calibration: CalibrationSet,
@@ -233,13 +285,14 @@ def collect_rows(
 ) -> dict[str, CollectedRows]:
     """Run ``model`` on every calibration file and sample the rows of the target tensors.
 
-    ``targets`` maps a layer name to (the tensor holding its input A, D). The model gets those tensors as extra
-    graph outputs (the given model is not changed).
+    ``targets`` maps a layer name to (the tensor holding its input A, D), or for a Conv to (its input X, D, its
+    ``ConvGeometry``): a Conv's rows are patches sampled uniformly over batch and output positions, and only the
+    sampled ones are extracted. The model gets those tensors as extra graph outputs (it is not changed).
     """
     from tqdm.auto import tqdm
 
     graph_inputs = {spec.name for spec in calibration.inputs}
-    tensors = sorted({tensor for tensor, _ in targets.values()})
+    tensors = sorted({target[0] for target in targets.values()})
     fetched = [t for t in tensors if t not in graph_inputs]
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -260,10 +313,16 @@ def collect_rows(
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CalibrationError(f"{path}: onnxruntime could not run the model on it: {first}") from None
             values.update({name: feed[name] for name in tensors if name in graph_inputs})
-            for layer, (tensor, D) in targets.items():
+            for layer, (tensor, D, *conv) in targets.items():
                 if layer in problems:
                     continue
                 value = np.asarray(values[tensor])
+                if conv and conv[0] is not None:
+                    problem = _add_patches(samplers[layer], value, conv[0], D)
+                    if problem:
+                        problems[layer] = f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on " \
+                                          f"{path.name}; {problem}"
+                    continue
                 if value.ndim < 2 or value.shape[-1] != D or value.dtype != np.float32:
                     problems[layer] = (
                         f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on {path.name}; "
@@ -278,6 +337,14 @@ def collect_rows(
                 samplers[layer].add(rows)
     out = {}
     for layer, sampler in samplers.items():
+        if targets[layer][2:] and targets[layer][2] is not None:
+            sampler_rows = sampler.rows()
+            if sampler_rows.size:
+                finite = np.isfinite(sampler_rows).all(axis=1)
+                if not finite.all():
+                    # Patches are drawn before they are seen: non-finite ones are dropped from the sample here.
+                    dropped[layer] += int((~finite).sum())
+                    sampler.drop(~finite)
         D = targets[layer][1]
         rows = sampler.rows() if sampler.seen else np.empty((0, D), np.float32)
         out[layer] = CollectedRows(np.ascontiguousarray(rows), sampler.seen + dropped[layer], dropped[layer],

@@ -142,7 +142,7 @@ def convert_model(
     output_path: str | os.PathLike | None = None,
     options: ConvertOptions = ConvertOptions(),
 ) -> ConvertResult:
-    """Convert the eligible MatMul / Gemm layers of ``model`` to Halut lookups learned on ``calib_dir``.
+    """Convert the eligible MatMul / Gemm / Conv layers of ``model`` to Halut lookups learned on ``calib_dir``.
 
     ``model`` is a path or a ModelProto; it is never modified. With ``output_path`` the converted model is written
     there atomically. Raises ValueError subclasses (ConversionError, CalibrationError, ModelFileError) for problems
@@ -192,7 +192,8 @@ def convert_model(
     groups = _groups(selected, options.max_rows, options.memory_mb)
     with tqdm(total=len(selected), desc="learning", unit="layer", disable=not options.progress) as bar:
         for index, group in enumerate(groups):
-            targets = {sel.candidate.name: (sel.candidate.input_name, sel.candidate.D) for sel in group}
+            targets = {sel.candidate.name: (sel.candidate.input_name, sel.candidate.D, sel.candidate.conv)
+                       for sel in group}
             desc = "calibrating" + (f" ({index + 1}/{len(groups)})" if len(groups) > 1 else "")
             collected = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress, desc)
             for sel in group:

@@ -1,8 +1,10 @@
-"""Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight.
+"""Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight, and 2-D Conv nodes
+(group 1) with a constant weight.
 
 A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, rank >= 2), ``W_eff`` a (D, M) constant and
 ``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul whose only consumer is
-an Add of a constant bias (folded into the lookup's offset). Every other MatMul / Gemm / Conv node is reported as
+an Add of a constant bias (folded into the lookup's offset). A Conv is the same product over its patch rows
+(docs/ops.md, "Conv ops"): ``W_eff = W.reshape(Cout, Cin * kh * kw).T`` and its bias input. Every other MatMul / Gemm / Conv node is reported as
 skipped with a reason; all other nodes are never touched.
 """
 
@@ -16,6 +18,30 @@ import onnx_graphsurgeon as gs
 
 #: ops reported in the skipped list when they cannot be converted (all others are not layers)
 LAYER_OPS = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The geometry attributes of a 2-D Conv, as the Halut conv encode ops take them (defaults filled in)."""
+
+    kernel_shape: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    auto_pad: str = "NOTSET"
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of ``halut_onnx.reference.im2col``."""
+        return dict(kernel_shape=self.kernel_shape, strides=self.strides, pads=self.pads, dilations=self.dilations,
+                    auto_pad=self.auto_pad)
+
+    def attributes(self) -> dict:
+        """Node attributes of the conv encode ops (pads only with auto_pad NOTSET, as ONNX Conv wants)."""
+        attrs = dict(kernel_shape=list(self.kernel_shape), strides=list(self.strides),
+                     dilations=list(self.dilations), auto_pad=self.auto_pad)
+        if self.auto_pad == "NOTSET":
+            attrs["pads"] = list(self.pads)
+        return attrs
 
 
 @dataclass
@@ -32,6 +58,7 @@ class LayerCandidate:
     bias_node: str | None = None  # the Add folded into the lookup, if any
     input_rank: int | None = None  # A's rank when shape inference knows it
     description: str = ""  # what the rewrite replaces, for the lookup node's doc_string
+    conv: ConvGeometry | None = None  # set for a Conv: the rows are its patches (input NCHW, output NCHW)
 
     @property
     def D(self) -> int:
@@ -184,6 +211,63 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
     )
 
 
+def _conv(node: gs.Node) -> LayerCandidate | str:
+    x, w = node.inputs[0], node.inputs[1]
+    reason = _check_activation(node, x)
+    if reason:
+        return reason
+    weight = constant_value(w)
+    if weight is None:
+        return "weight W is an activation"
+    if weight.dtype != np.float32:
+        return f"weight W is {weight.dtype.name}; the Halut ops take float32"
+    if weight.ndim != 4:
+        return f"{weight.ndim - 2}-D Conv (weight rank {weight.ndim}); only 2-D Conv is converted"
+    rank = _rank(x)
+    if rank is not None and rank != 4:
+        return f"input X has rank {rank}; a 2-D Conv needs NCHW (rank 4)"
+    group = int(node.attrs.get("group", 1))
+    Cout, per_group, kh, kw = (int(d) for d in weight.shape)
+    if group != 1:
+        if per_group == 1:
+            return (f"depthwise Conv (group={group}, D={kh * kw} per output channel): too few inputs per "
+                    "output for table lookup (accuracy collapses) and already cheap")
+        return (f"grouped Conv (group={group}, D={per_group * kh * kw} per group) is not converted: "
+                "it would need one encoder and LUT per group (docs/conv.md)")
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", (kh, kw)))
+    if kernel != (kh, kw):
+        return f"kernel_shape {list(kernel)} differs from the weight's {[kh, kw]}"
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    pads = tuple(int(p) for p in node.attrs.get("pads", (0, 0, 0, 0)))
+    if len(pads) != 4 or min(pads) < 0:
+        return f"pads {list(pads)} are not 4 ints >= 0"
+    # ONNX pads are [top, left, bottom, right] (x1_begin, x2_begin, x1_end, x2_end): the ops' order.
+    geometry = ConvGeometry(
+        kernel_shape=(kh, kw), strides=tuple(int(v) for v in node.attrs.get("strides", (1, 1))),
+        pads=pads, dilations=tuple(int(v) for v in node.attrs.get("dilations", (1, 1))),
+        auto_pad=auto_pad if auto_pad else "NOTSET",
+    )
+    if geometry.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        return f"auto_pad {geometry.auto_pad!r} is not a Conv mode"
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        value = constant_value(node.inputs[2])
+        if value is None:
+            return "bias B is an activation"
+        bias = np.asarray(value, dtype=np.float32).reshape(-1)
+        if bias.shape != (Cout,):
+            return f"bias B has shape {list(value.shape)}, expected [{Cout}]"
+    D = per_group * kh * kw
+    return LayerCandidate(
+        name=node.name, op_type="Conv", input_name=x.name, output_name=node.outputs[0].name,
+        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=w.name, input_rank=4,
+        description=f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, {geometry.attributes()}"
+        + (", bias B" if bias is not None else "") + ")",
+        conv=geometry,
+    )
+
+
 def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[SkippedLayer]]:
     """The replaceable layers of ``model``'s main graph, and the MatMul / Gemm / Conv nodes that are not.
 
@@ -198,7 +282,7 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
         if node.op not in LAYER_OPS or node.domain not in ("", None):
             continue
         if node.op == "Conv":
-            found = "Conv layers are not converted by this version"
+            found = _conv(node)
         elif node.op == "MatMul":
             found = _matmul(node, graph_outputs)
         else:

@@ -18,7 +18,18 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from halut_onnx.ops import DOMAIN, ENCODE_PQ, ENCODE_TREE, LOOKUP, NUM_CODES, TREE_DEPTH, TREE_NODES
+from halut_onnx.ops import (
+    DOMAIN,
+    ENCODE_PQ,
+    ENCODE_PQ_CONV,
+    ENCODE_TREE,
+    ENCODE_TREE_CONV,
+    LOOKUP,
+    LOOKUP_CONV,
+    NUM_CODES,
+    TREE_DEPTH,
+    TREE_NODES,
+)
 
 MIN_OPSET = 11  # Range, negative Gather axes and input-form Slice
 
@@ -211,7 +222,129 @@ def encode_pq_function(opset: int) -> onnx.FunctionProto:
     return _function(ENCODE_PQ, ["X", "vectors", "biases"], ["codes"], nodes, opset, doc)
 
 
-FUNCTION_BUILDERS = {LOOKUP: lookup_function, ENCODE_TREE: encode_tree_function, ENCODE_PQ: encode_pq_function}
+CONV_ATTRIBUTES = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
+
+
+def _renamed(nodes, renames: dict[str, str]) -> list[onnx.NodeProto]:
+    """Copies of ``nodes`` with the tensor names in ``renames`` replaced (to chain a row-op body after a prefix)."""
+    out = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [renames.get(name, name) for name in node.input]
+        copy.output[:] = [renames.get(name, name) for name in node.output]
+        out.append(copy)
+    return out
+
+
+def _kernel_shape_nodes(opset: int) -> list[onnx.NodeProto]:
+    """conv_kernel_shape = the node's kernel_shape attribute as an int64 tensor [kh, kw].
+
+    Constant takes ``value_ints`` from opset 12; before, a MaxPool with that kernel over zeros of L x L (L = H + W +
+    64, more than any kernel of a Conv with an output) gives ``L - kh + 1`` by ``L - kw + 1``.
+    """
+    n = helper.make_node
+    if opset >= 12:
+        kernel = n("Constant", [], ["conv_kernel_shape"])
+        attr = helper.make_attribute_ref("value_ints", onnx.AttributeProto.INTS)
+        attr.ref_attr_name = "kernel_shape"
+        kernel.attribute.append(attr)
+        return [kernel]
+    pool = n("MaxPool", ["conv_probe"], ["conv_probe_out"])
+    pool.attribute.append(helper.make_attribute_ref("kernel_shape", onnx.AttributeProto.INTS))
+    return [
+        _const("conv_hw_start", [2]),
+        _const("conv_hw_end", [4]),
+        _const("conv_margin", [64]),
+        _const("conv_probe_lead", [1, 1]),
+        n("Shape", ["X"], ["conv_probe_x_shape"]),
+        n("Slice", ["conv_probe_x_shape", "conv_hw_start", "conv_hw_end"], ["conv_probe_hw"]),
+        n("ReduceSum", ["conv_probe_hw"], ["conv_probe_sum"], keepdims=1),
+        n("Add", ["conv_probe_sum", "conv_margin"], ["conv_L"]),
+        n("Concat", ["conv_probe_lead", "conv_L", "conv_L"], ["conv_probe_shape"], axis=0),
+        n("ConstantOfShape", ["conv_probe_shape"], ["conv_probe"],
+          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        pool,
+        n("Shape", ["conv_probe_out"], ["conv_probe_out_shape"]),
+        n("Slice", ["conv_probe_out_shape", "conv_hw_start", "conv_hw_end"], ["conv_probe_out_hw"]),
+        n("Sub", ["conv_L", "conv_probe_out_hw"], ["conv_k_minus_1"]),
+        _const("conv_one_k", [1]),
+        n("Add", ["conv_k_minus_1", "conv_one_k"], ["conv_kernel_shape"]),
+    ]
+
+
+def _patch_rows_nodes(opset: int) -> list[onnx.NodeProto]:
+    """X [B, Cin, H, W] -> conv_rows [B, Ho, Wo, Cin * kh * kw], the patch rows of docs/ops.md.
+
+    A Conv whose D output channels have one-hot kernels (channel d picks patch element d) extracts the patches with
+    the node's own geometry attributes; every other product is x * 0 = 0, so the values are exact for finite X.
+    """
+    n = helper.make_node
+    ref = helper.make_attribute_ref
+    conv = n("Conv", ["X", "conv_eye_kernel"], ["conv_patches"])
+    conv.attribute.extend(ref(name, attr_type)
+                          for name, attr_type in zip(CONV_ATTRIBUTES, (onnx.AttributeProto.INTS,) * 4
+                                                     + (onnx.AttributeProto.STRING,)))
+    return _kernel_shape_nodes(opset) + [
+        _const("conv_one_dim", [1]),
+        _const("conv_two_dim", [2]),
+        n("Shape", ["X"], ["conv_x_shape"]),
+        n("Slice", ["conv_x_shape", "conv_one_dim", "conv_two_dim"], ["conv_cin"]),  # [Cin]
+        n("ReduceProd", ["conv_kernel_shape"], ["conv_taps"], keepdims=1),
+        n("Mul", ["conv_cin", "conv_taps"], ["conv_D"]),  # [D]
+        n("Concat", ["conv_D", "conv_D"], ["conv_square"], axis=0),
+        n("ConstantOfShape", ["conv_square"], ["conv_zeros"],
+          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        n("EyeLike", ["conv_zeros"], ["conv_eye"]),
+        n("Concat", ["conv_D", "conv_cin", "conv_kernel_shape"], ["conv_kernel_dims"], axis=0),
+        n("Reshape", ["conv_eye", "conv_kernel_dims"], ["conv_eye_kernel"]),  # [D, Cin, kh, kw]
+        conv,  # [B, D, Ho, Wo]
+        n("Transpose", ["conv_patches"], ["conv_rows"], perm=[0, 2, 3, 1]),
+    ]
+
+
+def _conv_encode_function(name: str, row_body: onnx.FunctionProto, opset: int, doc: str) -> onnx.FunctionProto:
+    nodes = _patch_rows_nodes(opset) + _renamed(row_body.node, {"X": "conv_rows"})
+    function = helper.make_function(DOMAIN, name, list(row_body.input), list(row_body.output), nodes,
+                                    [helper.make_opsetid("", opset)], attributes=list(CONV_ATTRIBUTES),
+                                    doc_string=doc)
+    return function
+
+
+def encode_tree_conv_function(opset: int) -> onnx.FunctionProto:
+    """HalutEncodeTreeConv(X, split_dims, thresholds) -> codes [B, Ho, Wo, C]: patch rows, then the tree body."""
+    doc = ("HalutEncodeTree over the patch rows of a 2-D convolution (docs/ops.md, Conv ops): X float32 "
+           "[B, Cin, H, W] -> codes uint8 [B, Ho, Wo, C]; patch element d = (ci * kh + ky) * kw + kx, 0 outside the "
+           "image. Attributes: kernel_shape, strides, pads, dilations, auto_pad (ONNX Conv's).")
+    return _conv_encode_function(ENCODE_TREE_CONV, encode_tree_function(opset), opset, doc)
+
+
+def encode_pq_conv_function(opset: int) -> onnx.FunctionProto:
+    """HalutEncodePQConv(X, vectors, biases) -> codes [B, Ho, Wo, C]: patch rows, then the pq body."""
+    doc = ("HalutEncodePQ over the patch rows of a 2-D convolution (docs/ops.md, Conv ops): X float32 "
+           "[B, Cin, H, W] -> codes uint8 [B, Ho, Wo, C]. Attributes as ONNX Conv's geometry. Like the HalutEncodePQ "
+           "body, sums in another order than the kernels: near-ties may pick another prototype.")
+    return _conv_encode_function(ENCODE_PQ_CONV, encode_pq_function(opset), opset, doc)
+
+
+def lookup_conv_function(opset: int) -> onnx.FunctionProto:
+    """HalutLookupConv(codes [B, Ho, Wo, C], lut, scale, offset) -> Y [B, M, Ho, Wo]: the lookup body, transposed."""
+    row_body = lookup_function(opset)
+    nodes = _renamed(row_body.node, {"Y": "conv_Y_rows"})
+    nodes.append(helper.make_node("Transpose", ["conv_Y_rows"], ["Y"], perm=[0, 3, 1, 2]))
+    doc = ("HalutLookup into an NCHW output (docs/ops.md, Conv ops): codes uint8 [B, Ho, Wo, C] -> Y float32 "
+           "[B, M, Ho, Wo], Y[b, m, oy, ox] = HalutLookup(codes[b, oy, ox])[m].")
+    return _function(LOOKUP_CONV, list(row_body.input), ["Y"], nodes, opset, doc)
+
+
+FUNCTION_BUILDERS = {
+    LOOKUP: lookup_function,
+    ENCODE_TREE: encode_tree_function,
+    ENCODE_PQ: encode_pq_function,
+    LOOKUP_CONV: lookup_conv_function,
+    ENCODE_TREE_CONV: encode_tree_conv_function,
+    ENCODE_PQ_CONV: encode_pq_conv_function,
+}
 
 
 def functions_for(op_types, opset: int) -> list[onnx.FunctionProto]:

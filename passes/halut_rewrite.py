@@ -2,7 +2,9 @@
 
 Each converted layer ``<name>`` becomes ``<name>/halut_encode`` (``HalutEncodeTree`` or ``HalutEncodePQ``) feeding
 ``<name>/halut_codes`` into ``<name>/halut_lookup`` (``HalutLookup``), which produces the replaced node's (or the
-folded Add's) output tensor under its original name. The op parameters are initializers named
+folded Add's) output tensor under its original name. A Conv becomes the conv forms of the ops
+(``HalutEncodeTreeConv`` / ``HalutEncodePQConv`` with the Conv's geometry attributes, ``HalutLookupConv``), which
+read NCHW and write NCHW. The op parameters are initializers named
 ``<name>.halut.<input>`` (split_dims, thresholds or vectors, biases; lut, scale, offset).
 
 graphsurgeon's export rebuilds the ModelProto, so the model-level fields it does not carry (IR version, opset
@@ -19,12 +21,22 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from halut_onnx.ops import DOMAIN, DOMAIN_VERSION, ENCODE_PQ, ENCODE_TREE, LOOKUP
+from halut_onnx.ops import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    ENCODE_PQ,
+    ENCODE_PQ_CONV,
+    ENCODE_TREE,
+    ENCODE_TREE_CONV,
+    LOOKUP,
+    LOOKUP_CONV,
+)
 
 from .candidates import LayerCandidate
 from .functions import functions_for
 
 ENCODER_OPS = {"tree": ENCODE_TREE, "pq": ENCODE_PQ}
+CONV_ENCODER_OPS = {"tree": ENCODE_TREE_CONV, "pq": ENCODE_PQ_CONV}
 
 
 @dataclass
@@ -89,21 +101,26 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
             nodes[old].inputs.clear()
             graph.nodes.remove(nodes[old])
         encode_op, params = _encoder_inputs(cand.name, layer)
+        lookup_op, encode_attrs = LOOKUP, {}
+        if cand.conv is not None:
+            encode_op, lookup_op = CONV_ENCODER_OPS[layer.encoder], LOOKUP_CONV
+            encode_attrs = cand.conv.attributes()
         codes = gs.Variable(names["codes"])
         lookup_params = {
             "lut": np.ascontiguousarray(layer.lut_q, dtype=np.int8),
             "scale": np.ascontiguousarray(layer.scale, dtype=np.float32),
             "offset": np.ascontiguousarray(layer.offset, dtype=np.float32),
         }
-        graph.nodes.append(gs.Node(encode_op, names["encode"], inputs=[x, *params], outputs=[codes], domain=DOMAIN))
+        graph.nodes.append(gs.Node(encode_op, names["encode"], attrs=encode_attrs, inputs=[x, *params],
+                                   outputs=[codes], domain=DOMAIN))
         graph.nodes.append(
             gs.Node(
-                LOOKUP, names["lookup"], domain=DOMAIN, outputs=[y],
+                lookup_op, names["lookup"], domain=DOMAIN, outputs=[y],
                 inputs=[codes, *(gs.Constant(initializer_name(cand.name, k), v) for k, v in lookup_params.items())],
             )
         )
         docs[names["encode"]] = docs[names["lookup"]] = rewrite.doc_string
-        used_ops.update((encode_op, LOOKUP))
+        used_ops.update((encode_op, lookup_op))
     graph.toposort()
     out = gs.export_onnx(graph)
 

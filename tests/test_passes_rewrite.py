@@ -206,16 +206,38 @@ def test_gemm_variants(rng, attrs, c_shape, reason):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_and_rank1_matmul_are_listed_as_skipped(rng):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])
+def test_conv_candidates_and_skips(rng):
+    """A group-1 Conv is a candidate (weight reshaped to (Cin*kh*kw, Cout)); depthwise, grouped and 1-D Convs and a
+    rank-1 MatMul are skipped with their reasons."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])
     v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [32])
-    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], name="conv"),
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4, 7])
+    nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv", pads=[1, 0, 2, 1], strides=[2, 1]),
+             helper.make_node("Conv", ["x", "kd"], ["cd"], name="dw", group=4, auto_pad="SAME_UPPER"),
+             helper.make_node("Conv", ["x", "kg"], ["cg"], name="grouped", group=2),
+             helper.make_node("Conv", ["s", "k1"], ["c1"], name="conv1d"),
              helper.make_node("MatMul", ["v", "w"], ["m"], name="vec")]
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    inits = {"k": f32(3, 4, 3, 3), "kb": f32(3), "kd": f32(4, 1, 3, 3), "kg": f32(6, 2, 3, 3), "k1": f32(3, 4, 3),
+             "w": f32(32, 4)}
     model = helper.make_model(
-        helper.make_graph(nodes, "g", [x, v], [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
-                                                helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "k"),
-                           numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w")]),
+        helper.make_graph(nodes, "g", [x, v, s], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                                  for o in ("c", "cd", "cg", "c1", "m")],
+                          [numpy_helper.from_array(a, k) for k, a in inits.items()]),
         ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
-    assert _find(model) == ({}, {"conv": "Conv layers are not converted by this version",
-                                 "vec": "input A has rank 1; needs rank >= 2"})
+    candidates, skipped = _find(model)
+    assert skipped == {
+        "dw": "depthwise Conv (group=4, D=9 per output channel): too few inputs per output for table lookup "
+              "(accuracy collapses) and already cheap",
+        "grouped": "grouped Conv (group=2, D=18 per group) is not converted: it would need one encoder and LUT per "
+                   "group (docs/conv.md)",
+        "conv1d": "1-D Conv (weight rank 3); only 2-D Conv is converted",
+        "vec": "input A has rank 1; needs rank >= 2",
+    }
+    cand = candidates["conv"]
+    assert cand.conv.attributes() == dict(kernel_shape=[3, 3], strides=[2, 1], dilations=[1, 1], auto_pad="NOTSET",
+                                          pads=[1, 0, 2, 1])
+    X = f32(2, 4, 5, 5)
+    want = ort.InferenceSession(model.SerializeToString()).run(["c"], {"x": X, "v": f32(32), "s": f32(1, 4, 7)})[0]
+    rows = reference.im2col(X, **cand.conv.kwargs()) @ cand.weight + cand.bias
+    np.testing.assert_allclose(rows.reshape(2, 3, 4, 3).transpose(0, 3, 1, 2), want, rtol=1e-4, atol=1e-4)
