@@ -75,6 +75,19 @@ _DEFAULTS = ConvertOptions()
               help="Memory for the row samples held at once; more layers take more passes over the data.")
 @click.option("--progress/--no-progress", default=_DEFAULTS.progress, show_default=True,
               help="Progress bars on stderr.")
+@click.option("--budget", default=_DEFAULTS.budget, metavar="METRIC=VALUE",
+              help="Accuracy budget, e.g. agreement=0.99, cosine=0.99 or nmse=0.01, measured against the original "
+                   "on held-out calibration files: convert the layers and settings that save the most within it.")
+@click.option("--sequential/--no-sequential", default=_DEFAULTS.sequential, show_default=True,
+              help="Learn each layer on the inputs the converted layers before it produce (targets: the "
+                   "original model's outputs of that layer).")
+@click.option("--heldout-files", type=float, default=_DEFAULTS.heldout_files, show_default=True,
+              help="With --budget: fraction of the calibration files held out to measure the metric.")
+@click.option("--objective", type=click.Choice(["macs", "time"]), default=_DEFAULTS.objective, show_default=True,
+              help="With --budget: maximise multiply-adds removed, or measured kernel time saved.")
+@click.option("--metric-output", default=_DEFAULTS.metric_output, metavar="NAME",
+              help="With --budget: the model output the metric compares (default: the first float output of "
+                   "rank >= 2).")
 @_user_errors
 def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     """Convert MODEL's eligible MatMul / Gemm layers, learned on the --calib data, and write -o OUTPUT."""
@@ -95,6 +108,11 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
         click.echo("")
         click.echo(_skipped_table(result.skipped))
     click.echo(f"\nWrote {output}: {len(result.converted)} layers converted, {len(result.skipped)} skipped.")
+    report = getattr(result, "budget", None)
+    if report is not None:
+        from .budget_report import budget_summary
+
+        click.echo("\n" + budget_summary(report))
 
 
 @main.command("inspect")
@@ -144,6 +162,57 @@ def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, 
         "Halut ops run by the custom-op library." if result.library_loaded
         else "custom-op library not found: Halut ops ran through their ONNX function fallbacks."
     ))
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 8,16,32") from None
+
+
+@main.command("analyze")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", "calib_dir", required=True, type=click.Path(), help="Calibration directory (as convert).")
+@click.option("--codebooks-list", default="", metavar="C,C,...",
+              help="Codebook counts to try (default: D/16, D/8, D/4, D/2 per layer, powers of two in 4..64).")
+@click.option("--encoders", default="pq,tree", show_default=True, help="Encoders to try (comma-separated).")
+@click.option("--budget", default=None, metavar="METRIC=VALUE",
+              help="Also show the layers and settings a convert --budget would start from (before verification).")
+@click.option("--include", multiple=True, metavar="REGEX", help="Analyze only layers whose node name matches.")
+@click.option("--exclude", multiple=True, metavar="REGEX", help="Never analyze layers whose node name matches.")
+@click.option("--min-dim", type=int, default=_DEFAULTS.min_dim, show_default=True,
+              help="Skip layers with fewer input columns D.")
+@click.option("--max-rows", type=int, default=_DEFAULTS.max_rows, show_default=True,
+              help="Calibration rows kept per layer.")
+@click.option("--heldout-files", type=float, default=_DEFAULTS.heldout_files, show_default=True,
+              help="Fraction of the calibration files held out to measure each setting.")
+@click.option("--metric-output", default=None, metavar="NAME", help="The model output the end metrics compare.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
+@click.option("--timing/--no-timing", default=True, show_default=True,
+              help="Time MatMul against encode + lookup for each layer shape.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the table as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the table as CSV.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@_user_errors
+def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exclude, min_dim, max_rows,
+                heldout_files, metric_output, seed, timing, json_path, csv_path, progress) -> None:
+    """Sensitivity of MODEL to each eligible layer converted alone, at each codebook count and encoder."""
+    from .analyze import AnalyzeOptions, analyze
+    from .budget_report import analysis_table, write_csv, write_json
+
+    options = AnalyzeOptions(
+        ConvertOptions(include=include, exclude=exclude, min_dim=min_dim, max_rows=max_rows, seed=seed,
+                       heldout_files=heldout_files, metric_output=metric_output, progress=progress, budget=budget),
+        _int_list(codebooks_list, "--codebooks-list"), tuple(e.strip() for e in encoders.split(",") if e.strip()),
+        timing,
+    )
+    result = analyze(model, calib_dir, options)
+    click.echo(analysis_table(result, budget))
+    if json_path:
+        write_json(result, json_path)
+    if csv_path:
+        write_csv(result, csv_path)
 
 
 def _skipped_table(records) -> str:

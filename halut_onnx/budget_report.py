@@ -1,0 +1,92 @@
+"""Text, JSON and CSV forms of a sensitivity analysis and of a budget's outcome (for the CLI and for plotting)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import fields
+
+from .analyze import Analysis, SensitivityRow
+from .tables import fmt_number, format_table
+
+HEADERS = ["layer", "op", "D", "M", "encoder", "C", "rows/sample", "train rows", "train NMSE", "held-out NMSE",
+           "file NMSE", "agreement", "cosine", "NMSE", "MACs/sample", "MACs removed", "MatMul ms", "Halut ms"]
+
+
+def _row(r: SensitivityRow) -> list:
+    return [r.layer, r.op_type, r.D, r.M, r.encoder, r.C, r.rows_per_sample, r.rows_train, r.train_nmse,
+            r.heldout_nmse, r.file_nmse, r.agreement, r.cosine, r.nmse, r.macs, r.macs_removed, r.matmul_ms,
+            r.halut_ms]
+
+
+def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
+    """The aligned table, one row per (layer, setting), then what it was measured on and what it cost."""
+    lines = [format_table(HEADERS, [_row(r) for r in analysis.rows])]
+    errors = [f"  {r.layer} {r.setting.key}: {r.error}" for r in analysis.rows if r.error]
+    if errors:
+        lines.append("not learned:\n" + "\n".join(errors))
+    overfit = sorted({r.layer for r in analysis.rows if _overfits(r)})
+    if overfit:
+        lines.append("held-out error over 2x the training error (too few rows per sample to learn from?): "
+                     + ", ".join(overfit))
+    lines.append(
+        f"\nEnd metrics of output {analysis.metric_output!r} with each layer converted alone, on "
+        f"{len(analysis.heldout_files)} held-out calibration files ({analysis.samples_heldout} samples); learned on "
+        f"the other {len(analysis.learn_files)} files. train / held-out NMSE: the layer's output on the learn files' "
+        "rows (held-out: rows set aside there); file NMSE: on the held-out files' rows. MACs per sample; "
+        f"MatMul / Halut ms: one held-out file's rows through onnxruntime's MatMul / encode + lookup (1 thread)."
+    )
+    if analysis.model_ms:
+        lines.append(f"Original model: {analysis.model_ms:.3g} ms per held-out file (1 thread).")
+    lines.append(f"Analysis took {analysis.seconds:.1f} s for {len(analysis.rows)} settings of "
+                 f"{len({r.layer for r in analysis.rows})} layers.")
+    if budget:
+        from .budget import choose, parse_budget
+
+        b = parse_budget(budget)
+        chosen = choose(analysis.options(b.metric), b.max_loss)
+        share = sum(analysis.row(n, o.setting).macs for n, o in chosen.items()) / max(analysis.total_macs, 1)
+        picks = ", ".join(f"{n} ({o.setting})" for n, o in chosen.items()) or "none"
+        lines.append(f"Within --budget {b} (single-layer losses added, before verification): {picks}; "
+                     f"{100 * share:.1f} % of the eligible multiply-adds.")
+    return "\n".join(lines)
+
+
+def _overfits(r: SensitivityRow) -> bool:
+    t, h = r.train_nmse, r.file_nmse if r.file_nmse is not None else r.heldout_nmse
+    return t is not None and h is not None and math.isfinite(h) and h > 2 * t and h > 1e-3
+
+
+def write_json(analysis: Analysis, path) -> None:
+    with open(path, "w") as f:
+        json.dump(analysis.to_json(), f, indent=1)
+
+
+def write_csv(analysis: Analysis, path) -> None:
+    names = [f.name for f in fields(SensitivityRow)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        for r in analysis.rows:
+            row = r.to_json()
+            writer.writerow(["" if row[n] is None else row[n] for n in names])
+
+
+def budget_summary(report) -> str:
+    """The chosen layers and the budget's outcome (``budget_convert.BudgetReport``)."""
+    a = report.analysis
+    rows = [[name, key, loss, a.row(name, key).macs] for name, key, loss in report.chosen]
+    lines = [format_table(["chosen layer", "setting", f"single-layer loss ({report.budget.metric})", "MACs/sample"],
+                          rows)]
+    lines.append("verifications: " + "; ".join(f"{what}: {fmt_number(v)}" for what, v in report.history))
+    m = report.measured_all
+    lines.append(
+        f"Budget {report.budget}: predicted {fmt_number(report.predicted)}, measured {fmt_number(report.measured)} "
+        f"on {len(a.heldout_files)} held-out files (agreement {fmt_number(m['agreement'])}, cosine "
+        f"{fmt_number(m['cosine'])}, NMSE {fmt_number(m['nmse'])}); {100 * report.macs_share:.1f} % of the eligible "
+        "layers' multiply-adds converted"
+        + (f"; expected speedup {report.expected_speedup:.3g}x (kernel timings)" if report.expected_speedup else "")
+        + "."
+    )
+    return "\n".join(lines)
