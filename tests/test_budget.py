@@ -1,0 +1,150 @@
+"""Budget parsing, the held-out file split and the layer choice (knapsack + back-off) on synthetic tables."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from halut_onnx.budget import Budget, Option, back_off, choose, parse_budget, select_within, split_files
+from halut_onnx.metrics import OutputComparison
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("agreement=0.99", Budget("agreement", 0.99)),
+    ("cosine = 1", Budget("cosine", 1.0)),
+    ("nmse=0.01", Budget("nmse", 0.01)),
+    ("nmse=0", Budget("nmse", 0.0)),
+])
+def test_parse_budget(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text,message", [
+    ("agreement", "--budget 'agreement': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
+    ("=0.9", "--budget '=0.9': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
+    ("agreement=", "--budget 'agreement=': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
+    ("accuracy=0.9", "--budget 'accuracy=0.9': unknown metric 'accuracy' (expected agreement, cosine, nmse)"),
+    ("cosine=high", "--budget 'cosine=high': VALUE 'high' is not a number"),
+    ("agreement=1.5", "--budget 'agreement=1.5': agreement must be in (0, 1], got 1.5"),
+    ("cosine=0", "--budget 'cosine=0': cosine must be in (0, 1], got 0"),
+    ("nmse=-0.1", "--budget 'nmse=-0.1': nmse must be a finite number >= 0, got -0.1"),
+    ("nmse=inf", "--budget 'nmse=inf': nmse must be a finite number >= 0, got inf"),
+])
+def test_parse_budget_errors(text, message):
+    with pytest.raises(ValueError) as err:
+        parse_budget(text)
+    assert str(err.value) == message
+
+
+def test_budget_losses_and_checks():
+    assert parse_budget("agreement=0.99").max_loss == pytest.approx(0.01)
+    assert parse_budget("nmse=0.02").max_loss == 0.02
+    assert parse_budget("cosine=0.95").met_by(0.95) and not parse_budget("cosine=0.95").met_by(0.9499)
+    assert parse_budget("nmse=0.02").met_by(0.02) and not parse_budget("nmse=0.02").met_by(0.021)
+
+
+@pytest.mark.parametrize("n,fraction,held", [(2, 0.25, 1), (8, 0.25, 2), (10, 0.5, 5), (5, 0.99, 4), (20, 0.01, 1)])
+def test_split_files_disjoint(n, fraction, held):
+    files = [f"{i:03d}.npz" for i in range(n)]
+    learn, heldout = split_files(files, fraction, seed=3)
+    assert len(heldout) == held and not set(learn) & set(heldout) and sorted(learn + heldout) == files
+    assert learn == sorted(learn) and heldout == sorted(heldout)
+    assert (learn, heldout) == split_files(files, fraction, seed=3)  # seeded
+
+
+def test_split_files_errors():
+    with pytest.raises(ValueError, match=r"^a budget needs at least 2 calibration files \(one to learn from, one "
+                                         r"held out\); found 1$"):
+        split_files(["a.npz"], 0.25)
+    with pytest.raises(ValueError, match=r"^--heldout-files must be in \(0, 1\), got 1$"):
+        split_files(["a.npz", "b.npz"], 1)
+
+
+def _brute_force(options, max_loss):
+    """Every combination of at most one option per layer: the best total saving within max_loss."""
+    layers = sorted({o.layer for o in options})
+    per = [[None] + [o for o in options if o.layer == name and o.saving > 0] for name in layers]
+    best = 0.0
+    for combo in itertools.product(*per):
+        picked = [o for o in combo if o is not None]
+        if sum(max(o.loss, 0) for o in picked) <= max_loss + 1e-12:
+            best = max(best, sum(o.saving for o in picked))
+    return best
+
+
+def test_choose_matches_brute_force(rng):
+    for _ in range(30):
+        options = [Option(f"l{i}", f"s{j}", float(rng.uniform(-0.002, 0.03)), float(rng.integers(-5, 100)))
+                   for i in range(5) for j in range(3)]
+        max_loss = float(rng.uniform(0.005, 0.06))
+        chosen = choose(options, max_loss, bins=100000)
+        assert sum(max(o.loss, 0) for o in chosen.values()) <= max_loss + 1e-12
+        assert len({o.layer for o in chosen.values()}) == len(chosen)
+        assert sum(o.saving for o in chosen.values()) == pytest.approx(_brute_force(options, max_loss))
+
+
+def test_choose_prefers_cheap_accurate_settings():
+    options = [Option("a", "C=4", 0.008, 10), Option("a", "C=16", 0.002, 6),
+               Option("b", "C=4", 0.006, 9), Option("b", "C=16", 0.001, 3), Option("c", "C=4", 0.02, 100),
+               Option("d", "pq", 0.0, -4)]  # slower than the original: never chosen
+    chosen = choose(options, 0.01)
+    assert {k: o.setting for k, o in chosen.items()} == {"a": "C=16", "b": "C=4"}  # 15 beats a C=4 + b C=16 (13)
+    assert choose(options, 0.0) == {}
+    assert choose(options + [Option("e", "x", -0.001, 1)], 0.0) == {"e": Option("e", "x", -0.001, 1)}
+
+
+def test_back_off_upgrades_then_drops_the_worst_offender():
+    options = [Option("a", "C=4", 0.02, 10), Option("a", "C=8", 0.01, 7), Option("a", "C=16", 0.004, 2),
+               Option("b", "C=4", 0.015, 9)]
+    chosen = {"a": options[0], "b": options[3]}
+    step1, what1 = back_off(chosen, options)
+    assert what1 == "a: C=4 -> C=8" and step1 == {"a": options[1], "b": options[3]}
+    step2, what2 = back_off(step1, options)
+    assert what2 == "b: dropped (C=4)" and step2 == {"a": options[1]}
+
+
+def test_select_within_backs_off_until_the_measured_metric_meets_the_budget():
+    # Errors compound: the measured loss is twice the sum of the single-layer losses.
+    options = [Option(name, f"C={c}", loss, saving) for name in "abc"
+               for c, loss, saving in ((4, 0.004, 10), (8, 0.002, 6), (16, 0.001, 2))]
+    budget = parse_budget("agreement=0.99")
+    calls = []
+
+    def measure(choice):
+        calls.append(dict(choice))
+        return 1 - 2 * sum(o.loss for o in choice.values())
+
+    chosen, history = select_within(options, budget, measure)
+    predicted_first = sum(o.loss for o in calls[0].values())
+    assert predicted_first <= 0.01 and 2 * predicted_first > 0.01  # the knapsack's choice misses once measured
+    assert budget.met_by(history[-1][1]) and len(history) >= 2
+    assert history[0][0] == "knapsack choice" and all(not budget.met_by(v) for _, v in history[:-1])
+    assert 2 * sum(o.loss for o in chosen.values()) <= 0.01 and chosen
+
+
+def test_select_within_gives_up_to_the_original_model():
+    options = [Option("a", "C=4", 0.001, 10)]
+    chosen, history = select_within(options, parse_budget("cosine=0.99"), lambda choice: 0.5)
+    assert chosen == {} and history == [("knapsack choice", 0.5)]
+
+
+def test_output_comparison_against_numpy(rng):
+    ref = rng.standard_normal((6, 5, 7)).astype(np.float32)
+    conv = ref + 0.3 * rng.standard_normal(ref.shape).astype(np.float32)
+    cmp = OutputComparison()
+    cmp.add(ref[:4], conv[:4])
+    cmp.add(ref[4:], conv[4:])
+    r, c = ref.reshape(-1, 7), conv.reshape(-1, 7)
+    assert cmp.agreement == np.mean(r.argmax(1) == c.argmax(1))
+    per = [np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, conv)]
+    assert cmp.cosine == pytest.approx(np.mean(per), rel=1e-6)
+    assert cmp.nmse == pytest.approx(np.sum((conv - ref) ** 2) / np.sum(ref**2), rel=1e-6)
+    labels = OutputComparison()
+    labels.add(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4]))
+    assert labels.agreement == 0.75 and math.isclose(labels.nmse, 0.25)
+
+
+
