@@ -1,0 +1,119 @@
+"""Speed of the Conv ops: per Conv layer, Halut (encode + lookup, NCHW in and out) against onnxruntime's fp32 Conv
+on the same shapes.
+
+    python benchmarks/bench_conv.py [--runs 20] [--quick]
+
+3x3 convs, Cin = Cout = 64 and 128, 56x56 and 28x28, batch 1 and 8, 1 and 2 threads, C = Cin (one codebook per
+input channel: its 9 taps). Parameters are random with the learner's structure (tree split dims inside each
+codebook's slice): speed does not depend on learned values. Both models are timed in one process, interleaved
+(round robin, median of runs). Prints the ratio onnxruntime / Halut (above 1: Halut faster) and the split of the
+Halut time between encode and lookup. Timings are noisy on a shared machine: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import halut_onnx
+from halut_onnx.ops import DOMAIN, DOMAIN_VERSION, ENCODE_PQ_CONV, ENCODE_TREE_CONV, LOOKUP_CONV
+from halut_onnx.reference import slice_bounds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from example_tools import format_table  # noqa: E402
+
+GEOMETRY = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+
+def _model(nodes, inits, Cin, out_type, opsets) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", Cin, "H", "W"])
+    y = helper.make_tensor_value_info("y", out_type, None)
+    graph = helper.make_graph(nodes, "conv", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, ir_version=10, opset_imports=opsets)
+
+
+def conv_model(Cin: int, Cout: int, rng) -> onnx.ModelProto:
+    inits = {"W": (rng.standard_normal((Cout, Cin, 3, 3)) / np.sqrt(9 * Cin)).astype(np.float32),
+             "B": rng.standard_normal(Cout).astype(np.float32)}
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **GEOMETRY)
+    return _model([node], inits, Cin, TensorProto.FLOAT, [helper.make_opsetid("", 17)])
+
+
+def halut_model(Cin: int, Cout: int, C: int, encoder: str, rng, stage: str = "both") -> onnx.ModelProto:
+    """encode + lookup (stage "both"), or the encode alone ("encode")."""
+    D = Cin * 9
+    bounds = slice_bounds(D, C)
+    if encoder == "tree":
+        dims = np.stack([rng.integers(bounds[c], bounds[c + 1], 4) for c in range(C)]).astype(np.int64)
+        enc = {"split_dims": dims, "thresholds": rng.standard_normal((C, 15)).astype(np.float32)}
+        op = ENCODE_TREE_CONV
+    else:
+        enc = {"vectors": rng.standard_normal((16, D)).astype(np.float32),
+               "biases": rng.standard_normal((C, 16)).astype(np.float32)}
+        op = ENCODE_PQ_CONV
+    lut = {"lut": rng.integers(-128, 128, (Cout, C, 16)).astype(np.int8),
+           "scale": np.full(Cout, 0.01, np.float32), "offset": rng.standard_normal(Cout).astype(np.float32)}
+    codes = "y" if stage == "encode" else "codes"
+    nodes = [helper.make_node(op, ["x", *enc], [codes], domain=DOMAIN, name="enc", **GEOMETRY)]
+    inits = dict(enc)
+    if stage != "encode":
+        nodes.append(helper.make_node(LOOKUP_CONV, ["codes", *lut], ["y"], domain=DOMAIN, name="lookup"))
+        inits.update(lut)
+    out_type = TensorProto.UINT8 if stage == "encode" else TensorProto.FLOAT
+    return _model(nodes, inits, Cin, out_type, [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+
+
+def session(model: onnx.ModelProto, threads: int, halut: bool):
+    options = halut_onnx.session_options() if halut else ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(sessions: list, x: np.ndarray, runs: int) -> list[float]:
+    """Median seconds per run of each session, run round robin so that load changes hit all alike."""
+    for s in sessions:
+        s.run(None, {"x": x})
+    times = [[] for _ in sessions]
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            start = time.perf_counter()
+            s.run(None, {"x": x})
+            times[i].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--encoder", default="tree", choices=["tree", "pq"])
+    parser.add_argument("--quick", action="store_true", help="the target shape only (3x3, 128, 28x28, batch 8)")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    shapes = [(128, 28, 8)] if args.quick else [(c, hw, b) for c in (64, 128) for hw in (56, 28) for b in (1, 8)]
+    rows = []
+    for channels, hw, batch in shapes:
+        x = rng.standard_normal((batch, channels, hw, hw)).astype(np.float32)
+        models = [conv_model(channels, channels, rng), halut_model(channels, channels, channels, args.encoder, rng),
+                  halut_model(channels, channels, channels, args.encoder, rng, stage="encode")]
+        for threads in (1, 2):
+            conv_s, halut_s, encode_s = time_interleaved(
+                [session(models[0], threads, False), session(models[1], threads, True),
+                 session(models[2], threads, True)], x, args.runs)
+            rows.append([f"3x3 {channels}->{channels}", f"{hw}x{hw}", batch, threads, channels,
+                         f"{conv_s / halut_s:.2f}", f"{100 * min(encode_s / halut_s, 1):.0f} %"])
+            print(rows[-1], f"(ort {1e3 * conv_s:.2f} ms, halut {1e3 * halut_s:.2f} ms)", file=sys.stderr)
+    print(f"encoder {args.encoder}; CPU kernels: {halut_onnx.library.get_library_path()}")
+    print(format_table(["layer", "HxW", "batch", "threads", "C", "onnxruntime / halut", "encode share"], rows))
+
+
+if __name__ == "__main__":
+    main()
