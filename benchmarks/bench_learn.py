@@ -86,8 +86,9 @@ def main() -> None:
             print(f"{enc:<8}{rows_:>7}{D_:>5}{M_:>5}{C_:>4}  {r['encoder']:>8.2f}{r['lut fit']:>8.2f}"
                   f"{r['quantize']:>9.2f}{r['learn']:>8.2f}{r['measure']:>8.2f}{r['total']:>8.2f}{r['cpu']:>7.2f}  "
                   f"{r['nmse']:>7.4f}{r['nmse8']:>8.4f}")
-    print("\ncpu = process CPU seconds of the whole call (both cores); wall times above. learn = encoder + lut fit (encode both row sets, statistics, ridge) + quantize; measure = held-out NMSE "
-          "through the reference ops (not needed to learn)")
+    print("\ncpu = process CPU seconds of the whole call (both cores); the other columns are wall seconds.\n"
+          "learn = encoder + lut fit (encode both row sets, statistics, ridge) + quantize; measure = held-out NMSE "
+          "through the bit-exact lookups (not needed to learn)")
 
 
 if __name__ == "__main__":

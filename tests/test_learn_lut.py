@@ -109,6 +109,14 @@ def test_int8_lookup_close_to_float_and_unbiased(rng, exact_limit):
     assert np.all(np.abs(diff.mean(axis=0)) <= 1e-5 * np.abs(y_float).max(axis=0))
     # Rounding errors of C independent tables: about C * scale^2 / 12 per column; allow 2x.
     assert np.all((diff**2).mean(axis=0) <= 2 * C * q.scale.astype(np.float64) ** 2 / 12)
+    # Grid shifts and coordinate descent must beat rounding each centred entry with the same scales.
+    T = fit.lut.reshape(C, 16, M)
+    centred = T - 0.5 * (T.max(axis=1) + T.min(axis=1))[:, None, :]
+    plain_q = np.clip(np.rint(centred / q.scale.astype(np.float64)), -128, 127).astype(np.int8)
+    plain_E = (plain_q * q.scale.astype(np.float64)).reshape(16 * C, M) - fit.lut
+    plain_offset = (fit.intercept - fit.counts / N @ plain_E).astype(np.float32)
+    plain = reference.lookup(codes, np.ascontiguousarray(plain_q.transpose(2, 0, 1)), q.scale, plain_offset)
+    assert (diff**2).sum() < 0.9 * ((plain - y_float) ** 2).sum()
     # Relative to the signal: C * s^2 / 12 over the variance of 8 tables, one 20x wider, is about 1.2e-4.
     assert (diff**2).sum() / ((y_float - y_float.mean(axis=0)) ** 2).sum() < 2.5e-4
 

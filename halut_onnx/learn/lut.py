@@ -227,6 +227,49 @@ def fit_ridge(train: CodeStats, heldout: CodeStats | None, ridges: np.ndarray, W
     )
 
 
+# Scales tried per output column, as fractions of the one that fits the widest table exactly into -127..127; below 1
+# the widest tables clip, which pays when one codebook's spread dwarfs the others'.
+_SCALE_FRACTIONS = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+_GRID_SHIFTS = 8  # offsets of the integer grid tried per (output, codebook) table, in steps of 1/8 of the scale
+_REFINE_SWEEPS = 4
+
+
+@njit("void(float64[:, ::1], int64[:, ::1], float64[::1], float64[:, ::1], int64)", parallel=True, cache=True)
+def _refine(Gc, q, scale, E, sweeps):
+    """Coordinate descent on the integer tables: move single entries by +-1 while ``E^T Gc E`` drops.
+
+    q (16C x M) integers in -128..127, E = scale * q - L (updated in place); column m is independent of the others.
+    The centred Gram weighs each entry by how often its code occurs and lets errors of codes that co-occur cancel,
+    which rounding each entry on its own cannot.
+    """
+    p, M = q.shape
+    for m in prange(M):
+        s = scale[m]
+        g = np.zeros(p, dtype=np.float64)  # Gc @ E[:, m]
+        for i in range(p):
+            acc = 0.0
+            for j in range(p):
+                acc += Gc[i, j] * E[j, m]
+            g[i] = acc
+        for _ in range(sweeps):
+            changed = 0
+            for i in range(p):
+                for step in (1, -1):
+                    nq = q[i, m] + step
+                    if nq < -128 or nq > 127:
+                        continue
+                    # error change of E[i] += s * step: 2 s step g[i] + s^2 Gc[i, i]
+                    if 2.0 * s * step * g[i] + s * s * Gc[i, i] < -1e-12 * s * s * Gc[i, i]:
+                        q[i, m] = nq
+                        E[i, m] += s * step
+                        for j in range(p):
+                            g[j] += s * step * Gc[j, i]
+                        changed += 1
+                        break
+            if changed == 0:
+                break
+
+
 @dataclass
 class QuantizedLUT:
     lut_q: np.ndarray  # int8 (M, C, 16)
@@ -234,38 +277,53 @@ class QuantizedLUT:
     offset: np.ndarray  # float32 (M,)
 
 
-# Scales tried per output column, as fractions of the one that fits the widest table exactly into -127..127; below 1
-# the widest tables clip, which pays when one codebook's spread dwarfs the others'.
-_SCALE_FRACTIONS = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-
-
 def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> QuantizedLUT:
-    """int8 LUT with one scale per output column.
+    """int8 LUT with one scale per output column, ``y = scale * sum_c lut_q[c, code_c] + offset``.
 
-    Each (m, c) table is centred on its midrange (the centres fold into ``offset``), so int8 covers the spread only.
-    Per column the scale minimises the squared error of the integer sums on the training codes over a few
-    candidate scales, and the mean error on the training codes folds into ``offset`` so the column sums stay
-    unbiased. The error of a table-error matrix E is ``E^T Gc E`` with the centred Gram; for very wide layers
-    (16C x 16C x M beyond ``exact_limit``) its block diagonal stands in (codebooks' errors taken as uncorrelated).
+    1. Each (m, c) table is centred on its midrange (centres fold into ``offset``), so int8 covers the spread only.
+    2. For a few candidate scales per column (the widest table fitting -127..127, and smaller ones that clip it),
+       every table's integer grid is shifted by the best of 8 sub-step offsets (count-weighted squared error; the
+       shift folds into ``offset``): a table narrower than a few steps loses much less than by plain rounding. The
+       column keeps the scale with the lowest error ``E^T Gc E`` on the training codes (E = table errors, Gc the
+       centred Gram).
+    3. Coordinate descent on the integers lowers ``E^T Gc E`` further (``_refine``).
+    4. ``offset`` absorbs the mean error on the training codes, so the column sums stay unbiased.
+
+    For very wide layers (16C x 16C x M beyond ``exact_limit``) the block diagonal of Gc stands in for it in step 2
+    (codebooks' errors taken as uncorrelated) and step 3 is skipped.
     """
     L = fit.lut  # (16C, M)
     p, M = L.shape
     phibar = fit.counts * (C / fit.counts.sum())  # fraction of rows per (codebook, code)
+    weights = phibar.reshape(C, NUM_CODES, 1)
     T = L.reshape(C, NUM_CODES, M)
     mid = 0.5 * (T.max(axis=1) + T.min(axis=1))  # (C, M)
-    Rr = (T - mid[:, None, :]).reshape(p, M)
+    Rr = T - mid[:, None, :]
     half = 0.5 * (T.max(axis=1) - T.min(axis=1)).max(axis=0)  # (M,)
     s0 = np.where(half > 0, half / 127.0, 1.0)
     exact = p * p * M <= exact_limit
     if not exact:
         blocks = fit.centred_gram.reshape(C, NUM_CODES, C, NUM_CODES)[np.arange(C), :, np.arange(C), :]  # (C,16,16)
     best_err = np.full(M, np.inf)
-    best_q = np.zeros((p, M), dtype=np.int8)
+    best_q = np.zeros((p, M), dtype=np.int64)
     best_s = np.ones(M, dtype=np.float32)
     for frac in _SCALE_FRACTIONS:
         s = (s0 * frac).astype(np.float32)
-        q = np.clip(np.rint(Rr / s), -128, 127)
-        E = q * s.astype(np.float64) - Rr
+        X = Rr / s.astype(np.float64)  # tables in units of the step
+        q = np.zeros_like(X)
+        q_err = np.full((C, M), np.inf)
+        for j in range(_GRID_SHIFTS):
+            shift = j / _GRID_SHIFTS - 0.5
+            qj = np.clip(np.rint(X + shift), -128, 127)
+            e = qj - shift - X
+            # count-weighted variance of the table's error: its mean is a constant that offset absorbs
+            w_sum = np.maximum(weights.sum(axis=1), 1e-300)
+            err = (weights * e * e).sum(axis=1) - (weights * e).sum(axis=1) ** 2 / w_sum
+            better = err < q_err
+            q_err[better] = err[better]
+            q = np.where(better[:, None, :], qj, q)
+        q = q.reshape(p, M)
+        E = q * s.astype(np.float64) - L  # against the float tables; per-table constants are free (Gc's null space)
         if exact:
             err = np.sum(E * (fit.centred_gram @ E), axis=0)
         else:
@@ -273,11 +331,14 @@ def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> Quantized
             err = np.einsum("ckm,ckj,cjm->m", Eb, blocks, Eb, optimize=True)
         better = err < best_err
         best_err[better] = err[better]
-        best_q[:, better] = q[:, better].astype(np.int8)
+        best_q[:, better] = q[:, better].astype(np.int64)
         best_s[better] = s[better]
-    E = best_q.astype(np.float64) * best_s.astype(np.float64) - Rr
-    offset = fit.intercept + mid.sum(axis=0) - phibar @ E
-    lut_q = np.ascontiguousarray(best_q.reshape(C, NUM_CODES, M).transpose(2, 0, 1))
+    E = best_q * best_s.astype(np.float64) - L
+    if exact:
+        _refine(np.ascontiguousarray(fit.centred_gram), best_q, best_s.astype(np.float64), E, _REFINE_SWEEPS)
+    # Quantized minus float output is sum_c E[c, code_c] + (offset - intercept): zero mean on the training codes.
+    offset = fit.intercept - phibar @ E
+    lut_q = np.ascontiguousarray(best_q.reshape(C, NUM_CODES, M).transpose(2, 0, 1).astype(np.int8))
     return QuantizedLUT(lut_q=lut_q, scale=best_s, offset=offset.astype(np.float32))
 
 
