@@ -1,0 +1,189 @@
+"""Sensitivity analysis, convert --budget and --sequential end to end on small structured models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from budget_models import mlp3, write_files
+from halut_models import low_rank, mlp, write_calibration
+from halut_onnx.analyze import AnalyzeOptions, analyze, codebook_grid
+from halut_onnx.budget_convert import convert_under_budget
+from halut_onnx.cli import main
+from halut_onnx.convert import convert_model
+from halut_onnx.learn import LearnOptions, learn_layer
+from halut_onnx.options import ConvertOptions
+from halut_onnx.runtime import make_session
+
+OPTIONS = ConvertOptions(progress=False)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("budget")
+    model = mlp3(rng)
+    onnx.save(model, folder / "m.onnx")
+    write_files(folder / "calib", rng)
+    analysis = analyze(folder / "m.onnx", folder / "calib",
+                       AnalyzeOptions(OPTIONS, codebooks=(4, 8), encoders=("pq", "tree"), timing=False))
+    return folder, model, analysis
+
+
+def _numpy_forward(model: onnx.ModelProto, x: np.ndarray, swap: dict | None = None) -> np.ndarray:
+    """mlp3 in numpy; ``swap[name]`` replaces that layer by a function of its input rows."""
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    swap = swap or {}
+    layer = lambda name, a, W, b=0: swap[name](a) if name in swap else a @ W + b  # noqa: E731
+    h = np.maximum(layer("fc1", x, w["w1"], w["b1"]), 0)
+    h = np.maximum(layer("fc2", h, w["w2"]), 0)
+    return layer("fc3", h, w["w3"])
+
+
+def _heldout(analysis) -> np.ndarray:
+    return np.concatenate([np.load(f)["x"] for f in analysis.heldout_files])
+
+
+def test_codebook_grid():
+    assert codebook_grid(64) == [4, 8, 16, 32]
+    assert codebook_grid(120) == [8, 16, 32, 64]
+    assert codebook_grid(16) == [4, 8]
+    assert codebook_grid(8, (4, 16)) == [4, 8]
+
+
+def test_analysis_matches_a_numpy_forward_pass(case):
+    folder, model, analysis = case
+    assert len(analysis.rows) == 3 * 2 * 2 and len(analysis.heldout_files) == 2 and len(analysis.learn_files) == 6
+    assert not set(analysis.heldout_files) & set(analysis.learn_files)
+    x = _heldout(analysis)
+    ref = _numpy_forward(model, x)
+    for row in analysis.rows:
+        assert row.rows_per_sample == 1 and row.macs == row.D * row.M and row.error is None
+        layer = analysis.learned[(row.layer, row.setting.key)]
+        out = _numpy_forward(model, x, {row.layer: layer.forward})
+        nmse = np.sum((out - ref) ** 2) / np.sum(ref**2)
+        cos = np.mean(np.sum(out * ref, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1))
+        assert row.nmse == pytest.approx(nmse, rel=1e-3) and row.cosine == pytest.approx(cos, abs=1e-5)
+        assert row.agreement == np.mean(out.argmax(1) == ref.argmax(1))
+        assert 0 < row.file_nmse < 0.5 and row.train_nmse < row.file_nmse
+    # more codebooks are more accurate, layer by layer (structured data)
+    for name in ("fc1", "fc2", "fc3"):
+        for enc in ("pq", "tree"):
+            by_c = {r.C: r.file_nmse for r in analysis.rows if r.layer == name and r.encoder == enc}
+            assert by_c[8] < by_c[4]
+
+
+def _measured_cosine(analysis, model: onnx.ModelProto, converted: Path) -> float:
+    session, _ = make_session(converted, halut=True)
+    x = _heldout(analysis)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = np.concatenate([session.run(None, {"x": np.load(f)["x"]})[0] for f in analysis.heldout_files])
+    return float(np.mean(np.sum(out * ref, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)))
+
+
+def test_tight_budget_converts_fewer_layers_and_meets_it(case):
+    folder, model, analysis = case
+    converted = {}
+    for value in (0.95, 0.85):
+        out = folder / f"cos{value}.onnx"
+        result = convert_under_budget(folder / "m.onnx", folder / "calib", out,
+                                      ConvertOptions(progress=False, budget=f"cosine={value}"), analysis)
+        report = result.budget
+        measured = _measured_cosine(analysis, model, out)
+        assert measured >= value and report.measured == pytest.approx(measured, abs=1e-5)
+        assert report.predicted >= value  # the knapsack keeps the summed single-layer losses within the budget
+        assert [r.name for r in result.converted] == [name for name, _, _ in report.chosen]
+        assert {r.name for r in result.skipped} == {"fc1", "fc2", "fc3"} - {r.name for r in result.converted}
+        converted[value] = len(result.converted)
+    assert 1 <= converted[0.95] < converted[0.85]
+
+
+def test_budget_with_nothing_within_it(case):
+    folder, _, analysis = case
+    with pytest.raises(ValueError, match=r"^no layer can be converted within --budget cosine=0\.9999; the best "
+                                         r"single layer is fc\d \((pq|tree) C=8\) with a loss of "):
+        convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                             ConvertOptions(progress=False, budget="cosine=0.9999"), analysis)
+
+
+def test_analyze_cli_table_json_csv(case):
+    folder, _, _ = case
+    args = ["analyze", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "--codebooks-list", "4",
+            "--encoders", "pq", "--include", "fc[12]", "--json", str(folder / "a.json"), "--csv",
+            str(folder / "a.csv"), "--budget", "cosine=0.9", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:6] == ["layer", "op", "D", "M", "encoder", "C"]
+    assert [line.split()[:6] for line in lines[2:4]] == [["fc1", "MatMul", "32", "32", "pq", "4"],
+                                                         ["fc2", "MatMul", "32", "32", "pq", "4"]]
+    assert "Within --budget cosine=0.9 (single-layer losses added, before verification): " in result.stdout
+    data = json.loads((folder / "a.json").read_text())
+    assert {"metric_output", "learn_files", "heldout_files", "rows", "skipped", "seconds", "total_macs"} <= set(data)
+    assert data["metric_output"] == "y" and [r["layer"] for r in data["rows"]] == ["fc1", "fc2"]
+    assert {"agreement", "cosine", "nmse", "file_nmse", "macs_removed", "matmul_ms", "halut_ms"} <= set(data["rows"][0])
+    assert [s["name"] for s in data["skipped"]] == ["fc3"]
+    if data["timed"]:
+        assert data["rows"][0]["matmul_ms"] > 0 and data["rows"][0]["halut_ms"] > 0
+    csv_lines = (folder / "a.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("layer,op_type,D,M,encoder,C,") and len(csv_lines) == 3
+
+
+def test_analyze_cli_errors(case):
+    folder, _, _ = case
+    base = ["analyze", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "--no-progress"]
+    for extra, message in [
+        (["--budget", "top1=0.9"], "Error: --budget 'top1=0.9': unknown metric 'top1' (expected agreement, cosine, nmse)"),
+        (["--encoders", "pq,kmeans"], "Error: --encoders must be a comma-separated subset of tree,pq, got 'pq,kmeans'"),
+        (["--codebooks-list", "4,x"], "Error: --codebooks-list '4,x': expected comma-separated integers, e.g. 8,16,32"),
+        (["--metric-output", "z"], "Error: --metric-output 'z' is not an output of the model (its outputs: y)"),
+    ]:
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code == 1 and result.stderr.strip() == message
+
+
+def test_learn_layer_target_inputs(rng):
+    A = low_rank(rng, (1200, 24))
+    W = rng.standard_normal((24, 12)).astype(np.float32)
+    options = LearnOptions(codebooks=4, encoder="pq", seed=1)
+    plain = learn_layer(A, W, None, options)
+    same = learn_layer(A, W, None, options, target_inputs=A.copy())
+    np.testing.assert_array_equal(plain.lut_q, same.lut_q)
+    # Other targets (a function of A the codes can represent): the LUT follows them, the encoder still reads A.
+    T = 1.5 * A + 0.25
+    shifted = learn_layer(A, W, None, options, target_inputs=T)
+    np.testing.assert_array_equal(shifted.encode(A[:50]), plain.encode(A[:50]))
+    err = lambda layer: np.sum((layer.forward(A) - T @ W) ** 2) / np.sum((T @ W) ** 2)  # noqa: E731
+    assert err(shifted) < 0.7 * err(plain)
+    with pytest.raises(ValueError) as exc:
+        learn_layer(A, W, None, options, target_inputs=A[:10])
+    assert str(exc.value) == "target_inputs must have A's shape (1200, 24) (one row per row of A); found (10, 24)"
+
+
+def test_sequential_two_layers(tmp_path, rng):
+    model = mlp(rng, D=32, H=24, M=10)
+    onnx.save(model, tmp_path / "m.onnx")
+    rows = low_rank(rng, (1536, 32), rank=5)
+    write_calibration(tmp_path / "calib", "x", rows[:1024], per_file=128)
+    x = rows[1024:]  # same distribution, not calibrated on
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    errors, luts = {}, {}
+    for sequential in (False, True):
+        out = tmp_path / f"seq{sequential}.onnx"
+        result = convert_model(tmp_path / "m.onnx", tmp_path / "calib", out,
+                               ConvertOptions(codebooks=4, sequential=sequential, progress=False))
+        assert [r.name for r in result.converted] == ["fc1", "fc2"]
+        session, _ = make_session(out, halut=True)
+        y = session.run(None, {"x": x})[0]
+        errors[sequential] = float(np.sum((y - ref) ** 2) / np.sum(ref**2))
+        luts[sequential] = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer
+                            if t.name.endswith(".halut.lut")}
+    np.testing.assert_array_equal(luts[False]["fc1.halut.lut"], luts[True]["fc1.halut.lut"])  # first layer: same inputs
+    assert not np.array_equal(luts[False]["fc2.halut.lut"], luts[True]["fc2.halut.lut"])
+    assert errors[True] <= errors[False]
