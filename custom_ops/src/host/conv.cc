@@ -164,6 +164,46 @@ void ConvEncodeBase::gather(const Input& in, const PatchTable& table, int64_t n0
   }
 }
 
+void ConvEncodeBase::gather_cols(const Input& in, const PatchTable& table, int64_t n0, int64_t rows, int64_t ld,
+                                 float* cols) const {
+  const int64_t U = static_cast<int64_t>(table.offset.size());
+  const int64_t Wo = in.geo.Wo, P = in.geo.Ho * Wo, HW = in.H * in.W, W = in.W;
+  const int64_t sw = geometry_.sw;
+  const int64_t span_h = (geometry_.kh - 1) * geometry_.dh, span_w = (geometry_.kw - 1) * geometry_.dw;
+  // Output columns whose whole patch lies inside the image width: ox_lo .. ox_hi.
+  const int64_t ox_lo = (in.geo.left + sw - 1) / sw;
+  const int64_t last = W - 1 - span_w + in.geo.left;
+  const int64_t ox_hi = last < 0 ? -1 : last / sw;
+  const float* x = in.X.as<float>();
+  for (int64_t r = 0; r < rows;) {
+    const int64_t n = n0 + r, b = n / P, pos = n % P, oy = pos / Wo, ox0 = pos % Wo;
+    const int64_t seg = std::min(rows - r, Wo - ox0);  // positions left in this output row
+    const int64_t iy0 = oy * geometry_.sh - in.geo.top;
+    const float* image = x + b * in.Cin * HW;
+    const bool row_inside = iy0 >= 0 && iy0 + span_h < in.H;
+    const int64_t k_lo = row_inside ? std::clamp(ox_lo - ox0, int64_t{0}, seg) : seg;
+    const int64_t k_hi = row_inside ? std::clamp(ox_hi + 1 - ox0, k_lo, seg) : seg;
+    for (int64_t u = 0; u < U; ++u) {
+      float* dst = cols + u * ld + r;
+      const int64_t dy = table.dy[u], dx = table.dx[u];
+      const float* plane = image + table.channel[u] * HW;
+      auto edge = [&](int64_t k) {
+        const int64_t iy = iy0 + dy, ix = (ox0 + k) * sw - in.geo.left + dx;
+        dst[k] = (iy >= 0 && iy < in.H && ix >= 0 && ix < W) ? plane[iy * W + ix] : 0.0f;
+      };
+      for (int64_t k = 0; k < k_lo; ++k) edge(k);
+      const float* src = image + iy0 * W - in.geo.left + table.offset[u] + ox0 * sw;
+      if (sw == 1) {
+        for (int64_t k = k_lo; k < k_hi; ++k) dst[k] = src[k];
+      } else {
+        for (int64_t k = k_lo; k < k_hi; ++k) dst[k] = src[k * sw];
+      }
+      for (int64_t k = k_hi; k < seg; ++k) edge(k);
+    }
+    r += seg;
+  }
+}
+
 template <typename Fn>
 void ConvEncodeBase::for_row_blocks(OrtKernelContext* ctx, int64_t N, int64_t U, int64_t cost_per_row, Fn& fn) const {
   const int64_t task_rows = rows_per_task(cost_per_row);
@@ -189,6 +229,7 @@ EncodeTreeConvKernel::EncodeTreeConvKernel(const OrtApi* api, const OrtKernelInf
     : ConvEncodeBase(api, info, kName) {
   auto split_dims = constant_input(info, 1), thresholds = constant_input(info, 2);
   if (split_dims && thresholds) packed_ = pack(*split_dims, *thresholds);
+  encode_cols_ = cpu::encode_tree_cols_for(isa_->name);
 }
 
 EncodeTreeConvKernel::Compact EncodeTreeConvKernel::pack(const TensorView& split_dims,
@@ -241,9 +282,15 @@ void EncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
   const int64_t U = static_cast<int64_t>(packed.elements.size());
   const cpu::TreeParams params = packed.tree.params();
   const cpu::IsaKernels* isa = isa_;
+  const cpu::EncodeTreeColsFn encode_cols = encode_cols_;
   auto block = [&](int64_t n0, int64_t rows, float* buf) {
-    gather(in, table, n0, rows, buf);
-    isa->encode_tree(buf, rows, U, params, codes + n0 * C);
+    if (encode_cols != nullptr) {
+      gather_cols(in, table, n0, rows, kBlockRows, buf);
+      encode_cols(buf, kBlockRows, rows, params, codes + n0 * C);
+    } else {
+      gather(in, table, n0, rows, buf);
+      isa->encode_tree(buf, rows, U, params, codes + n0 * C);
+    }
   };
   for_row_blocks(ctx, N, U, 2 * U + 8 * C, block);
 }

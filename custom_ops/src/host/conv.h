@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "../cpu/conv_kernels.h"
 #include "../cpu/pack.h"
 #include "kernel_base.h"
 
@@ -44,6 +45,10 @@ class ConvEncodeBase : public KernelBase {
   // Gathers the patch elements `elements` (patch indices, ascending) of the rows n0 .. n0+rows-1 into buf[rows][U].
   PatchTable patch_table(const Input& in, const std::vector<int64_t>& elements) const;
   void gather(const Input& in, const PatchTable& table, int64_t n0, int64_t rows, float* buf) const;
+  // The same elements stored element-major, cols[u * ld + r] (consecutive positions of a row are contiguous reads
+  // of X for stride 1).
+  void gather_cols(const Input& in, const PatchTable& table, int64_t n0, int64_t rows, int64_t ld,
+                   float* cols) const;
   // Runs fn(n0, rows, buf) over blocks of output rows on the intra-op pool; buf holds rows x U floats.
   template <typename Fn>
   void for_row_blocks(OrtKernelContext* ctx, int64_t N, int64_t U, int64_t cost_per_row, Fn& fn) const;
@@ -68,6 +73,7 @@ class EncodeTreeConvKernel : public ConvEncodeBase {
   };
   Compact pack(const TensorView& split_dims, const TensorView& thresholds) const;
   std::optional<Compact> packed_;
+  cpu::EncodeTreeColsFn encode_cols_ = nullptr;  // the ISA's element-major kernel, if it has one
 };
 
 class EncodePqConvKernel : public ConvEncodeBase {
