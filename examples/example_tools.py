@@ -4,6 +4,7 @@ count converted layers, print an aligned table."""
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -62,14 +63,25 @@ def converted_layers(model_path: str | Path) -> int:
     return sum(node.op_type == LOOKUP_OP and node.domain == HALUT_DOMAIN for node in graph.node)
 
 
-def matmul_layers(model_path: str | Path) -> int:
-    """MatMul / Gemm nodes whose second input is a constant (the layers the pass can replace)."""
+def matmul_layer_names(model_path: str | Path) -> list[str]:
+    """Names of the MatMul / Gemm nodes whose second input is a constant (the matrix layers the pass can replace)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     constants = {init.name for init in graph.initializer}
     constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    return sum(node.op_type in ("MatMul", "Gemm") and node.input[1] in constants for node in graph.node)
+    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm") and node.input[1] in constants]
+
+
+def matmul_layers(model_path: str | Path) -> int:
+    return len(matmul_layer_names(model_path))
+
+
+def only_layers(names: Sequence[str]) -> list[str]:
+    """``--include`` options that restrict a conversion to exactly these node names (Conv layers stay as they are)."""
+    if not names or not all(names):
+        raise ValueError("only_layers needs named nodes")
+    return ["--include", "^(?:" + "|".join(re.escape(name) for name in names) + ")$"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

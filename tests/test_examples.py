@@ -214,3 +214,14 @@ def test_ppocr_rec_quick_conversion(ppocr, tmp_path):
     assert default["setting"] == "default" and default["layers"] == info["layers"]
     # Measured 0.00 % CER and 99.15 % agreement (docs/examples.md): a few wrong characters at most.
     assert default["cer_converted"] < 0.01 and default["agreement"] > 0.97
+
+
+def test_only_layers_matches_exactly_the_named_nodes():
+    import re
+
+    flag, pattern = example_tools.only_layers(["MatMul.1", "Gemm_0"])
+    assert flag == "--include"
+    assert [n for n in ["MatMul.1", "MatMul.12", "MatMulX1", "Gemm_0", "Conv.1"] if re.search(pattern, n)] == [
+        "MatMul.1", "Gemm_0"]
+    with pytest.raises(ValueError, match=r"^only_layers needs named nodes$"):
+        example_tools.only_layers([])
