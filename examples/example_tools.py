@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-HALUT_DOMAIN = "ai.halut"
-LOOKUP_OP = "HalutLookup"
+from halut_onnx.ops import DOMAIN as HALUT_DOMAIN
+from halut_onnx.ops import LOOKUP, LOOKUP_CONV
 
 
 def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -56,11 +56,11 @@ def session(model_path: str | Path, halut: bool = False):
 
 
 def converted_layers(model_path: str | Path) -> int:
-    """Number of replaced layers: one HalutLookup node per layer in the main graph."""
+    """Number of replaced layers: one lookup node (HalutLookup or HalutLookupConv) per layer in the main graph."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return sum(node.op_type == LOOKUP_OP and node.domain == HALUT_DOMAIN for node in graph.node)
+    return sum(node.op_type in (LOOKUP, LOOKUP_CONV) and node.domain == HALUT_DOMAIN for node in graph.node)
 
 
 def matmul_layer_names(model_path: str | Path) -> list[str]:
