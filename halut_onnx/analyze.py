@@ -50,8 +50,11 @@ class Setting:
 @dataclass(frozen=True)
 class AnalyzeOptions:
     convert: ConvertOptions = ConvertOptions()  # shared fields: include/exclude, min_dim, rows, seed, held-out files
-    codebooks: tuple[int, ...] = ()  # () : D/16, D/8, D/4, D/2 per layer
+    codebooks: tuple[int, ...] = ()  # fixed codebook counts; () : D / each of ``divisors`` per layer
+    divisors: tuple[int, ...] = DEFAULT_DIVISORS
     encoders: tuple[str, ...] = ("pq", "tree")
+    sensitivity_files: int = 0  # held-out files the single-layer end metrics are measured on (0: all of them;
+    # fewer is faster on big models; the combined model of a budget is always verified on all)
     timing: bool = True  # time MatMul against encode + lookup per layer shape (needs the custom-op library)
 
     def validate(self) -> None:
@@ -63,12 +66,12 @@ class AnalyzeOptions:
             raise ValueError(f"--encoders must be a comma-separated subset of tree,pq, got {','.join(self.encoders)!r}")
 
 
-def codebook_grid(D: int, fixed: tuple[int, ...] = ()) -> list[int]:
+def codebook_grid(D: int, fixed: tuple[int, ...] = (), divisors: tuple[int, ...] = DEFAULT_DIVISORS) -> list[int]:
     """The codebook counts tried for a layer of D columns (each at most D), smallest first."""
     if fixed:
         return sorted({min(c, D) for c in fixed})
     out = set()
-    for k in DEFAULT_DIVISORS:
+    for k in divisors:
         c = 2 ** round(math.log2(max(D / k, 1.0)))
         out.add(int(min(max(c, MIN_DEFAULT_CODEBOOKS), MAX_DEFAULT_CODEBOOKS, D)))
     return sorted(out)
@@ -194,7 +197,8 @@ def _session(model: onnx.ModelProto, threads: int | None = None):
 
 
 class HeldoutEvaluator:
-    """The original model's metric output on every held-out file, kept in memory, to compare converted models."""
+    """The original model's metric output on every held-out file, kept in memory, to compare converted models
+    (on all files, or on the first ``limit``)."""
 
     def __init__(self, work: onnx.ModelProto, heldout: CalibrationSet, output: str):
         self.work = work
@@ -205,10 +209,11 @@ class HeldoutEvaluator:
         first = next(iter(self.feeds[0].values()))
         self.samples = sum(int(next(iter(f.values())).shape[0]) if first.ndim else 1 for f in self.feeds)
 
-    def compare(self, model: onnx.ModelProto) -> OutputComparison:
+    def compare(self, model: onnx.ModelProto, limit: int = 0) -> OutputComparison:
         session = _session(model)
         out = OutputComparison()
-        for feed, ref in zip(self.feeds, self.reference):
+        pairs = list(zip(self.feeds, self.reference))
+        for feed, ref in pairs[:limit] if limit else pairs:
             out.add(ref, session.run([self.output], feed)[0])
         return out
 
@@ -290,12 +295,14 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
 
     rows: list[SensitivityRow] = []
     learned: dict[tuple[str, str], HalutLayer] = {}
-    plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks) for e in options.encoders]
+    plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks, options.divisors)
+            for e in options.encoders]
     with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
         for cand, setting in plan:
             bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
             rows.append(_measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv,
-                                 learned, len(heldout_files), time_layer if timed else None))
+                                 learned, len(heldout_files), time_layer if timed else None,
+                                 options.sensitivity_files))
             bar.update(1)
     total = sum(r.macs for r in {r.layer: r for r in rows}.values())
     return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,
@@ -304,7 +311,8 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
 
 
 def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator: HeldoutEvaluator,
-             conv: ConvertOptions, learned: dict, n_heldout_files: int, timer) -> SensitivityRow:
+             conv: ConvertOptions, learned: dict, n_heldout_files: int, timer,
+             sensitivity_files: int = 0) -> SensitivityRow:
     per_sample = held.rows_seen / max(evaluator.samples, 1)
     macs = int(round(per_sample * cand.D * cand.M))
     row = SensitivityRow(cand.name, cand.op_type, cand.D, cand.M, setting.encoder, setting.codebooks, per_sample,
@@ -329,7 +337,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         sse = heldout_errors(held.rows, layer.encode(held.rows), W32, b32, layer.lut, layer.lut_bias, layer)
         row.file_nmse = sse["int8"] / sse["ss"] if sse["ss"] > 0 else float("nan")
     single = rewrite_model(evaluator.work, [LayerRewrite(cand, layer, f"analysis: {setting.key}")])
-    values = evaluator.compare(single).values()
+    values = evaluator.compare(single, sensitivity_files).values()
     row.agreement, row.cosine, row.nmse = values["agreement"], values["cosine"], values["nmse"]
     if timer is not None:
         n = max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))

@@ -204,8 +204,8 @@ def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exc
     options = AnalyzeOptions(
         ConvertOptions(include=include, exclude=exclude, min_dim=min_dim, max_rows=max_rows, seed=seed,
                        heldout_files=heldout_files, metric_output=metric_output, progress=progress, budget=budget),
-        _int_list(codebooks_list, "--codebooks-list"), tuple(e.strip() for e in encoders.split(",") if e.strip()),
-        timing,
+        codebooks=_int_list(codebooks_list, "--codebooks-list"),
+        encoders=tuple(e.strip() for e in encoders.split(",") if e.strip()), timing=timing,
     )
     result = analyze(model, calib_dir, options)
     click.echo(analysis_table(result, budget))

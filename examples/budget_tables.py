@@ -1,0 +1,139 @@
+"""Accuracy budgets on real models: for each budget, the layers `convert --budget` chose, the share of the eligible
+multiply-adds converted, the measured end metric and the measured speedup (docs/budget.md).
+
+    python examples/budget_tables.py digits [--out DIR] [--quick]
+    python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 16384] [--quick]
+
+One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model is written,
+measured on the held-out calibration files (the budget metric), on separate evaluation data (digits: test accuracy;
+rec: CER and top-1 agreement on non-blank frames) and timed against the original (halut_onnx.bench, 1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_tools as tools  # noqa: E402
+
+from halut_onnx.analyze import AnalyzeOptions, analyze  # noqa: E402
+from halut_onnx.bench import bench  # noqa: E402
+from halut_onnx.budget_convert import convert_under_budget  # noqa: E402
+from halut_onnx.options import ConvertOptions  # noqa: E402
+
+HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric (predicted)", "end metric",
+           "speedup measured", "speedup expected"]
+
+
+def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data):
+    rows = []
+    for budget in budgets:
+        for sequential in sequential_modes:
+            path = out / f"{model.stem}.{budget.replace('=', '')}{'.seq' if sequential else ''}.onnx"
+            options = ConvertOptions(progress=False, budget=budget, sequential=sequential, max_rows=max_rows)
+            start = time.perf_counter()
+            try:
+                result = convert_under_budget(model, calib, path, options, analysis)
+            except ValueError as exc:
+                rows.append([budget, "yes" if sequential else "no", 0, "0.0", f"({exc})", "-", "-", "-"])
+                continue
+            seconds = time.perf_counter() - start
+            report = result.budget
+            timing = bench(model, path, threads=1, runs=20, warmup=3, data_dir=bench_data)
+            rows.append([
+                budget, "yes" if sequential else "no", f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
+                f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ({report.predicted:.4f})", end_metric(path),
+                f"{timing.speedup:.2f}x", "-" if report.expected_speedup is None else f"{report.expected_speedup:.2f}x",
+            ])
+            print(f"{budget} sequential={sequential}: {len(result.converted)} layers in {seconds:.0f} s; "
+                  f"{[(n, k) for n, k, _ in report.chosen]}; verifications {report.history}", file=sys.stderr)
+    return rows
+
+
+def digits(out: Path, quick: bool, max_rows: int) -> None:
+    import digits_mlp
+
+    model, x_train, x_test, _, y_test = digits_mlp.train()
+    original = digits_mlp.export(model, out / "digits_mlp.onnx")
+    calib = out / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, len(x_train), 64)):  # 20 files: 5 held out
+        np.savez(calib / f"{k:04d}.npz", X=x_train[start : start + 64])
+    (out / "test").mkdir(exist_ok=True)
+    np.savez(out / "test" / "test.npz", X=x_test)
+    base = digits_mlp.accuracy(original, x_test, y_test, halut=False)
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows),
+                             divisors=(8, 4, 2) if quick else (16, 8, 4, 2))
+    analysis = analyze(original, calib, options)
+    print(f"analysis: {len(analysis.rows)} settings in {analysis.seconds:.0f} s; test accuracy original "
+          f"{100 * base:.2f} %")
+
+    def end_metric(path):
+        return f"{100 * digits_mlp.accuracy(path, x_test, y_test, halut=True):.2f} % (orig {100 * base:.2f})"
+
+    budgets = ["agreement=0.99"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98",
+                                                 "agreement=0.95"]
+    rows = _budget_rows(original, calib, out, analysis, budgets, (False,) if quick else (False, True), max_rows,
+                        end_metric, out / "test")
+    print(tools.format_table(HEADERS, rows))
+
+
+def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> None:
+    import ppocr_data
+    from ppocr_rec import top1_agreement
+
+    model = ppocr_data.rec_model_path()
+    charset = ppocr_data.rec_charset(model)
+    name = ppocr_data.input_name(model)
+    calib_lines, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, model)
+    calib = ppocr_data.make_rec_set(calib_lines, seed=0)
+    evaluation = ppocr_data.make_rec_set(eval_lines, seed=1)
+    ppocr_data.write_set(out / "calib", name, calib.batches)
+    ppocr_data.write_set(out / "eval", name, evaluation.batches)
+    texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
+    base = ppocr_data.cer(evaluation.references, texts)
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=("pq",),
+                             divisors=(4, 2), sensitivity_files=1 if quick else 2)
+    analysis = analyze(model, out / "calib", options)
+    print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
+          f"{analysis.seconds:.0f} s; {n_calib} calibration lines, {n_eval} evaluation lines, original CER "
+          f"{100 * base:.2f} %")
+
+    def end_metric(path):
+        conv_texts, conv_frames = ppocr_data.run_rec(tools.session(path, halut=True), evaluation.batches, charset)
+        return (f"CER {100 * ppocr_data.cer(evaluation.references, conv_texts):.2f} %, agreement "
+                f"{100 * top1_agreement(frames, conv_frames):.2f} %")
+
+    budgets = ["agreement=0.99"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98"]
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,) if quick else (False, True),
+                        max_rows, end_metric, out / "eval")
+    print(tools.format_table(HEADERS, rows))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=["digits", "rec"])
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="fewer settings and one budget")
+    parser.add_argument("--max-rows", type=int, default=8192, help="calibration rows kept per layer")
+    parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines")
+    parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines")
+    args = parser.parse_args(argv)
+    print(f"Halut custom-op library: {tools.library_status()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.model == "digits":
+            digits(out, args.quick, args.max_rows)
+        else:
+            rec(out, args.quick, args.max_rows, args.calib, args.eval)
+
+
+if __name__ == "__main__":
+    main()
