@@ -2,7 +2,8 @@
 multiply-adds converted, the measured end metric and the measured speedup (docs/budget.md).
 
     python examples/budget_tables.py digits [--out DIR] [--quick]
-    python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 16384] [--quick]
+    python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 8192] [--quick]
+    python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
 One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model is written,
 measured on the held-out calibration files (the budget metric), on separate evaluation data (digits: test accuracy;
@@ -116,9 +117,59 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> Non
     print(tools.format_table(HEADERS, rows))
 
 
+def sequential_gain(out: Path, max_rows: int, n_calib: int, n_eval: int) -> None:
+    """Independent against sequential calibration, every eligible layer converted: digits (test accuracy) and the
+    PP-OCR rec MatMul layers (CER, agreement)."""
+    import digits_mlp
+    import ppocr_data
+    from ppocr_rec import top1_agreement
+
+    from halut_onnx.convert import convert_model
+
+    model, x_train, x_test, _, y_test = digits_mlp.train()
+    original = digits_mlp.export(model, out / "digits_mlp.onnx")
+    digits_mlp.write_rows(out / "digits_calib", x_train)
+    base = digits_mlp.accuracy(original, x_test, y_test, halut=False)
+    rows = []
+    for C in (8, 16, 32):
+        for encoder in ("pq", "tree"):
+            accs = []
+            for sequential in (False, True):
+                path = out / f"digits.C{C}.{encoder}.{sequential}.onnx"
+                convert_model(original, out / "digits_calib", path, ConvertOptions(
+                    codebooks=C, encoder=encoder, sequential=sequential, progress=False, max_rows=max_rows))
+                accs.append(digits_mlp.accuracy(path, x_test, y_test, halut=True))
+            rows.append(["digits MLP", f"-C {C} --encoder {encoder}", f"{100 * base:.2f}", f"{100 * accs[0]:.2f}",
+                         f"{100 * accs[1]:.2f}", f"{100 * (accs[1] - accs[0]):+.2f}"])
+    print(tools.format_table(["model", "setting", "original", "independent", "sequential", "gain (points)"], rows))
+
+    rec_model = ppocr_data.rec_model_path()
+    charset = ppocr_data.rec_charset(rec_model)
+    calib_lines, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, rec_model)
+    calib = ppocr_data.make_rec_set(calib_lines, seed=0)
+    evaluation = ppocr_data.make_rec_set(eval_lines, seed=1)
+    ppocr_data.write_set(out / "rec_calib", ppocr_data.input_name(rec_model), calib.batches)
+    texts, frames = ppocr_data.run_rec(tools.session(rec_model), evaluation.batches, charset)
+    matmuls = tuple(f"^{name}$" for name in tools.matmul_layer_names(rec_model))
+    rows = []
+    for C in (16, None):
+        cells = []
+        for sequential in (False, True):
+            path = out / f"rec.{C}.{sequential}.onnx"
+            convert_model(rec_model, out / "rec_calib", path, ConvertOptions(
+                codebooks=C, include=matmuls, sequential=sequential, progress=False, max_rows=max_rows))
+            conv_texts, conv_frames = ppocr_data.run_rec(tools.session(path, halut=True), evaluation.batches, charset)
+            cells.append((ppocr_data.cer(evaluation.references, conv_texts), top1_agreement(frames, conv_frames)))
+        rows.append(["PP-OCR rec, 9 MatMuls", f"-C {C or 'default'} pq",
+                     f"{100 * cells[0][0]:.2f} / {100 * cells[0][1]:.2f}", f"{100 * cells[1][0]:.2f} / "
+                     f"{100 * cells[1][1]:.2f}"])
+    print(tools.format_table(["model", "setting", "independent CER % / agreement %",
+                              "sequential CER % / agreement %"], rows))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["digits", "rec"])
+    parser.add_argument("model", choices=["digits", "rec", "sequential"])
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="fewer settings and one budget")
     parser.add_argument("--max-rows", type=int, default=8192, help="calibration rows kept per layer")
@@ -131,6 +182,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if args.model == "digits":
             digits(out, args.quick, args.max_rows)
+        elif args.model == "sequential":
+            sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
             rec(out, args.quick, args.max_rows, args.calib, args.eval)
 
