@@ -4,8 +4,8 @@ of layers and settings that removes the most cost within it (docs/budget.md).
 The choice is a multiple-choice knapsack: each layer is left as it is or converted with one of its settings, each
 setting with a measured single-layer loss and a saving; the predicted loss of a combination is the sum of its
 single-layer losses. Losses compound in ways a sum does not capture, so the combination is then measured and, while
-it misses the budget, its worst offender (largest single-layer loss) is upgraded to a more accurate setting or
-dropped (``back_off``).
+it misses the budget, the knapsack is solved again within a budget shrunk by the compounding seen, and then its
+worst offender (largest single-layer loss) is upgraded to a more accurate setting or dropped (``back_off``).
 """
 
 from __future__ import annotations
@@ -148,19 +148,26 @@ def back_off(chosen: dict[str, Option], options: Sequence[Option]) -> tuple[dict
 
 
 def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[dict[str, Option]], float],
-                  max_steps: int | None = None) -> tuple[dict[str, Option], list[tuple[str, float]]]:
-    """``choose`` and then ``back_off`` until ``measure(choice)`` (the budget metric's value of the combined model)
-    meets the budget; an empty choice always does (the original model).
+                  max_steps: int | None = None, rescales: int = 3) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+    """``choose``, then measure the combination (``measure(choice)``: the budget metric's value of the combined
+    model) until it meets the budget; an empty choice always does (the original model).
+
+    On a miss, the knapsack is solved again with the loss budget scaled by (budget / measured loss): the measured
+    compounding of this choice, assumed for the next (at most ``rescales`` times, and only while that gives a
+    choice not measured yet); after that, ``back_off`` one worst offender at a time.
 
     Returns the final choice and the history: (what was tried, measured value) per verification.
     """
-    chosen = choose(options, budget.max_loss)
+    max_loss = budget.max_loss
+    chosen = choose(options, max_loss)
     history: list[tuple[str, float]] = []
+    tried: set[tuple] = set()
     action = "knapsack choice"
     steps = 0
     while chosen:
         value = measure(chosen)
         history.append((action, value))
+        tried.add(_key(chosen))
         if budget.met_by(value):
             break
         steps += 1
@@ -168,5 +175,17 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
             chosen = {}
             history.append(("gave up: nothing converted", math.nan))
             break
+        measured_loss = loss(budget.metric, value)
+        if rescales > 0 and measured_loss > 0:
+            rescales -= 1
+            max_loss *= budget.max_loss / measured_loss
+            rescaled = choose(options, max_loss)
+            if rescaled and _key(rescaled) not in tried:
+                chosen, action = rescaled, f"knapsack within a loss of {max_loss:.3g} (compounding seen)"
+                continue
         chosen, action = back_off(chosen, options)
     return chosen, history
+
+
+def _key(choice: dict[str, Option]) -> tuple:
+    return tuple(sorted((name, o.setting) for name, o in choice.items()))

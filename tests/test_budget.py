@@ -117,11 +117,12 @@ def test_select_within_backs_off_until_the_measured_metric_meets_the_budget():
         calls.append(dict(choice))
         return 1 - 2 * sum(o.loss for o in choice.values())
 
-    chosen, history = select_within(options, budget, measure)
+    chosen, history = select_within(options, budget, measure, rescales=0)
     predicted_first = sum(o.loss for o in calls[0].values())
     assert predicted_first <= 0.01 and 2 * predicted_first > 0.01  # the knapsack's choice misses once measured
     assert budget.met_by(history[-1][1]) and len(history) >= 2
     assert history[0][0] == "knapsack choice" and all(not budget.met_by(v) for _, v in history[:-1])
+    assert all(what.endswith(")") or " -> " in what for what, _ in history[1:])  # back-off steps only
     assert 2 * sum(o.loss for o in chosen.values()) <= 0.01 and chosen
 
 
@@ -148,3 +149,15 @@ def test_output_comparison_against_numpy(rng):
 
 
 
+
+
+def test_select_within_rescales_for_compounding_before_backing_off():
+    # Five equal layers; measured loss = 2 x the summed single-layer losses. Within 0.01 the knapsack takes all
+    # five cheap settings (0.002 each); the rescaled budget (0.005) then fits the accurate ones.
+    options = [Option(name, setting, loss, saving) for name in "abcde"
+               for setting, loss, saving in (("C=4", 0.002, 10), ("C=16", 0.001, 6))]
+    budget = parse_budget("nmse=0.01")
+    chosen, history = select_within(options, budget, lambda choice: 2 * sum(o.loss for o in choice.values()))
+    assert history[0] == ("knapsack choice", pytest.approx(0.02))
+    assert history[1][0] == "knapsack within a loss of 0.005 (compounding seen)" and history[1][1] <= 0.01
+    assert len(history) == 2 and len(chosen) == 5 and all(o.setting == "C=16" for o in chosen.values())
