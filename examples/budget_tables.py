@@ -28,6 +28,19 @@ from halut_onnx.bench import bench  # noqa: E402
 from halut_onnx.budget_convert import convert_under_budget  # noqa: E402
 from halut_onnx.options import ConvertOptions  # noqa: E402
 
+def cached_analysis(path: Path, model, calib, options: AnalyzeOptions):
+    """The analysis of ``model``, pickled at ``path`` so that a rerun (other budgets) does not redo it."""
+    import pickle
+
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    analysis = analyze(model, calib, options)
+    with open(path, "wb") as f:
+        pickle.dump(analysis, f)
+    return analysis
+
+
 HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric (predicted)", "end metric",
            "speedup measured", "speedup expected"]
 
@@ -101,7 +114,7 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> Non
     base = ppocr_data.cer(evaluation.references, texts)
     options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=("pq",),
                              divisors=(4, 2), sensitivity_files=1 if quick else 2)
-    analysis = analyze(model, out / "calib", options)
+    analysis = cached_analysis(out / "rec_analysis.pkl", model, out / "calib", options)
     print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
           f"{analysis.seconds:.0f} s; {n_calib} calibration lines, {n_eval} evaluation lines, original CER "
           f"{100 * base:.2f} %")
