@@ -61,6 +61,8 @@ class AnalyzeOptions:
         self.convert.validate()
         if any(c < 1 for c in self.codebooks):
             raise ValueError(f"--codebooks-list values must be >= 1, got {list(self.codebooks)}")
+        if self.sensitivity_files < 0:
+            raise ValueError(f"--sensitivity-files must be >= 0, got {self.sensitivity_files}")
         bad = [e for e in self.encoders if e not in ("tree", "pq")]
         if bad or not self.encoders:
             raise ValueError(f"--encoders must be a comma-separated subset of tree,pq, got {','.join(self.encoders)!r}")

@@ -189,6 +189,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
               help="Fraction of the calibration files held out to measure each setting.")
 @click.option("--metric-output", default=None, metavar="NAME", help="The model output the end metrics compare.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
+@click.option("--sensitivity-files", type=int, default=0, show_default=True,
+              help="Held-out files each single-layer end metric is measured on (0: all; fewer is faster).")
 @click.option("--timing/--no-timing", default=True, show_default=True,
               help="Time MatMul against encode + lookup for each layer shape.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the table as JSON.")
@@ -196,7 +198,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @_user_errors
 def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exclude, min_dim, max_rows,
-                heldout_files, metric_output, seed, timing, json_path, csv_path, progress) -> None:
+                heldout_files, metric_output, seed, sensitivity_files, timing, json_path, csv_path, progress) -> None:
     """Sensitivity of MODEL to each eligible layer converted alone, at each codebook count and encoder."""
     from .analyze import AnalyzeOptions, analyze
     from .budget_report import analysis_table, write_csv, write_json
@@ -206,6 +208,7 @@ def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exc
                        heldout_files=heldout_files, metric_output=metric_output, progress=progress, budget=budget),
         codebooks=_int_list(codebooks_list, "--codebooks-list"),
         encoders=tuple(e.strip() for e in encoders.split(",") if e.strip()), timing=timing,
+        sensitivity_files=sensitivity_files,
     )
     result = analyze(model, calib_dir, options)
     click.echo(analysis_table(result, budget))
