@@ -152,6 +152,10 @@ class Api {
     return slot<OrtStatus* (*)(const OrtKernelInfo*, size_t, int*, const OrtValue**)>(249)(info, index, is_constant,
                                                                                           out);
   }
+  // The CUDA execution provider's cudaStream_t for this run (NULL on the CPU provider); since API 10.
+  OrtStatus* KernelContext_GetGPUComputeStream(const OrtKernelContext* ctx, void** stream) const {
+    return slot<OrtStatus* (*)(const OrtKernelContext*, void**)>(193)(ctx, stream);
+  }
   using ParallelFn = void (*)(void* user, size_t i);
   OrtStatus* KernelContext_ParallelFor(const OrtKernelContext* ctx, ParallelFn fn, size_t total, size_t num_batch,
                                        void* user) const {

@@ -1,32 +1,27 @@
-// CUDA kernels for the Halut ops. Evaluation order and rounding follow docs/ops.md exactly (__fmul_rn/__fadd_rn
-// keep nvcc from contracting into FMA), so codes and outputs are bit-identical to the CPU kernels.
+// CUDA kernels for the Halut ops. Evaluation order and rounding follow docs/ops.md exactly: products and sums are
+// written __fmul_rn / __fadd_rn, which nvcc never contracts into an FMA, so codes and outputs are bit-identical to
+// the numpy reference and the CPU kernels. Comparisons are plain `>` / `<` (false for NaN, as the spec's scans).
 #include "halut_cuda.h"
-
-#include <algorithm>
 
 namespace halut::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kCodes = 16;
-
 // ---- encode: tree ---------------------------------------------------------------------------------------------
-// One thread per (row, codebook), codebook-major inside a warp would scatter the row reads; row-major keeps the 4
-// column reads of neighbouring threads in the same row's cache lines.
-__global__ void encode_tree_kernel(const float* __restrict__ x, int64_t rows, int32_t D, int32_t C,
-                                   const int32_t* __restrict__ dims, const float* __restrict__ thresholds,
+// One thread per (row, codebook), codebook fastest: a warp's 4 column reads per level fall in one or two rows'
+// cache lines, while codebook-major would put 32 different rows (D * 4 bytes apart) under every load.
+__global__ void encode_tree_kernel(const float* __restrict__ x, int64_t rows, int64_t D, TreeWeights w,
                                    uint8_t* __restrict__ codes) {
-  const int64_t total = rows * C;
+  const int64_t total = rows * w.C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = i / C;
-    const int32_t c = int32_t(i - n * C);
+    const int64_t n = i / w.C;
+    const int32_t c = int32_t(i - n * w.C);
     const float* row = x + n * D;
-    const int32_t* d = dims + 4 * c;
-    const float* t = thresholds + 15 * c;
+    const int32_t* d = w.dims + 4 * c;
+    const float* t = w.thresholds + 16 * c;
     int node = 0;
 #pragma unroll
     for (int level = 0; level < 4; ++level) {
-      const float v = row[__ldg(d + level)];
+      const float v = __ldg(row + __ldg(d + level));
       node = 2 * node + (v > __ldg(t + (1 << level) - 1 + node) ? 1 : 0);
     }
     codes[i] = uint8_t(node);
@@ -34,43 +29,134 @@ __global__ void encode_tree_kernel(const float* __restrict__ x, int64_t rows, in
 }
 
 // ---- encode: pq -----------------------------------------------------------------------------------------------
-// One thread per (row, codebook), codebook-major so a warp shares the codebook's folded vectors (broadcast loads)
-// while each thread streams its own row slice.
-__global__ void encode_pq_kernel(const float* __restrict__ x, int64_t rows, int32_t D, int32_t C,
-                                 const int32_t* __restrict__ bounds, const float* __restrict__ vectors,
-                                 const float* __restrict__ biases, uint8_t* __restrict__ codes) {
-  const int64_t total = rows * C;
+// score[k] = fl32(score[k] + fl32(v * vectors[k, d])) for one element v; vectors_t rows are 64-byte aligned
+// (device allocations are 256-byte aligned and a row is 16 floats), so 4 float4 loads fetch the 16 prototypes.
+__device__ __forceinline__ void pq_accumulate(float (&score)[kCodes], float v, const float* __restrict__ vt_row) {
+  const float4* v4 = reinterpret_cast<const float4*>(vt_row);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float4 p = __ldg(v4 + q);
+    score[4 * q + 0] = __fadd_rn(score[4 * q + 0], __fmul_rn(v, p.x));
+    score[4 * q + 1] = __fadd_rn(score[4 * q + 1], __fmul_rn(v, p.y));
+    score[4 * q + 2] = __fadd_rn(score[4 * q + 2], __fmul_rn(v, p.z));
+    score[4 * q + 3] = __fadd_rn(score[4 * q + 3], __fmul_rn(v, p.w));
+  }
+}
+
+// The scan of docs/ops.md: the first strictly smaller score wins, so ties keep the lower index and a NaN score
+// (never < anything) never wins; a NaN at prototype 0 keeps code 0 since nothing compares < NaN.
+__device__ __forceinline__ int pq_argmin(const float (&score)[kCodes]) {
+  int best = 0;
+  float best_score = score[0];
+#pragma unroll
+  for (int k = 1; k < kCodes; ++k) {
+    if (score[k] < best_score) {
+      best = k;
+      best_score = score[k];
+    }
+  }
+  return best;
+}
+
+// One thread per (row, codebook), codebook-major: a warp shares the codebook's prototypes (broadcast loads) while
+// each thread walks its own row slice (the slice's lines stay in L1 across the d loop).
+__global__ void encode_pq_kernel(const float* __restrict__ x, int64_t rows, PqWeights w,
+                                 uint8_t* __restrict__ codes) {
+  const int64_t total = rows * w.C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int32_t c = int32_t(i / rows);
     const int64_t n = i - int64_t(c) * rows;
     float score[kCodes];
 #pragma unroll
-    for (int k = 0; k < kCodes; ++k) score[k] = __ldg(biases + kCodes * c + k);
-    const float* row = x + n * D;
-    const int32_t end = __ldg(bounds + c + 1);
-    for (int32_t d = __ldg(bounds + c); d < end; ++d) {
-      const float v = row[d];
+    for (int k = 0; k < kCodes; ++k) score[k] = __ldg(w.biases + kCodes * c + k);
+    const float* row = x + n * w.D;
+    const int64_t end = __ldg(w.bounds + c + 1);
+    for (int64_t d = __ldg(w.bounds + c); d < end; ++d) pq_accumulate(score, __ldg(row + d), w.vectors_t + d * kCodes);
+    codes[n * w.C + c] = uint8_t(pq_argmin(score));
+  }
+}
+
+// ---- encode: conv (patch rows read straight from NCHW) ----------------------------------------------------------
+// Codebook-major threads, output position fastest: a warp reads one patch element at 32 consecutive positions, i.e.
+// consecutive addresses of X for stride 1. Geometry fits int32 (checked by the host layer); offsets are int64.
+
+struct Position {
+  const float* image;  // x + b * Cin * H * W
+  int32_t iy0, ix0;    // the patch's top-left input position (may be negative: padding)
+};
+
+__device__ __forceinline__ Position position(const float* x, const ConvShape& s, int64_t n) {
+  const int64_t P = int64_t(s.Ho) * s.Wo;
+  const int64_t b = n / P;
+  const int32_t p = int32_t(n - b * P);
+  const int32_t oy = p / s.Wo, ox = p - oy * s.Wo;
+  return {x + b * s.Cin * int64_t(s.H) * s.W, oy * s.sh - s.top, ox * s.sw - s.left};
+}
+
+// Patch element (ci, ky, kx) of a position: 0 outside the image.
+__device__ __forceinline__ float patch_element(const Position& at, const ConvShape& s, int32_t ci, int32_t ky,
+                                               int32_t kx) {
+  const int32_t iy = at.iy0 + ky * s.dh, ix = at.ix0 + kx * s.dw;
+  return (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) ? __ldg(at.image + (int64_t(ci) * s.H + iy) * s.W + ix) : 0.f;
+}
+
+__global__ void encode_tree_conv_kernel(const float* __restrict__ x, ConvShape s, TreeWeights w,
+                                        uint8_t* __restrict__ codes) {
+  const int64_t N = s.B * s.Ho * int64_t(s.Wo);
+  const int64_t total = N * w.C;
+  const int32_t taps = s.kh * s.kw;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t c = int32_t(i / N);
+    const int64_t n = i - int64_t(c) * N;
+    const Position at = position(x, s, n);
+    const int32_t* dims = w.dims + 4 * c;
+    const float* t = w.thresholds + 16 * c;
+    int node = 0;
 #pragma unroll
-      for (int k = 0; k < kCodes; ++k) score[k] = __fadd_rn(score[k], __fmul_rn(v, __ldg(vectors + int64_t(k) * D + d)));
+    for (int level = 0; level < 4; ++level) {
+      const int32_t d = __ldg(dims + level);
+      const int32_t ci = d / taps, r = d - ci * taps, ky = r / s.kw, kx = r - ky * s.kw;
+      const float v = patch_element(at, s, ci, ky, kx);
+      node = 2 * node + (v > __ldg(t + (1 << level) - 1 + node) ? 1 : 0);
     }
-    int best = 0;
-    float best_score = score[0];
+    codes[n * w.C + c] = uint8_t(node);
+  }
+}
+
+// Padding elements are multiplied in like any other (fl32(0 * v) is what the reference adds, NaN for an infinite
+// v), so the result is the reference's even for non-finite prototypes.
+__global__ void encode_pq_conv_kernel(const float* __restrict__ x, ConvShape s, PqWeights w,
+                                      uint8_t* __restrict__ codes) {
+  const int64_t N = s.B * s.Ho * int64_t(s.Wo);
+  const int64_t total = N * w.C;
+  const int32_t taps = s.kh * s.kw;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t c = int32_t(i / N);
+    const int64_t n = i - int64_t(c) * N;
+    const Position at = position(x, s, n);
+    float score[kCodes];
 #pragma unroll
-    for (int k = 1; k < kCodes; ++k) {
-      if (score[k] < best_score) {
-        best = k;
-        best_score = score[k];
+    for (int k = 0; k < kCodes; ++k) score[k] = __ldg(w.biases + kCodes * c + k);
+    const int32_t begin = int32_t(__ldg(w.bounds + c)), end = int32_t(__ldg(w.bounds + c + 1));
+    // (ci, ky, kx) of patch index d, stepped along d in the spec's order.
+    int32_t ci = begin / taps, r = begin - ci * taps, ky = r / s.kw, kx = r - ky * s.kw;
+    for (int32_t d = begin; d < end; ++d) {
+      pq_accumulate(score, patch_element(at, s, ci, ky, kx), w.vectors_t + int64_t(d) * kCodes);
+      if (++kx == s.kw) {
+        kx = 0;
+        if (++ky == s.kh) {
+          ky = 0;
+          ++ci;
+        }
       }
     }
-    codes[n * C + c] = uint8_t(best);
+    codes[n * w.C + c] = uint8_t(pq_argmin(score));
   }
 }
 
 // ---- lookup ---------------------------------------------------------------------------------------------------
-// A block owns a tile of `tile_m` output columns and keeps that tile's LUT ([C][16][tile_m] int8) in shared memory
-// for its whole life, walking row passes grid-stride: the LUT is read from global memory once per block, so the
-// kernel is bound by the output write. Each thread owns 4 consecutive columns: one 32-bit shared load per codebook
-// fetches 4 entries, and the 4 results leave as one 16-byte store when the row is aligned.
+// A thread owns 4 consecutive output columns: one 32-bit LUT word per codebook holds their 4 int8 entries (the
+// code-major layout puts m contiguous), so one load serves 4 lookups.
 __device__ __forceinline__ void add_bytes(int (&acc)[4], uint32_t packed) {
   acc[0] += int(int8_t(packed & 0xff));
   acc[1] += int(int8_t((packed >> 8) & 0xff));
@@ -78,10 +164,36 @@ __device__ __forceinline__ void add_bytes(int (&acc)[4], uint32_t packed) {
   acc[3] += int(int8_t(packed >> 24));
 }
 
-template <bool kLutInShared>
-__global__ void lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows, int32_t C, int32_t M, int32_t m_pad,
-                              const int8_t* __restrict__ lut_packed, const float* __restrict__ scale,
-                              const float* __restrict__ offset, float* __restrict__ y, int32_t tile_m) {
+// Calls f(c, code & 15) for c = 0 .. C-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
+// codes 4-byte aligned, so every row starts aligned).
+template <typename F>
+__device__ __forceinline__ void for_each_code(const uint8_t* __restrict__ row, int32_t C, bool words, F&& f) {
+  int32_t c = 0;
+  if (words) {
+    const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
+    for (; c + 4 <= C; c += 4) {
+      const uint32_t four = __ldg(q + c / 4);
+      f(c, four & 15u);
+      f(c + 1, (four >> 8) & 15u);
+      f(c + 2, (four >> 16) & 15u);
+      f(c + 3, (four >> 24) & 15u);
+    }
+  }
+  for (; c < C; ++c) f(c, uint32_t(__ldg(row + c)) & 15u);
+}
+
+// y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 127 C < 2^24).
+__device__ __forceinline__ float finish(float scale, int sum, float offset) {
+  return __fadd_rn(__fmul_rn(scale, float(sum)), offset);
+}
+
+// Row-major Y[rows][M] (plan_lookup): the block's LUT tile [C * 16][tile_m / 4] words sits in shared memory (or is
+// read from global memory when it does not fit); threads of one row read consecutive words (no bank conflict) and
+// share the row's codes (broadcast); the 4 results leave as one 16-byte store when Y and M allow.
+template <bool kShared>
+__global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
+                                                          LutWeights w, float* __restrict__ y, int32_t tile_m,
+                                                          bool code_words, bool vector_ok) {
   extern __shared__ uint32_t shared_lut[];
   const int threads_per_row = tile_m / 4;
   const int rows_per_pass = blockDim.x / threads_per_row;
@@ -89,117 +201,196 @@ __global__ void lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows, i
   const int row_in_pass = threadIdx.x / threads_per_row;
   const int32_t m0 = blockIdx.x * tile_m;
   const int32_t m = m0 + 4 * lane;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.lut);
 
-  const uint32_t* lut_words;  // [C * 16][words_per_row]
-  int32_t words_per_row;
-  if constexpr (kLutInShared) {
-    words_per_row = tile_m / 4;
-    const int32_t total = C * kCodes * words_per_row;
-    const uint32_t* src = reinterpret_cast<const uint32_t*>(lut_packed);
-    for (int32_t w = threadIdx.x; w < total; w += blockDim.x) {
-      const int32_t ck = w / words_per_row;
-      const int32_t col = m0 + 4 * (w - ck * words_per_row);
-      shared_lut[w] = col < m_pad ? __ldg(src + (int64_t(ck) * m_pad + col) / 4) : 0u;
+  const uint32_t* lut_words;
+  int64_t stride;  // words between consecutive (codebook, code) rows
+  if constexpr (kShared) {
+    stride = threads_per_row;
+    const int32_t total = w.C * kCodes * threads_per_row;
+    for (int32_t i = threadIdx.x; i < total; i += blockDim.x) {
+      const int32_t ck = i / threads_per_row;
+      const int32_t col = m0 + 4 * (i - ck * threads_per_row);
+      shared_lut[i] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 4) : 0u;
     }
     __syncthreads();
     lut_words = shared_lut + lane;
   } else {
-    words_per_row = m_pad / 4;
-    lut_words = reinterpret_cast<const uint32_t*>(lut_packed) + m / 4;
+    stride = w.m_pad / 4;
+    lut_words = src + m / 4;
   }
-  if (m >= m_pad) return;  // after the barrier: this thread's columns are past the table
+  if (m >= w.M) return;  // after the barrier; no thread past it waits on another
 
   float s[4], o[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    s[j] = m + j < M ? __ldg(scale + m + j) : 0.f;
-    o[j] = m + j < M ? __ldg(offset + m + j) : 0.f;
+    s[j] = m + j < w.M ? __ldg(w.scale + m + j) : 0.f;
+    o[j] = m + j < w.M ? __ldg(w.offset + m + j) : 0.f;
   }
-  const bool vector_store = (M % 4 == 0) && (m + 3 < M);
+  const bool vector_store = vector_ok && m + 3 < w.M;
 
   for (int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass; n < rows;
        n += int64_t(gridDim.y) * rows_per_pass) {
-    const uint8_t* row_codes = codes + n * C;
     int acc[4] = {0, 0, 0, 0};
-    for (int32_t c = 0; c < C; ++c) {
-      const int code = __ldg(row_codes + c) & 15;
-      const int64_t word = int64_t(c * kCodes + code) * words_per_row;
-      add_bytes(acc, kLutInShared ? lut_words[word] : __ldg(lut_words + word));
-    }
-    float out[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = __fadd_rn(__fmul_rn(s[j], float(acc[j])), o[j]);
-    float* dst = y + n * M + m;
+    for_each_code(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) {
+      const int64_t word = (int64_t(c) * kCodes + code) * stride;
+      if constexpr (kShared) {
+        add_bytes(acc, lut_words[word]);
+      } else {
+        add_bytes(acc, __ldg(lut_words + word));
+      }
+    });
+    float* dst = y + n * w.M + m;
     if (vector_store) {
-      *reinterpret_cast<float4*>(dst) = make_float4(out[0], out[1], out[2], out[3]);
+      *reinterpret_cast<float4*>(dst) =
+          make_float4(finish(s[0], acc[0], o[0]), finish(s[1], acc[1], o[1]), finish(s[2], acc[2], o[2]),
+                      finish(s[3], acc[3], o[3]));
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        if (m + j < M) dst[j] = out[j];
+        if (m + j < w.M) dst[j] = finish(s[j], acc[j], o[j]);
     }
   }
 }
 
-int device_sm_count() {
-  int device = 0, sms = 1;
-  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return std::max(sms, 1);
+// NCHW Y[B][M][P] (plan_lookup_nchw): warp g of the block owns columns m0 + 4 g .. + 3 and its 32 lanes 32
+// consecutive positions. The shared tile is group-major ([G][C * 16] words): lanes with different codes read
+// different banks (code = word index mod 16) and equal codes broadcast.
+template <bool kShared>
+__global__ void lookup_nchw_kernel(const uint8_t* __restrict__ codes, int64_t rows, int64_t P, LutWeights w,
+                                   float* __restrict__ y, bool code_words) {
+  extern __shared__ uint32_t shared_lut[];
+  const int groups = blockDim.x / 32;
+  const int g = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int32_t m0 = blockIdx.x * 4 * groups;
+  const int32_t m = m0 + 4 * g;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.lut);
+  const int32_t table = w.C * kCodes;
+
+  const uint32_t* lut_words;
+  int64_t stride;
+  if constexpr (kShared) {
+    // Read in (codebook-code, group) order: consecutive threads load consecutive words of global memory.
+    for (int32_t i = threadIdx.x; i < table * groups; i += blockDim.x) {
+      const int32_t ck = i / groups, gi = i - ck * groups;
+      const int32_t col = m0 + 4 * gi;
+      shared_lut[gi * table + ck] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 4) : 0u;
+    }
+    __syncthreads();
+    lut_words = shared_lut + g * table;
+    stride = 1;
+  } else {
+    lut_words = src + m / 4;
+    stride = w.m_pad / 4;
+  }
+  if (m >= w.M) return;
+
+  float s[4], o[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    s[j] = m + j < w.M ? __ldg(w.scale + m + j) : 0.f;
+    o[j] = m + j < w.M ? __ldg(w.offset + m + j) : 0.f;
+  }
+  for (int64_t n = int64_t(blockIdx.y) * 32 + lane; n < rows; n += int64_t(gridDim.y) * 32) {
+    int acc[4] = {0, 0, 0, 0};
+    for_each_code(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) {
+      const int64_t word = (int64_t(c) * kCodes + code) * stride;
+      if constexpr (kShared) {
+        add_bytes(acc, lut_words[word]);
+      } else {
+        add_bytes(acc, __ldg(lut_words + word));
+      }
+    });
+    const int64_t b = n / P, p = n - b * P;
+    float* dst = y + (b * w.M + m) * P + p;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (m + j < w.M) dst[j * P] = finish(s[j], acc[j], o[j]);
+  }
 }
 
-int device_shared_optin() {
-  int device = 0, bytes = 48 * 1024;
-  if (cudaGetDevice(&device) == cudaSuccess)
-    cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return bytes;
-}
+bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
-unsigned grid_for(int64_t work, int threads) {
-  const int64_t blocks = (work + threads - 1) / threads;
-  const int64_t cap = int64_t(device_sm_count()) * 32;
-  return unsigned(std::max<int64_t>(1, std::min(blocks, cap)));
+// Dynamic shared memory above 48 KB needs the kernel's opt-in (a host-side attribute, no synchronization).
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
 }
 
 }  // namespace
 
-cudaError_t encode_tree(const float* x, int64_t rows, int32_t D, int32_t C, const int32_t* dims,
-                        const float* thresholds, uint8_t* codes, cudaStream_t stream) {
+cudaError_t query_device(DeviceInfo* out) {
+  DeviceInfo d;
+  cudaError_t err = cudaGetDevice(&d.id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.id);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.id);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, d.id);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&d.max_threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, d.id);
+  if (err == cudaSuccess) *out = d;
+  return err;
+}
+
+cudaError_t encode_tree(const DeviceInfo& dev, const float* x, int64_t rows, int64_t D, const TreeWeights& w,
+                        uint8_t* codes, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  encode_tree_kernel<<<grid_for(rows * C, kThreads), kThreads, 0, stream>>>(x, rows, D, C, dims, thresholds, codes);
+  encode_tree_kernel<<<grid_1d(rows * w.C, dev), kThreads, 0, stream>>>(x, rows, D, w, codes);
   return cudaGetLastError();
 }
 
-cudaError_t encode_pq(const float* x, int64_t rows, int32_t D, int32_t C, const int32_t* bounds,
-                      const float* vectors, const float* biases, uint8_t* codes, cudaStream_t stream) {
+cudaError_t encode_pq(const DeviceInfo& dev, const float* x, int64_t rows, const PqWeights& w, uint8_t* codes,
+                      cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  encode_pq_kernel<<<grid_for(rows * C, kThreads), kThreads, 0, stream>>>(x, rows, D, C, bounds, vectors, biases,
-                                                                           codes);
+  encode_pq_kernel<<<grid_1d(rows * w.C, dev), kThreads, 0, stream>>>(x, rows, w, codes);
   return cudaGetLastError();
 }
 
-cudaError_t lookup(const uint8_t* codes, int64_t rows, int32_t C, int32_t M, int32_t m_pad, const int8_t* lut_packed,
-                   const float* scale, const float* offset, float* y, cudaStream_t stream) {
-  if (rows == 0 || M == 0) return cudaSuccess;
-  // The widest column tile whose LUT fits the block's shared memory; half the opt-in limit leaves room for two
-  // resident blocks per SM.
-  const int64_t budget = device_shared_optin() / 2;
-  int tile_m = 128;
-  while (tile_m > 4 && int64_t(C) * kCodes * tile_m > budget) tile_m /= 2;
-  const bool in_shared = int64_t(C) * kCodes * tile_m <= budget;
-  const int rows_per_pass = kThreads / (tile_m / 4);
-  const unsigned tiles_m = unsigned((M + tile_m - 1) / tile_m);
-  const int64_t passes = (rows + rows_per_pass - 1) / rows_per_pass;
-  const int64_t want_blocks = int64_t(device_sm_count()) * 8;
-  const unsigned tiles_rows =
-      unsigned(std::max<int64_t>(1, std::min<int64_t>({passes, (want_blocks + tiles_m - 1) / tiles_m, 65535})));
-  const dim3 grid(tiles_m, tiles_rows);
-  if (in_shared) {
-    const size_t smem = size_t(C) * kCodes * tile_m;
-    cudaError_t err = cudaFuncSetAttribute(lookup_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-    lookup_kernel<true><<<grid, kThreads, smem, stream>>>(codes, rows, C, M, m_pad, lut_packed, scale, offset, y,
-                                                          tile_m);
+cudaError_t encode_tree_conv(const DeviceInfo& dev, const float* x, const ConvShape& s, const TreeWeights& w,
+                             uint8_t* codes, cudaStream_t stream) {
+  const int64_t N = s.B * s.Ho * int64_t(s.Wo);
+  if (N == 0) return cudaSuccess;
+  encode_tree_conv_kernel<<<grid_1d(N * w.C, dev), kThreads, 0, stream>>>(x, s, w, codes);
+  return cudaGetLastError();
+}
+
+cudaError_t encode_pq_conv(const DeviceInfo& dev, const float* x, const ConvShape& s, const PqWeights& w,
+                           uint8_t* codes, cudaStream_t stream) {
+  const int64_t N = s.B * s.Ho * int64_t(s.Wo);
+  if (N == 0) return cudaSuccess;
+  encode_pq_conv_kernel<<<grid_1d(N * w.C, dev), kThreads, 0, stream>>>(x, s, w, codes);
+  return cudaGetLastError();
+}
+
+cudaError_t lookup(const DeviceInfo& dev, const uint8_t* codes, int64_t rows, const LutWeights& w, float* y,
+                   cudaStream_t stream) {
+  if (rows == 0 || w.M == 0) return cudaSuccess;
+  const LookupPlan p = plan_lookup(rows, w.C, w.M, dev);
+  const bool code_words = w.C % 4 == 0 && aligned(codes, 4);
+  const bool vector_ok = w.M % 4 == 0 && aligned(y, 16);
+  const dim3 grid(p.grid_x, p.grid_y);
+  if (p.lut_in_shared) {
+    if (cudaError_t err = allow_smem(lookup_kernel<true>, p.smem_bytes)) return err;
+    lookup_kernel<true><<<grid, p.threads, p.smem_bytes, stream>>>(codes, rows, w, y, p.tile_m, code_words, vector_ok);
   } else {
-    lookup_kernel<false><<<grid, kThreads, 0, stream>>>(codes, rows, C, M, m_pad, lut_packed, scale, offset, y, tile_m);
+    lookup_kernel<false><<<grid, p.threads, 0, stream>>>(codes, rows, w, y, p.tile_m, code_words, vector_ok);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t lookup_nchw(const DeviceInfo& dev, const uint8_t* codes, int64_t B, int64_t P, const LutWeights& w,
+                        float* y, cudaStream_t stream) {
+  const int64_t rows = B * P;
+  if (rows == 0 || w.M == 0) return cudaSuccess;
+  const LookupPlan p = plan_lookup_nchw(rows, w.C, w.M, dev);
+  const bool code_words = w.C % 4 == 0 && aligned(codes, 4);
+  const dim3 grid(p.grid_x, p.grid_y);
+  if (p.lut_in_shared) {
+    if (cudaError_t err = allow_smem(lookup_nchw_kernel<true>, p.smem_bytes)) return err;
+    lookup_nchw_kernel<true><<<grid, p.threads, p.smem_bytes, stream>>>(codes, rows, P, w, y, code_words);
+  } else {
+    lookup_nchw_kernel<false><<<grid, p.threads, 0, stream>>>(codes, rows, P, w, y, code_words);
   }
   return cudaGetLastError();
 }

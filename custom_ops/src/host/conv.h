@@ -65,7 +65,7 @@ class EncodeTreeConvKernel : public ConvEncodeBase {
   EncodeTreeConvKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   // The trees over compact columns: split dims renumbered into `elements`, the distinct patch indices they use.
   struct Compact {
     cpu::PackedTree tree;
@@ -85,7 +85,7 @@ class EncodePqConvKernel : public ConvEncodeBase {
   EncodePqConvKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedPq pack(const TensorView& vectors, const TensorView& biases) const;
   std::optional<cpu::PackedPq> packed_;
 };
@@ -99,7 +99,7 @@ class LookupConvKernel : public KernelBase {
   LookupConvKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedLut pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
   std::optional<cpu::PackedLut> packed_;
 };

@@ -17,7 +17,7 @@ class EncodePqKernel : public KernelBase {
   EncodePqKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedPq pack(const TensorView& vectors, const TensorView& biases) const;
 
   std::optional<cpu::PackedPq> packed_;

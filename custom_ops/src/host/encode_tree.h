@@ -17,7 +17,7 @@ class EncodeTreeKernel : public KernelBase {
   EncodeTreeKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedTree pack(const TensorView& split_dims, const TensorView& thresholds) const;
 
   std::optional<cpu::PackedTree> packed_;

@@ -17,7 +17,7 @@ class LookupKernel : public KernelBase {
   LookupKernel(const OrtApi* api, const OrtKernelInfo* info);
   void Compute(OrtKernelContext* ctx);
 
- private:
+ protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedLut pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
 
   std::optional<cpu::PackedLut> packed_;  // set when lut, scale and offset are all initializers

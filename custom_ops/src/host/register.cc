@@ -1,4 +1,5 @@
-// The library's entry point: registers the ai.halut domain with its CPU ops.
+// The library's entry point: registers the ai.halut domain with its CPU ops (and their CUDA twins when built
+// with CUDA).
 #include <string>
 
 #include "conv.h"
@@ -19,6 +20,12 @@ const OpDef<EncodePqConvKernel> kEncodePqConv;
 const OpDef<LookupConvKernel> kLookupConv;
 
 }  // namespace
+
+#ifdef HALUT_ONNX_CUDA
+// The same ops for onnxruntime's CUDA execution provider (cuda_ops.cc; declared here so this file needs no CUDA
+// headers).
+const OrtCustomOp* const* cuda_op_records(size_t* count);
+#endif
 
 OrtStatus* status_from_exception(const ort::Api& api) {
   try {
@@ -63,6 +70,13 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                                   static_cast<const OrtCustomOp*>(&halut::kLookupConv)}) {
       if (OrtStatus* s = ort.CustomOpDomain_Add(domain, op)) return s;
     }
+#ifdef HALUT_ONNX_CUDA
+    size_t cuda_count = 0;
+    const OrtCustomOp* const* cuda_ops = halut::cuda_op_records(&cuda_count);
+    for (size_t i = 0; i < cuda_count; ++i) {
+      if (OrtStatus* s = ort.CustomOpDomain_Add(domain, cuda_ops[i])) return s;
+    }
+#endif
     return ort.AddCustomOpDomain(options, domain);
   } catch (...) {
     return halut::status_from_exception(ort);

@@ -1,0 +1,100 @@
+// Launch geometry of the CUDA kernels: plain C++ (no CUDA headers), so that it is unit-tested on machines without
+// a GPU or toolkit (tests/test_cuda_host.py compiles tests/cuda_plan_test.cc against it).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace halut::cuda {
+
+// What the launchers need to know about the device; read once per kernel (query_device in halut_cuda.cu).
+struct DeviceInfo {
+  int id = 0;
+  int sms = 1;
+  int smem_optin = 48 * 1024;      // dynamic shared memory one block may opt in to
+  int smem_per_sm = 100 * 1024;    // shared memory of one SM
+  int max_threads_per_sm = 2048;
+};
+
+constexpr int kThreads = 256;         // threads per block of every kernel but lookup_nchw's narrower fallbacks
+constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y (and z)
+constexpr int kCodes = 16;
+
+// Grid-stride 1-D launches: enough blocks to fill every SM a few times over, never more than the work needs.
+// gridDim.x may reach 2^31 - 1, far above this cap.
+inline unsigned grid_1d(int64_t work, const DeviceInfo& dev) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t(std::max(dev.sms, 1)) * 32;
+  return unsigned(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+struct LookupPlan {
+  int threads = kThreads;    // blockDim.x
+  int tile_m = 4;            // output columns per block (multiple of 4: each thread owns 4)
+  int rows_per_pass = 1;     // rows a block covers per pass
+  bool lut_in_shared = false;
+  size_t smem_bytes = 0;     // the block's LUT tile: C * 16 * tile_m int8
+  unsigned grid_x = 1, grid_y = 1;
+};
+
+namespace detail {
+
+// Blocks of `threads` with `smem` bytes each that fit one SM at once (registers permitting).
+inline int64_t resident_blocks(const DeviceInfo& dev, int threads, size_t smem) {
+  int64_t by_threads = std::max(1, dev.max_threads_per_sm / threads);
+  // The runtime reserves 1 KB of shared memory per block.
+  int64_t by_smem = smem == 0 ? by_threads : int64_t(dev.smem_per_sm) / int64_t(smem + 1024);
+  return std::max<int64_t>(1, std::min(by_threads, by_smem));
+}
+
+// Row tiles (gridDim.y): one wave of resident blocks over all column tiles, but every block sweeps at least 4 C rows
+// when its LUT tile sits in shared memory, so that loading the tile (C * 16 * tile_m bytes, from L2) costs no more
+// than the output the block writes (4 C rows * tile_m * 4 bytes).
+inline unsigned row_tiles(int64_t rows, int64_t rows_per_pass, int32_t C, unsigned grid_x, const LookupPlan& p,
+                          const DeviceInfo& dev) {
+  const int64_t passes = (rows + rows_per_pass - 1) / rows_per_pass;
+  const int64_t want = int64_t(std::max(dev.sms, 1)) * resident_blocks(dev, p.threads, p.smem_bytes);
+  int64_t tiles = std::min<int64_t>(passes, (want + grid_x - 1) / grid_x);
+  if (p.lut_in_shared) tiles = std::min<int64_t>(tiles, std::max<int64_t>(1, rows / (4 * int64_t(C))));
+  return unsigned(std::max<int64_t>(1, std::min(tiles, kMaxGridY)));
+}
+
+}  // namespace detail
+
+// Row-major Y[rows][M]: a block owns tile_m consecutive columns, tile_m / 4 threads per row (4 columns each, so a
+// row's threads read one LUT word each per codebook: consecutive words, no bank conflict, the code broadcast), and
+// keeps the tile's LUT in shared memory when it fits in half the opt-in limit (two resident blocks per SM).
+inline LookupPlan plan_lookup(int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
+  LookupPlan p;
+  const int64_t budget = dev.smem_optin / 2;
+  p.tile_m = 128;
+  while (p.tile_m > 4 && int64_t(C) * kCodes * p.tile_m > budget) p.tile_m /= 2;
+  p.lut_in_shared = int64_t(C) * kCodes * p.tile_m <= budget;
+  p.smem_bytes = p.lut_in_shared ? size_t(C) * kCodes * p.tile_m : 0;
+  p.rows_per_pass = p.threads / (p.tile_m / 4);
+  p.grid_x = unsigned((int64_t(M) + p.tile_m - 1) / p.tile_m);
+  p.grid_y = detail::row_tiles(rows, p.rows_per_pass, C, p.grid_x, p, dev);
+  return p;
+}
+
+// NCHW Y[B][M][P]: a warp covers 32 consecutive positions for one group of 4 columns, so each of its 4 stores is
+// 128 contiguous bytes; a block is G warps = G column groups (tile_m = 4 G). The shared tile is stored
+// group-major ([G][C * 16] words), so the 32 positions' different codes hit 16 distinct banks.
+inline LookupPlan plan_lookup_nchw(int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
+  LookupPlan p;
+  const int64_t budget = dev.smem_optin / 2;
+  int groups = 8;
+  while (groups > 1 && int64_t(C) * kCodes * 4 * groups > budget) groups /= 2;
+  p.lut_in_shared = int64_t(C) * kCodes * 4 * groups <= budget;
+  if (!p.lut_in_shared) groups = 8;
+  p.threads = 32 * groups;
+  p.tile_m = 4 * groups;
+  p.smem_bytes = p.lut_in_shared ? size_t(C) * kCodes * p.tile_m : 0;
+  p.rows_per_pass = 32;
+  p.grid_x = unsigned((int64_t(M) + p.tile_m - 1) / p.tile_m);
+  p.grid_y = detail::row_tiles(rows, p.rows_per_pass, C, p.grid_x, p, dev);
+  return p;
+}
+
+}  // namespace halut::cuda

@@ -1,0 +1,331 @@
+#include "cuda_ops.h"
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "op_def.h"
+
+namespace halut {
+namespace {
+
+constexpr int kEpFail = 11;  // ORT_EP_FAIL
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+}  // namespace
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    reset(other.ptr_);
+    other.ptr_ = nullptr;
+  }
+  return *this;
+}
+
+DeviceBuffer::~DeviceBuffer() { reset(nullptr); }
+
+void DeviceBuffer::reset(void* ptr) {
+  // Only reached at kernel destruction or on a failed creation; a cudaFree error there has no one to report to.
+  if (ptr_ != nullptr) static_cast<void>(cudaFree(ptr_));
+  ptr_ = ptr;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename Base>
+CudaKernel<Base>::CudaKernel(const OrtApi* api, const OrtKernelInfo* info) : Base(api, info) {
+  // The device current at kernel creation is the one onnxruntime's CUDA provider made current for this session.
+  cuda_check(cuda::query_device(&dev_), "cudaGetDevice / cudaDeviceGetAttribute");
+}
+
+template <typename Base>
+void CudaKernel<Base>::cuda_check(cudaError_t err, const char* what) const {
+  if (err == cudaSuccess) return;
+  const std::string msg = this->op_ + " node '" + this->node_ + "': CUDA error in " + what + ": " +
+                          cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+  throw StatusError{this->api_.CreateStatus(kEpFail, msg.c_str())};
+}
+
+template <typename Base>
+template <typename T>
+DeviceBuffer CudaKernel<Base>::upload(const std::vector<T>& host, const char* what) const {
+  DeviceBuffer buffer;
+  const size_t bytes = host.size() * sizeof(T);
+  void* ptr = nullptr;
+  cuda_check(cudaMalloc(&ptr, bytes > 0 ? bytes : 1), (std::string("cudaMalloc for ") + what).c_str());
+  buffer.reset(ptr);
+  if (bytes > 0) {
+    cuda_check(cudaMemcpy(ptr, host.data(), bytes, cudaMemcpyHostToDevice),
+               (std::string("cudaMemcpy of ") + what).c_str());
+  }
+  return buffer;
+}
+
+template <typename Base>
+cudaStream_t CudaKernel<Base>::stream(OrtKernelContext* ctx) const {
+  void* handle = nullptr;
+  this->check(this->api_.KernelContext_GetGPUComputeStream(ctx, &handle));
+  cudaStream_t s = static_cast<cudaStream_t>(handle);
+  int device = 0;
+  cuda_check(cudaStreamGetDevice(s, &device), "cudaStreamGetDevice");
+  if (device != dev_.id) {
+    this->invalid("onnxruntime runs this node on CUDA device " + std::to_string(device) +
+                  " but its weights were uploaded to device " + std::to_string(dev_.id) +
+                  " (the device current when the session was created)");
+  }
+  return s;
+}
+
+template <typename Base>
+void CudaKernel<Base>::need_constants(const char* inputs) const {
+  this->invalid(std::string("the CUDA kernel needs ") + inputs +
+                " to be constant initializers (found a graph input or a computed tensor); make them initializers "
+                "or run this node on the CPU provider");
+}
+
+namespace {
+
+// Conv geometry as the CUDA kernels take it. Returns the problem when an index they form in 32 bits (positions,
+// patch offsets, the plane size Ho * Wo) could pass 2^31 - 1, else "" and *out.
+template <typename ConvInput>  // ConvEncodeBase::Input (a protected type, named by deduction)
+std::string conv_shape(const ConvGeometry& g, const ConvInput& in, cuda::ConvShape* out) {
+  const int64_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
+  for (int64_t v : {in.Cin, in.H, in.W, in.D, in.geo.Ho * in.geo.Wo, in.geo.Ho * g.sh + in.geo.top + span_h,
+                    in.geo.Wo * g.sw + in.geo.left + span_w}) {
+    if (v > kInt32Max) {
+      return "input 'X' shape " + in.X.shape_str() + " with this geometry needs indices past " +
+             std::to_string(kInt32Max) + ", beyond the CUDA kernels' 32-bit geometry";
+    }
+  }
+  cuda::ConvShape& s = *out;
+  s.B = in.B;
+  s.Cin = int32_t(in.Cin), s.H = int32_t(in.H), s.W = int32_t(in.W);
+  s.Ho = int32_t(in.geo.Ho), s.Wo = int32_t(in.geo.Wo);
+  s.kh = int32_t(g.kh), s.kw = int32_t(g.kw), s.sh = int32_t(g.sh), s.sw = int32_t(g.sw);
+  s.dh = int32_t(g.dh), s.dw = int32_t(g.dw), s.top = int32_t(in.geo.top), s.left = int32_t(in.geo.left);
+  return "";
+}
+
+}  // namespace
+
+// ---- HalutEncodeTree --------------------------------------------------------------------------------------------
+
+CudaEncodeTreeKernel::CudaEncodeTreeKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
+  if (!packed_) need_constants("'split_dims' and 'thresholds'");
+  dims_ = upload(packed_->split_dims, "'split_dims'");
+  thresholds_ = upload(packed_->thresholds, "'thresholds'");
+}
+
+void CudaEncodeTreeKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView X = input(ctx, 0);
+  expect_type(X, "X", ort::kFloat);
+  expect_min_rank(X, "X", 1);
+  const cpu::PackedTree& tree = *packed_;
+  const int64_t D = X.shape.back();
+  // The CPU kernel's run-time checks (encode_tree.cc), same messages.
+  if (tree.C > D) {
+    invalid("C = " + std::to_string(tree.C) + " codebooks exceed X's D = " + std::to_string(D) +
+            " columns (expected C <= D)");
+  }
+  if (tree.max_split >= D) {
+    invalid("input 'split_dims' has " + std::to_string(tree.max_split) + ", outside X's columns 0 .. " +
+            std::to_string(D - 1) + " (X shape " + X.shape_str() + ")");
+  }
+  std::vector<int64_t> shape = X.shape;
+  shape.back() = tree.C;
+  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  const int64_t N = X.rows();
+  if (N == 0) return;
+  const cuda::TreeWeights w{dims_.as<int32_t>(), thresholds_.as<float>(), int32_t(tree.C)};
+  cuda_check(cuda::encode_tree(dev_, X.as<float>(), N, D, w, codes, stream(ctx)), "the encode_tree launch");
+}
+
+// ---- HalutEncodePQ ----------------------------------------------------------------------------------------------
+
+CudaEncodePqKernel::CudaEncodePqKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
+  if (!packed_) need_constants("'vectors' and 'biases'");
+  vectors_t_ = upload(packed_->vectors_t, "'vectors'");
+  biases_ = upload(packed_->biases, "'biases'");
+  bounds_ = upload(packed_->bounds, "the slice bounds");
+}
+
+void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView X = input(ctx, 0);
+  expect_type(X, "X", ort::kFloat);
+  expect_min_rank(X, "X", 1);
+  const cpu::PackedPq& pq = *packed_;
+  const int64_t D = X.shape.back();
+  if (D != pq.D) {  // encode_pq.cc's check
+    invalid("input 'X' has D = " + std::to_string(D) + " columns but 'vectors' has " + std::to_string(pq.D) +
+            " (expected X's last dim " + std::to_string(pq.D) + ", found " + std::to_string(D) + ")");
+  }
+  std::vector<int64_t> shape = X.shape;
+  shape.back() = pq.C;
+  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  const int64_t N = X.rows();
+  if (N == 0) return;
+  const cuda::PqWeights w{vectors_t_.as<float>(), biases_.as<float>(), bounds_.as<int64_t>(), int32_t(pq.C), pq.D};
+  cuda_check(cuda::encode_pq(dev_, X.as<float>(), N, w, codes, stream(ctx)), "the encode_pq launch");
+}
+
+// ---- HalutLookup ------------------------------------------------------------------------------------------------
+
+CudaLookupKernel::CudaLookupKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
+  if (!packed_) need_constants("'lut', 'scale' and 'offset'");
+  // The CUDA lookup reads the code-major layout ([Cpad][16][Mpad]) that the scalar CPU path asks for.
+  if (!isa_->lut_code_major) {
+    // The base packed for this CPU's lookup; the CUDA kernels read the scalar path's code-major layout.
+    isa_ = &cpu::scalar_kernels();
+    packed_ = pack(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
+  }
+  if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
+    invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
+            ", 16] is too large for the CUDA kernels' 32-bit table indices");
+  }
+  lut_ = upload(packed_->lut, "'lut'");
+  scale_ = upload(packed_->scale, "'scale'");
+  offset_ = upload(packed_->offset, "'offset'");
+}
+
+cuda::LutWeights CudaLookupKernel::weights() const {
+  return {lut_.as<int8_t>(), scale_.as<float>(), offset_.as<float>(), int32_t(packed_->M), int32_t(packed_->C),
+          int32_t(packed_->Mpad)};
+}
+
+void CudaLookupKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView codes = input(ctx, 0);
+  expect_type(codes, "codes", ort::kUint8);
+  expect_min_rank(codes, "codes", 1);
+  const cpu::PackedLut& lut = *packed_;
+  expect_dim(codes, "codes", codes.rank() - 1, lut.C, "C, lut's dim 1");
+  std::vector<int64_t> shape = codes.shape;
+  shape.back() = lut.M;
+  float* Y = static_cast<float*>(output(ctx, 0, shape));
+  const int64_t N = codes.rows();
+  if (N == 0 || lut.M == 0) return;
+  cuda_check(cuda::lookup(dev_, codes.as<uint8_t>(), N, weights(), Y, stream(ctx)), "the lookup launch");
+}
+
+// ---- HalutEncodeTreeConv ----------------------------------------------------------------------------------------
+
+CudaEncodeTreeConvKernel::CudaEncodeTreeConvKernel(const OrtApi* api, const OrtKernelInfo* info)
+    : CudaKernel(api, info) {
+  if (!packed_) need_constants("'split_dims' and 'thresholds'");
+  // The CPU packing renumbers split dims into the distinct elements it gathers; the CUDA kernel reads patch
+  // elements straight from X, so it takes the patch indices back.
+  std::vector<int32_t> dims(packed_->tree.split_dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) dims[i] = int32_t(packed_->elements[packed_->tree.split_dims[i]]);
+  dims_ = upload(dims, "'split_dims'");
+  thresholds_ = upload(packed_->tree.thresholds, "'thresholds'");
+}
+
+void CudaEncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
+  const Input in = conv_input(ctx);
+  const Compact& packed = *packed_;
+  const int64_t C = packed.tree.C;
+  // conv.cc's run-time checks, same messages.
+  if (C > in.D) {
+    invalid("C = " + std::to_string(C) + " codebooks exceed the patch size D = Cin * kh * kw = " +
+            std::to_string(in.D) + " (expected C <= D)");
+  }
+  if (packed.tree.max_split >= in.D) {
+    invalid("input 'split_dims' has " + std::to_string(packed.tree.max_split) + ", outside the patch indices 0 .. " +
+            std::to_string(in.D - 1) + " (D = Cin * kh * kw, X shape " + in.X.shape_str() + ")");
+  }
+  cuda::ConvShape s;
+  if (const std::string problem = conv_shape(geometry_, in, &s); !problem.empty()) invalid(problem);
+  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, C}));
+  if (in.B * in.geo.Ho * in.geo.Wo == 0) return;
+  const cuda::TreeWeights w{dims_.as<int32_t>(), thresholds_.as<float>(), int32_t(C)};
+  cuda_check(cuda::encode_tree_conv(dev_, in.X.as<float>(), s, w, codes, stream(ctx)),
+             "the encode_tree_conv launch");
+}
+
+// ---- HalutEncodePQConv ------------------------------------------------------------------------------------------
+
+CudaEncodePqConvKernel::CudaEncodePqConvKernel(const OrtApi* api, const OrtKernelInfo* info)
+    : CudaKernel(api, info) {
+  if (!packed_) need_constants("'vectors' and 'biases'");
+  vectors_t_ = upload(packed_->vectors_t, "'vectors'");
+  biases_ = upload(packed_->biases, "'biases'");
+  bounds_ = upload(packed_->bounds, "the slice bounds");
+}
+
+void CudaEncodePqConvKernel::Compute(OrtKernelContext* ctx) {
+  const Input in = conv_input(ctx);
+  const cpu::PackedPq& pq = *packed_;
+  if (in.D != pq.D) {  // conv.cc's check
+    invalid("input 'X' has Cin * kh * kw = " + std::to_string(in.Cin) + " * " + std::to_string(geometry_.kh) +
+            " * " + std::to_string(geometry_.kw) + " = " + std::to_string(in.D) +
+            " patch elements but 'vectors' has D = " + std::to_string(pq.D) + " (X shape " + in.X.shape_str() + ")");
+  }
+  cuda::ConvShape s;
+  if (const std::string problem = conv_shape(geometry_, in, &s); !problem.empty()) invalid(problem);
+  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, pq.C}));
+  if (in.B * in.geo.Ho * in.geo.Wo == 0) return;
+  const cuda::PqWeights w{vectors_t_.as<float>(), biases_.as<float>(), bounds_.as<int64_t>(), int32_t(pq.C), pq.D};
+  cuda_check(cuda::encode_pq_conv(dev_, in.X.as<float>(), s, w, codes, stream(ctx)), "the encode_pq_conv launch");
+}
+
+// ---- HalutLookupConv --------------------------------------------------------------------------------------------
+
+CudaLookupConvKernel::CudaLookupConvKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
+  if (!packed_) need_constants("'lut', 'scale' and 'offset'");
+  if (!isa_->lut_code_major) {
+    isa_ = &cpu::scalar_kernels();
+    packed_ = pack(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
+  }
+  if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
+    invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
+            ", 16] is too large for the CUDA kernels' 32-bit table indices");
+  }
+  lut_ = upload(packed_->lut, "'lut'");
+  scale_ = upload(packed_->scale, "'scale'");
+  offset_ = upload(packed_->offset, "'offset'");
+}
+
+void CudaLookupConvKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView codes = input(ctx, 0);
+  expect_type(codes, "codes", ort::kUint8);
+  expect_rank(codes, "codes", 4);
+  const cpu::PackedLut& lut = *packed_;
+  expect_dim(codes, "codes", 3, lut.C, "C, lut's dim 1");
+  const int64_t B = codes.shape[0], Ho = codes.shape[1], Wo = codes.shape[2], M = lut.M;
+  float* Y = static_cast<float*>(output(ctx, 0, {B, M, Ho, Wo}));
+  const int64_t P = Ho * Wo;
+  if (B * P == 0 || M == 0) return;
+  const cuda::LutWeights w{lut_.as<int8_t>(), scale_.as<float>(), offset_.as<float>(), int32_t(M), int32_t(lut.C),
+                           int32_t(lut.Mpad)};
+  cuda_check(cuda::lookup_nchw(dev_, codes.as<uint8_t>(), B, P, w, Y, stream(ctx)), "the lookup_conv launch");
+}
+
+// ---- records ----------------------------------------------------------------------------------------------------
+
+namespace {
+
+template <typename Kernel>
+struct CudaOpDef : OpDef<Kernel> {
+  CudaOpDef() {
+    this->GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return "CUDAExecutionProvider"; };
+    // X / codes in device memory; the weights in host memory (OrtMemTypeCPUInput = -2), read once at creation.
+    this->GetInputMemoryType = [](const OrtCustomOp*, size_t index) { return index == 0 ? 0 : -2; };
+  }
+};
+
+const CudaOpDef<CudaEncodeTreeKernel> kCudaEncodeTree;
+const CudaOpDef<CudaEncodePqKernel> kCudaEncodePq;
+const CudaOpDef<CudaLookupKernel> kCudaLookup;
+const CudaOpDef<CudaEncodeTreeConvKernel> kCudaEncodeTreeConv;
+const CudaOpDef<CudaEncodePqConvKernel> kCudaEncodePqConv;
+const CudaOpDef<CudaLookupConvKernel> kCudaLookupConv;
+
+}  // namespace
+
+const OrtCustomOp* const* cuda_op_records(size_t* count) {
+  static const OrtCustomOp* const records[] = {&kCudaEncodeTree,     &kCudaEncodePq,     &kCudaLookup,
+                                               &kCudaEncodeTreeConv, &kCudaEncodePqConv, &kCudaLookupConv};
+  *count = sizeof(records) / sizeof(records[0]);
+  return records;
+}
+
+}  // namespace halut
