@@ -141,6 +141,10 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         measured[key] = (layers, comparison.values())
         return comparison.value(budget.metric)
 
+    if budget.metric == "agreement" and all(r.agreement is None for r in analysis.rows if r.error is None):
+        raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} has no classes to agree on "
+                              "(top-1 agreement needs a last axis of more than one class, or integer labels); "
+                              "use cosine=... or nmse=..., or --metric-output")
     options_list = analysis.options(budget.metric, options.objective)
     chosen, history = select_within(options_list, budget, measure)
     if not chosen:
