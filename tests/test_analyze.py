@@ -187,3 +187,20 @@ def test_sequential_two_layers(tmp_path, rng):
     np.testing.assert_array_equal(luts[False]["fc1.halut.lut"], luts[True]["fc1.halut.lut"])  # first layer: same inputs
     assert not np.array_equal(luts[False]["fc2.halut.lut"], luts[True]["fc2.halut.lut"])
     assert errors[True] <= errors[False]
+
+
+def test_convert_cli_budget_report(case):
+    folder, _, _ = case
+    args = ["convert", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "-o", str(folder / "cli.onnx"),
+            "-C", "4", "--budget", "cosine=0.9", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "chosen layer" in out and "verifications: knapsack choice: " in out
+    line = next(x for x in out.splitlines() if x.startswith("Budget cosine=0.9: predicted "))
+    measured = float(line.split("measured ")[1].split()[0])
+    assert measured >= 0.9 and "of the eligible layers' multiply-adds converted" in line
+    table = out.split("chosen layer")[1].split("verifications:")[0]
+    chosen = [x.split()[0] for x in table.splitlines()[2:] if x.strip()]
+    assert chosen and all(name in ("fc1", "fc2", "fc3") for name in chosen)
+    assert all(f"{name}  " in out.split("skipped layer")[1] for name in {"fc1", "fc2", "fc3"} - set(chosen))
