@@ -32,8 +32,44 @@ void DeviceBuffer::reset(void* ptr) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+HostWeightsGuard::HostWeightsGuard(const OrtApi* api_table, const OrtKernelInfo* info, const char* op) {
+  const ort::Api api(api_table);
+  auto check = [&](OrtStatus* status) {
+    if (status != nullptr) throw StatusError{status};
+  };
+  size_t inputs = 0;
+  check(api.KernelInfo_GetInputCount(info, &inputs));
+  for (size_t i = 1; i < inputs; ++i) {
+    int is_constant = 0;
+    const OrtValue* value = nullptr;
+    check(api.KernelInfoGetConstantInput_tensor(info, i, &is_constant, &value));
+    if (!is_constant || value == nullptr) continue;
+    void* data = nullptr;
+    check(api.GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+    cudaPointerAttributes attributes{};
+    if (data == nullptr || cudaPointerGetAttributes(&attributes, data) != cudaSuccess) {
+      static_cast<void>(cudaGetLastError());  // not a pointer CUDA knows: plain host memory
+      continue;
+    }
+    if (attributes.type == cudaMemoryTypeDevice) {
+      size_t size = 0;
+      std::string node;
+      if (api.KernelInfo_GetNodeName(info, nullptr, &size) == nullptr && size > 0) {
+        node.resize(size);
+        if (OrtStatus* s = api.KernelInfo_GetNodeName(info, node.data(), &size)) api.ReleaseStatus(s);
+        node.resize(size > 0 ? size - 1 : 0);
+      }
+      const std::string msg = std::string(op) + " node '" + node + "': onnxruntime placed constant input " +
+                              std::to_string(i) + " in device memory although the op declares it a CPU input "
+                              "(OrtMemTypeCPUInput); this onnxruntime is not supported by the CUDA kernels";
+      throw StatusError{api.CreateStatus(kEpFail, msg.c_str())};
+    }
+  }
+}
+
 template <typename Base>
-CudaKernel<Base>::CudaKernel(const OrtApi* api, const OrtKernelInfo* info) : Base(api, info) {
+CudaKernel<Base>::CudaKernel(const OrtApi* api, const OrtKernelInfo* info)
+    : HostWeightsGuard(api, info, Base::kName), Base(api, info) {
   // The device current at kernel creation is the one onnxruntime's CUDA provider made current for this session.
   cuda_check(cuda::query_device(&dev_), "cudaGetDevice / cudaDeviceGetAttribute");
 }

@@ -36,9 +36,16 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
 };
 
+// Constructed before the CPU base reads the constant weights: fails cleanly, instead of reading device memory on
+// the host, should onnxruntime ever hand them over on the GPU despite the records' OrtMemTypeCPUInput.
+class HostWeightsGuard {
+ protected:
+  HostWeightsGuard(const OrtApi* api, const OrtKernelInfo* info, const char* op);
+};
+
 // What every CUDA kernel adds to its CPU base: the device it uploaded to, uploads, the stream, error statuses.
 template <typename Base>
-class CudaKernel : public Base {
+class CudaKernel : private HostWeightsGuard, public Base {
  public:
   CudaKernel(const OrtApi* api, const OrtKernelInfo* info);
 
