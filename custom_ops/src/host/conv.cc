@@ -194,7 +194,7 @@ void ConvEncodeBase::gather_cols(const Input& in, const PatchTable& table, int64
       for (int64_t k = 0; k < k_lo; ++k) edge(k);
       const float* src = image + iy0 * W - in.geo.left + table.offset[u] + ox0 * sw;
       if (sw == 1) {
-        for (int64_t k = k_lo; k < k_hi; ++k) dst[k] = src[k];
+        if (k_hi > k_lo) std::memcpy(dst + k_lo, src + k_lo, static_cast<size_t>(k_hi - k_lo) * sizeof(float));
       } else {
         for (int64_t k = k_lo; k < k_hi; ++k) dst[k] = src[k * sw];
       }
@@ -349,6 +349,7 @@ void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
 LookupConvKernel::LookupConvKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
   auto lut = constant_input(info, 1), scale = constant_input(info, 2), offset = constant_input(info, 3);
   if (lut && scale && offset) packed_ = pack(*lut, *scale, *offset);
+  lookup_nchw_ = cpu::lookup_nchw_for(isa_->name);
 }
 
 cpu::PackedLut LookupConvKernel::pack(const TensorView& lut, const TensorView& scale,
@@ -384,6 +385,7 @@ void LookupConvKernel::Compute(OrtKernelContext* ctx) {
   const uint8_t* code_data = codes.as<uint8_t>();
   const size_t scratch_bytes = cpu::lookup_scratch_bytes(lut.Cpad, lut.Mpad);
   const cpu::IsaKernels* isa = isa_;
+  const cpu::LookupNchwFn lookup_nchw = lookup_nchw_;
   std::atomic<bool> out_of_memory{false};
   // Tasks never straddle two images: each covers a run of positions of one b.
   const int64_t task_rows = std::min(rows_per_task(lut.Mpad * lut.Cpad / 64 + lut.Mpad / 2),
@@ -404,6 +406,10 @@ void LookupConvKernel::Compute(OrtKernelContext* ctx) {
     float* image = Y + b * M * P;
     for (int64_t p0 = p_begin; p0 < p_end; p0 += cpu::kLookupMaxRows) {
       const int64_t rows = std::min(cpu::kLookupMaxRows, p_end - p0);
+      if (lookup_nchw != nullptr) {
+        lookup_nchw(code_data + (b * P + p0) * C, rows, params, image + p0, P, scratch);
+        continue;
+      }
       isa->lookup(code_data + (b * P + p0) * C, rows, params, tile, scratch);
       // tile [rows][M] -> Y[b][m][p0 + r], 16 positions at a time so that each output run is written whole.
       for (int64_t r0 = 0; r0 < rows; r0 += 16) {

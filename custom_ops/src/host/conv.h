@@ -102,6 +102,7 @@ class LookupConvKernel : public KernelBase {
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedLut pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
   std::optional<cpu::PackedLut> packed_;
+  cpu::LookupNchwFn lookup_nchw_ = nullptr;  // the ISA's channel-major lookup, if it has one
 };
 
 }  // namespace halut
