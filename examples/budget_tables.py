@@ -45,7 +45,8 @@ HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metri
            "speedup measured", "speedup expected"]
 
 
-def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data):
+def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data,
+                 bench_runs=20):
     rows = []
     for budget in budgets:
         for sequential in sequential_modes:
@@ -59,7 +60,7 @@ def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_row
                 continue
             seconds = time.perf_counter() - start
             report = result.budget
-            timing = bench(model, path, threads=1, runs=20, warmup=3, data_dir=bench_data)
+            timing = bench(model, path, threads=1, runs=bench_runs, warmup=2, data_dir=bench_data)
             rows.append([
                 budget, "yes" if sequential else "no", f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
                 f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ({report.predicted:.4f})", end_metric(path),
@@ -126,7 +127,7 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> Non
 
     budgets = ["agreement=0.99", "agreement=0.98"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98"]
     rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,) if quick else (False, True),
-                        max_rows, end_metric, out / "eval")
+                        max_rows, end_metric, out / "eval", bench_runs=5)
     print(tools.format_table(HEADERS, rows))
 
 
