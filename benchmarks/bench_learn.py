@@ -10,6 +10,7 @@ loads on a shared machine disturb less. Compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -69,7 +70,8 @@ def main() -> None:
     t = time.perf_counter()
     for enc in ("tree", "pq"):
         run(400, 24, 8, 5, enc)  # compiles every kernel (or loads numba's cache)
-    print(f"warm-up (numba compile or cache load): {time.perf_counter() - t:.1f} s\n")
+    print(f"warm-up (numba compile or cache load): {time.perf_counter() - t:.1f} s; "
+          f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
 
     base = (8192, 128, 128, 16) if args.quick else (65536, 512, 512, 32)
     rows, D, M, C = base
@@ -86,7 +88,8 @@ def main() -> None:
             print(f"{enc:<8}{rows_:>7}{D_:>5}{M_:>5}{C_:>4}  {r['encoder']:>8.2f}{r['lut fit']:>8.2f}"
                   f"{r['quantize']:>9.2f}{r['learn']:>8.2f}{r['measure']:>8.2f}{r['total']:>8.2f}{r['cpu']:>7.2f}  "
                   f"{r['nmse']:>7.4f}{r['nmse8']:>8.4f}")
-    print("\ncpu = process CPU seconds of the whole call (both cores); the other columns are wall seconds.\n"
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+    print("cpu = process CPU seconds of the whole call (both cores); the other columns are wall seconds.\n"
           "learn = encoder + lut fit (encode both row sets, statistics, ridge) + quantize; measure = held-out NMSE "
           "through the bit-exact lookups (not needed to learn)")
 
