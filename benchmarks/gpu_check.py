@@ -97,6 +97,8 @@ def _single_cases(rng: np.random.Generator):
         yield f"tree lead={lead} D={D} C={C}", ENCODE_TREE, X, w, None, True
         yield f"pq lead={lead} D={D} C={C}", ENCODE_PQ, X, pq_weights(rng, D, C), None, True
     for lead, C, M in LOOKUP_SHAPES:
+        if int(np.prod(lead)) * M > 600_000:  # the CPU's 4 MB streaming-store case: awkward N kept, size capped
+            lead = (1031,)
         codes = rng.integers(0, 256, size=(*lead, C), dtype=np.uint8)
         yield f"lookup lead={lead} C={C} M={M}", LOOKUP, codes, lookup_weights(rng, M, C), None, True
     # NaN / inf / ties, extreme tables.
@@ -121,7 +123,7 @@ def _single_cases(rng: np.random.Generator):
         yield f"tree_conv {gid}", ENCODE_TREE_CONV, X, tree_weights(rng, D, max(1, min(D, 13))), attrs, True
         yield f"pq_conv {gid}", ENCODE_PQ_CONV, X, pq_weights(rng, D, max(1, min(D, 7))), attrs, True
     for B, Ho, Wo, M, C in ((2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4),
-                            (2, 33, 35, 300, 32), (1, 5, 7, 24, 1500)):
+                            (2, 33, 35, 96, 32), (1, 5, 7, 24, 1500)):
         codes = rng.integers(0, 256, size=(B, Ho, Wo, C), dtype=np.uint8)
         yield f"lookup_conv B={B} {Ho}x{Wo} M={M} C={C}", LOOKUP_CONV, codes, lookup_weights(rng, M, C), None, True
 
@@ -243,7 +245,7 @@ def prepare(out: Path, real: bool) -> None:
     def add_case(cid, op, first, w, attrs, constant):
         i = len(manifest["ops"])
         onnx.save(_node_model(op, first, w, attrs, constant), str(out / "ops" / f"{i:03d}.onnx"))
-        np.savez(out / "ops" / f"{i:03d}.npz", first=first, expected=_expected(op, first, w, attrs))
+        np.savez_compressed(out / "ops" / f"{i:03d}.npz", first=first, expected=_expected(op, first, w, attrs))
         manifest["ops"].append({"file": f"ops/{i:03d}", "id": cid, "op": op})
 
     for case in _single_cases(rng):
@@ -271,7 +273,7 @@ def prepare(out: Path, real: bool) -> None:
         feeds = {"first": first}
         if not constant:
             feeds.update({f"w_{k}": np.asarray(v) for k, v in w.items()})
-        np.savez(out / "ops" / f"err{i}.npz", **feeds)
+        np.savez_compressed(out / "ops" / f"err{i}.npz", **feeds)
         manifest["errors"].append({"file": f"ops/err{i}", "id": cid, "op": op, "message": message,
                                    "cuda_only": not constant})
 
@@ -288,7 +290,7 @@ def prepare(out: Path, real: bool) -> None:
         (out / "models").mkdir()
         for i, (name, path, data) in enumerate(real_models):
             feeds = dict(np.load(sorted(data.glob("*.npz"))[0]))
-            feeds = {k: v[:2] if "ppocr" in str(path) else v for k, v in feeds.items()}
+            feeds = {k: v[:1] if "ppocr" in str(path) else v for k, v in feeds.items()}
             options = halut_onnx.session_options()
             options.log_severity_level = 3
             import onnxruntime as ort
@@ -296,7 +298,7 @@ def prepare(out: Path, real: bool) -> None:
             sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             outputs = sess.run(None, feeds)
             shutil.copy(path, out / "models" / f"{i}.onnx")
-            np.savez(out / "models" / f"{i}.npz", **{f"in_{k}": v for k, v in feeds.items()},
+            np.savez_compressed(out / "models" / f"{i}.npz", **{f"in_{k}": v for k, v in feeds.items()},
                      **{f"out_{j}": o for j, o in enumerate(outputs)})
             manifest["models"].append({"file": f"models/{i}", "id": name})
             for case in _learned_cases(path, feeds, name.split(" (")[0]):
@@ -308,7 +310,7 @@ def prepare(out: Path, real: bool) -> None:
         for kind in ("tree", "pq"):
             model, w = _layer_model(kind, D, M, SPEED_C, rng, SPEED_K)
             onnx.save(model, str(out / "speed" / f"layer_{kind}_{D}x{M}.onnx"))
-            np.savez(out / "speed" / f"layer_{kind}_{D}x{M}.npz", **w)
+            np.savez_compressed(out / "speed" / f"layer_{kind}_{D}x{M}.npz", **w)
             enc = ENCODE_TREE if kind == "tree" else ENCODE_PQ
             onnx.save(_node_model(enc, np.zeros((1, D), np.float32), w, None, True, SPEED_K),
                       str(out / "speed" / f"enc_{kind}_{D}x{M}.onnx"))

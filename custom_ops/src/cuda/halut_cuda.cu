@@ -155,23 +155,23 @@ __global__ void encode_pq_conv_kernel(const float* __restrict__ x, ConvShape s, 
 }
 
 // ---- lookup ---------------------------------------------------------------------------------------------------
-// A thread owns 4 consecutive output columns: one 32-bit LUT word per codebook holds their 4 int8 entries (the
-// code-major layout puts m contiguous), so one load serves 4 lookups.
-__device__ __forceinline__ void add_bytes(int (&acc)[4], uint32_t packed) {
-  acc[0] += int(int8_t(packed & 0xff));
-  acc[1] += int(int8_t((packed >> 8) & 0xff));
-  acc[2] += int(int8_t((packed >> 16) & 0xff));
-  acc[3] += int(int8_t(packed >> 24));
-}
+// A thread owns 4 consecutive output columns: one 32-bit LUT word per (codebook, code) holds their 4 entries (the
+// code-major layout puts m contiguous), so one load serves 4 lookups. The device copy of the LUT is biased to
+// unsigned (entry + 128, i.e. the int8 bits ^ 0x80), so the 4 entries are summed two per 32-bit add in 16-bit lanes
+// (columns 0 and 2, 1 and 3: one byte_perm each to spread them) instead of 4 sign extensions and 4 adds; a lane
+// holds at most 256 * 255 < 2^16, so the lanes are emptied into int32 every 256 codebooks, and 128 C is subtracted
+// at the end: the sum stays exact.
+constexpr int32_t kLaneChunk = 256;
 
-// Calls f(c, code & 15) for c = 0 .. C-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
-// codes 4-byte aligned, so every row starts aligned).
+// Calls f(c, code & 15) for c = c0 .. c1-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
+// codes 4-byte aligned, so every row and every chunk start is aligned).
 template <typename F>
-__device__ __forceinline__ void for_each_code(const uint8_t* __restrict__ row, int32_t C, bool words, F&& f) {
-  int32_t c = 0;
+__device__ __forceinline__ void for_each_code(const uint8_t* __restrict__ row, int32_t c0, int32_t c1, bool words,
+                                              F&& f) {
+  int32_t c = c0;
   if (words) {
     const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
-    for (; c + 4 <= C; c += 4) {
+    for (; c + 4 <= c1; c += 4) {
       const uint32_t four = __ldg(q + c / 4);
       f(c, four & 15u);
       f(c + 1, (four >> 8) & 15u);
@@ -179,7 +179,28 @@ __device__ __forceinline__ void for_each_code(const uint8_t* __restrict__ row, i
       f(c + 3, (four >> 24) & 15u);
     }
   }
-  for (; c < C; ++c) f(c, uint32_t(__ldg(row + c)) & 15u);
+  for (; c < c1; ++c) f(c, uint32_t(__ldg(row + c)) & 15u);
+}
+
+// S for the thread's 4 columns of one row: fetch(c, code) returns the biased LUT word of codebook c.
+template <typename Fetch>
+__device__ __forceinline__ void row_sums(const uint8_t* __restrict__ row, int32_t C, bool words, Fetch&& fetch,
+                                         int (&acc)[4]) {
+  acc[0] = acc[1] = acc[2] = acc[3] = 0;
+  for (int32_t c0 = 0; c0 < C; c0 += kLaneChunk) {
+    uint32_t even = 0, odd = 0;  // 16-bit lanes: columns (0, 2) and (1, 3)
+    for_each_code(row, c0, min(C, c0 + kLaneChunk), words, [&](int32_t c, uint32_t code) {
+      const uint32_t word = fetch(c, code);
+      even += __byte_perm(word, 0u, 0x4240);  // bytes 0 and 2, zero-extended into the two halves
+      odd += __byte_perm(word, 0u, 0x4341);   // bytes 1 and 3
+    });
+    acc[0] += int(even & 0xffffu);
+    acc[1] += int(odd & 0xffffu);
+    acc[2] += int(even >> 16);
+    acc[3] += int(odd >> 16);
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) acc[j] -= 128 * C;
 }
 
 // y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 127 C < 2^24).
@@ -231,15 +252,15 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restr
 
   for (int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass; n < rows;
        n += int64_t(gridDim.y) * rows_per_pass) {
-    int acc[4] = {0, 0, 0, 0};
-    for_each_code(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) {
+    int acc[4];
+    row_sums(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) -> uint32_t {
       const int64_t word = (int64_t(c) * kCodes + code) * stride;
       if constexpr (kShared) {
-        add_bytes(acc, lut_words[word]);
+        return lut_words[word];
       } else {
-        add_bytes(acc, __ldg(lut_words + word));
+        return __ldg(lut_words + word);
       }
-    });
+    }, acc);
     float* dst = y + n * w.M + m;
     if (vector_store) {
       *reinterpret_cast<float4*>(dst) =
@@ -292,15 +313,15 @@ __global__ void lookup_nchw_kernel(const uint8_t* __restrict__ codes, int64_t ro
     o[j] = m + j < w.M ? __ldg(w.offset + m + j) : 0.f;
   }
   for (int64_t n = int64_t(blockIdx.y) * 32 + lane; n < rows; n += int64_t(gridDim.y) * 32) {
-    int acc[4] = {0, 0, 0, 0};
-    for_each_code(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) {
+    int acc[4];
+    row_sums(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) -> uint32_t {
       const int64_t word = (int64_t(c) * kCodes + code) * stride;
       if constexpr (kShared) {
-        add_bytes(acc, lut_words[word]);
+        return lut_words[word];
       } else {
-        add_bytes(acc, __ldg(lut_words + word));
+        return __ldg(lut_words + word);
       }
-    });
+    }, acc);
     const int64_t b = n / P, p = n - b * P;
     float* dst = y + (b * w.M + m) * P + p;
 #pragma unroll

@@ -18,7 +18,8 @@ cudaError_t query_device(DeviceInfo* out);
 // Weights in device memory, packed by the host layer's shared packing (src/cpu/pack.h):
 //  tree:   dims int32 [C][4] (column or patch indices), thresholds float [C][16] (slot 15 unused)
 //  pq:     vectors_t float [D][16] (prototype-minor), biases float [C][16], bounds int64 [C + 1]
-//  lookup: lut int8 [Cpad][16][m_pad] (code-major: m contiguous, m_pad a multiple of 16, zero filled),
+//  lookup: lut [Cpad][16][m_pad] (code-major: m contiguous, m_pad a multiple of 16) biased to unsigned: the byte
+//          is entry + 128 (the int8 bits ^ 0x80; the lookups subtract 128 C from their sums),
 //          scale / offset float [m_pad]
 struct TreeWeights {
   const int32_t* dims;

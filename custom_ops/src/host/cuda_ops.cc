@@ -121,6 +121,13 @@ void CudaKernel<Base>::need_constants(const char* inputs) const {
 
 namespace {
 
+// The CUDA lookups sum the table as unsigned bytes, entry + 128 (halut_cuda.cu): the int8 bits with the sign flipped.
+std::vector<int8_t> biased_lut(const std::vector<int8_t>& lut) {
+  std::vector<int8_t> out(lut);
+  for (int8_t& e : out) e = static_cast<int8_t>(static_cast<uint8_t>(e) ^ 0x80u);
+  return out;
+}
+
 // Conv geometry as the CUDA kernels take it. Returns the problem when an index they form in 32 bits (positions,
 // patch offsets, the plane size Ho * Wo) could pass 2^31 - 1, else "" and *out.
 template <typename ConvInput>  // ConvEncodeBase::Input (a protected type, named by deduction)
@@ -218,7 +225,7 @@ CudaLookupKernel::CudaLookupKernel(const OrtApi* api, const OrtKernelInfo* info)
     invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
             ", 16] is too large for the CUDA kernels' 32-bit table indices");
   }
-  lut_ = upload(packed_->lut, "'lut'");
+  lut_ = upload(biased_lut(packed_->lut), "'lut'");
   scale_ = upload(packed_->scale, "'scale'");
   offset_ = upload(packed_->offset, "'offset'");
 }
@@ -315,7 +322,7 @@ CudaLookupConvKernel::CudaLookupConvKernel(const OrtApi* api, const OrtKernelInf
     invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
             ", 16] is too large for the CUDA kernels' 32-bit table indices");
   }
-  lut_ = upload(packed_->lut, "'lut'");
+  lut_ = upload(biased_lut(packed_->lut), "'lut'");
   scale_ = upload(packed_->scale, "'scale'");
   offset_ = upload(packed_->offset, "'offset'");
 }
