@@ -273,8 +273,9 @@ def learn_layer(
     unknowns = NUM_CODES * C
     if rows - nh < unknowns:
         warnings.append(
-            f"only {rows - nh} training rows for {unknowns} LUT entries per output (16 x C={C}): the fit leans on "
-            f"the ridge penalty and may overfit (train NMSE {train_nmse:.3g}, held-out {heldout_nmse:.3g}); "
+            f"only {rows - nh} training rows for {unknowns} LUT entries per output (16 x C={C}): the LUT is "
+            f"underdetermined, the fit leans on the ridge penalty and may overfit (train NMSE {train_nmse:.3g}, "
+            f"held-out {heldout_nmse:.3g}); "
             f"use at least {unknowns} training rows (several times more is better) or fewer codebooks"
         )
     for w in warnings:
