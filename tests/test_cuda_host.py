@@ -55,3 +55,24 @@ def test_launch_geometry(tmp_path):
                     str(ROOT / "tests" / "cuda_plan_test.cc")], check=True)
     result = subprocess.run([str(exe)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout
+
+
+def test_gpu_check_prepares_and_passes_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py, the device check, builds its models and references and passes its own checks on
+    the CPU provider (--dry-run), and fails (exit 1) when an expected output is off by one bit."""
+    import sys
+
+    import numpy as np
+
+    folder = tmp_path / "gpu_check"
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    subprocess.run([sys.executable, script, "--prepare", "--no-real-models", str(folder)], check=True,
+                   capture_output=True)
+    result = subprocess.run([sys.executable, script, "--dry-run", str(folder)], capture_output=True, text=True)
+    assert result.returncode == 0 and "PASS: 0 failed checks" in result.stdout, result.stdout[-3000:]
+    case = folder / "ops" / "002.npz"  # the first non-empty case (tree, one row)
+    data = dict(np.load(case))
+    data["expected"].reshape(-1)[0] ^= 1
+    np.savez_compressed(case, **data)
+    result = subprocess.run([sys.executable, script, "--dry-run", str(folder)], capture_output=True, text=True)
+    assert result.returncode == 1 and "FAIL: 1 failed checks" in result.stdout, result.stdout[-3000:]
