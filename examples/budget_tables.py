@@ -99,7 +99,7 @@ def digits(out: Path, quick: bool, max_rows: int) -> None:
     print(tools.format_table(HEADERS, rows))
 
 
-def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> None:
+def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None) -> None:
     import ppocr_data
     from ppocr_rec import top1_agreement
 
@@ -125,7 +125,8 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int) -> Non
         return (f"CER {100 * ppocr_data.cer(evaluation.references, conv_texts):.2f} %, agreement "
                 f"{100 * top1_agreement(frames, conv_frames):.2f} %")
 
-    budgets = ["agreement=0.99", "agreement=0.98"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98"]
+    budgets = budgets or (["agreement=0.99", "agreement=0.98"] if quick
+                          else ["agreement=0.995", "agreement=0.99", "agreement=0.98"])
     rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,) if quick else (False, True),
                         max_rows, end_metric, out / "eval", bench_runs=5)
     print(tools.format_table(HEADERS, rows))
@@ -188,6 +189,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer settings and budgets (rec: C = D/2 only, single-layer metrics on 1 file)")
     parser.add_argument("--max-rows", type=int, default=8192, help="calibration rows kept per layer")
+    parser.add_argument("--budgets", default=None, help="rec: comma-separated budgets instead of the defaults")
     parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines")
     parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines")
     args = parser.parse_args(argv)
@@ -200,7 +202,8 @@ def main(argv=None) -> None:
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
-            rec(out, args.quick, args.max_rows, args.calib, args.eval)
+            rec(out, args.quick, args.max_rows, args.calib, args.eval,
+                args.budgets.split(",") if args.budgets else None)
 
 
 if __name__ == "__main__":
