@@ -1,0 +1,71 @@
+// Runs the CUDA kernels of custom_ops/src/cuda/halut_cuda.cu on the CPU for tests (tests/test_cuda_emulated.py):
+// the CUDA built-ins as plain C++, one std::thread per CUDA thread of a block and std::barrier for __syncthreads,
+// blocks one after another. Floating point follows the kernels' explicit rounding (compiled -ffp-contract=off).
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+inline std::barrier<>* block_barrier = nullptr;
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__
+
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+  const uint64_t pool = (uint64_t(y) << 32) | x;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= uint32_t((pool >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+  return r;
+}
+using std::min;
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+// The block's dynamic shared memory (blocks run one at a time), defined where the kernels are (emu.cc): their
+// `extern __shared__` array names an entity of their own namespace.
+constexpr size_t kSharedWords = 1 << 17;
+inline uint32_t* shared_memory = nullptr;
+
+// Runs kernel(args...) over the grid.
+template <typename Kernel, typename... Args>
+void launch(dim3 grid, unsigned threads, Kernel kernel, Args... args) {
+  gridDim = grid;
+  blockDim = dim3{threads, 1, 1};
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      std::memset(shared_memory, 0xAB, kSharedWords * 4);  // stale contents must never be read
+      std::barrier<> barrier(threads);
+      block_barrier = &barrier;
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+          threadIdx = dim3{t, 0, 0};
+          blockIdx = dim3{bx, by, 0};
+          kernel(args...);
+          barrier.arrive_and_drop();  // a thread that returned no longer takes part in barriers
+        });
+      }
+      for (auto& th : pool) th.join();
+    }
+  }
+}

@@ -1,0 +1,191 @@
+"""The CUDA kernels' own code run on the CPU, against halut_onnx.reference bit for bit.
+
+No GPU here, so tests/cuda_emu/ compiles the kernels of custom_ops/src/cuda/halut_cuda.cu (extracted verbatim) with
+a shim that gives the CUDA built-ins C++ meanings (a std::thread per CUDA thread, std::barrier for __syncthreads,
+the launch plans of launch_plan.h) and calls them through ctypes with the device layouts the host layer uploads
+(code-major biased LUT, [C][16] thresholds, [D][16] vectors). This checks the kernels' indexing, tiling, shared-tile
+layouts, 16-bit-lane sums and conv patch arithmetic; it cannot check what only a GPU has (warp timing, memory
+model, real shared-memory limits, onnxruntime's CUDA provider): docs/cuda.md, "What still needs a GPU run".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conv_models import GEOMETRIES, geometry_kwargs
+from ops_models import lookup_weights, pq_weights, tree_weights
+from test_ops_kernels import ENCODE_SHAPES
+
+from halut_onnx import reference
+
+ROOT = Path(__file__).resolve().parent.parent
+H100_SMEM, TINY_SMEM = 227 * 1024, 1024  # the tiny opt-in forces the global-memory LUT paths
+P = ctypes.c_void_p
+I64, I32 = ctypes.c_int64, ctypes.c_int32
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    folder = tmp_path_factory.mktemp("cuda_emu")
+    source = (ROOT / "custom_ops" / "src" / "cuda" / "halut_cuda.cu").read_text()
+    start, end = source.index("// ---- encode: tree"), source.index("bool aligned(")
+    (folder / "kernels.inc").write_text(source[start:end])
+    library = folder / "libemu.so"
+    cmd = [compiler, "-std=c++20", "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-pthread", f"-I{folder}",
+           f"-I{ROOT / 'tests' / 'cuda_emu' / 'fake'}", f"-I{ROOT / 'tests' / 'cuda_emu'}",
+           f"-I{ROOT / 'custom_ops' / 'src' / 'cuda'}", "-o", str(library), str(ROOT / "tests" / "cuda_emu" / "emu.cc")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 and "barrier" in result.stderr:
+        pytest.skip("the C++ compiler lacks C++20 <barrier>")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lib = ctypes.CDLL(str(library))
+    lib.emu_encode_tree.argtypes = [P, I64, I64, P, P, I32, P]
+    lib.emu_encode_pq.argtypes = [P, I64, P, P, P, I32, I64, P]
+    lib.emu_encode_tree_conv.argtypes = [P, P, P, P, I32, P]
+    lib.emu_encode_pq_conv.argtypes = [P, P, P, P, P, I32, I64, P]
+    lib.emu_lookup.argtypes = [P, I64, P, P, P, I32, I32, I32, P, ctypes.c_int]
+    lib.emu_lookup_nchw.argtypes = [P, I64, I64, P, P, P, I32, I32, I32, P, ctypes.c_int]
+    return lib
+
+
+def ptr(a: np.ndarray):
+    return a.ctypes.data_as(P)
+
+
+def tree_device(w):
+    C = w["split_dims"].shape[0]
+    thresholds = np.zeros((C, 16), np.float32)
+    thresholds[:, :15] = w["thresholds"]
+    return np.ascontiguousarray(w["split_dims"], dtype=np.int32), thresholds
+
+
+def pq_device(w, D):
+    C = w["biases"].shape[0]
+    return (np.ascontiguousarray(w["vectors"].T, dtype=np.float32), np.ascontiguousarray(w["biases"], np.float32),
+            reference.slice_bounds(D, C).astype(np.int64))
+
+
+def lut_device(w):
+    """The host layer's upload: code-major [Cpad][16][Mpad], sign bit flipped (entry + 128), scale/offset padded."""
+    M, C, _ = w["lut"].shape
+    m_pad, c_pad = (M + 15) // 16 * 16, (C + 3) // 4 * 4
+    packed = np.zeros((c_pad, 16, m_pad), np.int8)
+    packed[:C, :, :M] = w["lut"].transpose(1, 2, 0)
+    biased = (packed.view(np.uint8) ^ 0x80).view(np.int8)
+    scale, offset = np.zeros(m_pad, np.float32), np.zeros(m_pad, np.float32)
+    scale[:M], offset[:M] = w["scale"], w["offset"]
+    return biased, scale, offset, m_pad
+
+
+@pytest.mark.parametrize("lead,D,C", ENCODE_SHAPES)
+def test_encoders(emu, rng, lead, D, C):
+    X = rng.standard_normal((*lead, D)).astype(np.float32).reshape(-1, D)
+    if X.size:
+        X.reshape(-1)[rng.integers(0, X.size, size=max(1, X.size // 50))] = 0.0
+    N = X.shape[0]
+    w = tree_weights(rng, D, C)
+    w["thresholds"][:, 0] = 0.0
+    dims, thresholds = tree_device(w)
+    codes = np.full((N, C), 99, np.uint8)
+    emu.emu_encode_tree(ptr(X), N, D, ptr(dims), ptr(thresholds), C, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_tree(X, w["split_dims"], w["thresholds"]))
+    w = pq_weights(rng, D, C)
+    vt, biases, bounds = pq_device(w, D)
+    codes = np.full((N, C), 99, np.uint8)
+    emu.emu_encode_pq(ptr(X), N, ptr(vt), ptr(biases), ptr(bounds), C, D, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_pq(X, w["vectors"], w["biases"]))
+
+
+def test_encoder_nan_and_ties(emu):
+    X = np.array([[np.nan] * 4, [0, 0, 0, 0], [np.inf, -np.inf, np.inf, np.nan]], np.float32)
+    w = {"split_dims": np.array([[0, 1, 2, 3]], np.int64), "thresholds": np.full((1, 15), -1.0, np.float32)}
+    dims, thresholds = tree_device(w)
+    codes = np.zeros((3, 1), np.uint8)
+    emu.emu_encode_tree(ptr(X), 3, 4, ptr(dims), ptr(thresholds), 1, ptr(codes))
+    np.testing.assert_array_equal(codes[:, 0], [0, 15, 10])
+    biases = np.array([[5, 3, 3, 7, np.nan, 1, 1, 2, 9, 9, 9, 9, 9, 9, 9, 9],
+                       [np.nan, 0, -1, -2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    w = {"vectors": np.zeros((16, 4), np.float32), "biases": biases}
+    vt, b, bounds = pq_device(w, 4)
+    X = np.ones((3, 4), np.float32)
+    codes = np.zeros((3, 2), np.uint8)
+    emu.emu_encode_pq(ptr(X), 3, ptr(vt), ptr(b), ptr(bounds), 2, 4, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_pq(X, w["vectors"], w["biases"]))
+    np.testing.assert_array_equal(codes[0], [5, 0])
+
+
+# (N, C, M): odd M, M not a multiple of 4 or 16, C not a multiple of 4 (byte code loads), C past the 256-codebook
+# lane chunk, large M over several column tiles.
+LOOKUP_CASES = [(0, 8, 16), (1, 8, 33), (17, 16, 7), (130, 32, 64), (66, 12, 40), (3, 16, 3072), (70, 300, 17),
+                (64, 1, 1), (600, 20, 19), (300, 64, 1030), (40, 513, 24)]
+
+
+@pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
+@pytest.mark.parametrize("N,C,M", LOOKUP_CASES)
+def test_lookup(emu, rng, N, C, M, smem):
+    codes = rng.integers(0, 256, size=(N, C), dtype=np.uint8)
+    w = lookup_weights(rng, M, C)
+    lut, scale, offset, m_pad = lut_device(w)
+    Y = np.full((N, M), np.nan, np.float32)
+    emu.emu_lookup(ptr(codes), N, ptr(lut), ptr(scale), ptr(offset), M, C, m_pad, ptr(Y), smem)
+    expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
+    np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
+
+
+def test_lookup_extreme_tables(emu, rng):
+    C, M = 300, 20
+    lut = np.full((M, C, 16), -128, dtype=np.int8)
+    lut[M // 2 :] = 127
+    w = {"lut": lut, "scale": np.ones(M, np.float32), "offset": np.zeros(M, np.float32)}
+    codes = rng.integers(0, 16, size=(40, C), dtype=np.uint8)
+    dev = lut_device(w)
+    Y = np.zeros((40, M), np.float32)
+    emu.emu_lookup(ptr(codes), 40, ptr(dev[0]), ptr(dev[1]), ptr(dev[2]), M, C, dev[3], ptr(Y), H100_SMEM)
+    np.testing.assert_array_equal(Y[:, : M // 2], -128.0 * C)
+    np.testing.assert_array_equal(Y[:, M // 2 :], 127.0 * C)
+
+
+@pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
+@pytest.mark.parametrize("B,Ho,Wo,M,C", [(2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4),
+                                         (1, 9, 11, 37, 300)])
+def test_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem):
+    codes = rng.integers(0, 256, size=(B, Ho, Wo, C), dtype=np.uint8)
+    w = lookup_weights(rng, M, C)
+    lut, scale, offset, m_pad = lut_device(w)
+    Y = np.full((B, M, Ho, Wo), np.nan, np.float32)
+    emu.emu_lookup_nchw(ptr(codes), B, Ho * Wo, ptr(lut), ptr(scale), ptr(offset), M, C, m_pad, ptr(Y), smem)
+    expected = reference.lookup_conv(codes, w["lut"], w["scale"], w["offset"])
+    np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("shape,attrs", [g[1:] for g in GEOMETRIES], ids=[g[0] for g in GEOMETRIES])
+def test_conv_encoders(emu, rng, shape, attrs):
+    geo = geometry_kwargs(attrs)
+    B, Cin, H, W = shape
+    (top, left, _, _), Ho, Wo = reference.conv_pads(H, W, **geo)
+    kh, kw = geo["kernel_shape"]
+    sh, sw = geo.get("strides", (1, 1))
+    dh, dw = geo.get("dilations", (1, 1))
+    geometry = np.array([B, Cin, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, top, left], np.int64)
+    D = Cin * kh * kw
+    X = rng.standard_normal(shape).astype(np.float32)
+    w = tree_weights(rng, D, max(1, min(D, 13)))
+    C = w["split_dims"].shape[0]
+    dims, thresholds = tree_device(w)
+    codes = np.full((B, Ho, Wo, C), 99, np.uint8)
+    emu.emu_encode_tree_conv(ptr(X), ptr(geometry), ptr(dims), ptr(thresholds), C, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_tree_conv(X, w["split_dims"], w["thresholds"], **geo))
+    w = pq_weights(rng, D, max(1, min(D, 7)))
+    C = w["biases"].shape[0]
+    vt, biases, bounds = pq_device(w, D)
+    codes = np.full((B, Ho, Wo, C), 99, np.uint8)
+    emu.emu_encode_pq_conv(ptr(X), ptr(geometry), ptr(vt), ptr(biases), ptr(bounds), C, D, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_pq_conv(X, w["vectors"], w["biases"], **geo))
