@@ -148,13 +148,16 @@ def back_off(chosen: dict[str, Option], options: Sequence[Option]) -> tuple[dict
 
 
 def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[dict[str, Option]], float],
-                  max_steps: int | None = None, rescales: int = 3) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+                  max_steps: int | None = None, rescales: int = 3,
+                  grows: int = 2) -> tuple[dict[str, Option], list[tuple[str, float]]]:
     """``choose``, then measure the combination (``measure(choice)``: the budget metric's value of the combined
     model) until it meets the budget; an empty choice always does (the original model).
 
-    On a miss, the knapsack is solved again with the loss budget scaled by (budget / measured loss): the measured
-    compounding of this choice, assumed for the next (at most ``rescales`` times, and only while that gives a
-    choice not measured yet); after that, ``back_off`` one worst offender at a time.
+    The knapsack's loss budget is rescaled by what the measurements show about compounding: on a miss it shrinks by
+    (budget / measured loss), at most ``rescales`` times and only while that gives a choice not measured yet, then
+    ``back_off`` removes one worst offender at a time; when a choice meets the budget with room left (losses added
+    up less than their sum), it grows the same way, at most ``grows`` times (capped at 4x), and the choice that
+    saves the most among those that met the budget is kept.
 
     Returns the final choice and the history: (what was tried, measured value) per verification.
     """
@@ -162,20 +165,32 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
     chosen = choose(options, max_loss)
     history: list[tuple[str, float]] = []
     tried: set[tuple] = set()
+    best: dict[str, Option] | None = None
     action = "knapsack choice"
     steps = 0
     while chosen:
         value = measure(chosen)
         history.append((action, value))
         tried.add(_key(chosen))
+        measured_loss = loss(budget.metric, value)
         if budget.met_by(value):
+            if best is None or _saving(chosen) > _saving(best):
+                best = chosen
+            if grows > 0 and 0 <= measured_loss < budget.max_loss:
+                grows -= 1
+                max_loss *= min(4.0, budget.max_loss / max(measured_loss, budget.max_loss / 4))
+                bigger = choose(options, max_loss)
+                if _key(bigger) not in tried and _saving(bigger) > _saving(best):
+                    chosen, action = bigger, f"knapsack within a loss of {max_loss:.3g} (room left)"
+                    continue
+            break
+        if best is not None:  # a grown choice missed: keep the best one that met the budget
             break
         steps += 1
         if max_steps is not None and steps > max_steps:
             chosen = {}
             history.append(("gave up: nothing converted", math.nan))
             break
-        measured_loss = loss(budget.metric, value)
         if rescales > 0 and measured_loss > 0:
             rescales -= 1
             max_loss *= budget.max_loss / measured_loss
@@ -184,7 +199,11 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
                 chosen, action = rescaled, f"knapsack within a loss of {max_loss:.3g} (compounding seen)"
                 continue
         chosen, action = back_off(chosen, options)
-    return chosen, history
+    return (best or {}), history
+
+
+def _saving(choice: dict[str, Option]) -> float:
+    return sum(o.saving for o in choice.values())
 
 
 def _key(choice: dict[str, Option]) -> tuple:

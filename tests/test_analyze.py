@@ -97,7 +97,8 @@ def test_tight_budget_converts_fewer_layers_and_meets_it(case):
         report = result.budget
         measured = _measured_cosine(analysis, model, out)
         assert measured >= value and report.measured == pytest.approx(measured, abs=1e-5)
-        assert report.predicted >= value  # the knapsack keeps the summed single-layer losses within the budget
+        singles = sum(max(loss, 0) for _, _, loss in report.chosen)
+        assert report.predicted == pytest.approx(1 - singles)  # prediction: single-layer losses added up
         assert [r.name for r in result.converted] == [name for name, _, _ in report.chosen]
         assert {r.name for r in result.skipped} == {"fc1", "fc2", "fc3"} - {r.name for r in result.converted}
         converted[value] = len(result.converted)

@@ -117,7 +117,7 @@ def test_select_within_backs_off_until_the_measured_metric_meets_the_budget():
         calls.append(dict(choice))
         return 1 - 2 * sum(o.loss for o in choice.values())
 
-    chosen, history = select_within(options, budget, measure, rescales=0)
+    chosen, history = select_within(options, budget, measure, rescales=0, grows=0)
     predicted_first = sum(o.loss for o in calls[0].values())
     assert predicted_first <= 0.01 and 2 * predicted_first > 0.01  # the knapsack's choice misses once measured
     assert budget.met_by(history[-1][1]) and len(history) >= 2
@@ -161,3 +161,25 @@ def test_select_within_rescales_for_compounding_before_backing_off():
     assert history[0] == ("knapsack choice", pytest.approx(0.02))
     assert history[1][0] == "knapsack within a loss of 0.005 (compounding seen)" and history[1][1] <= 0.01
     assert len(history) == 2 and len(chosen) == 5 and all(o.setting == "C=16" for o in chosen.values())
+
+
+def test_select_within_grows_when_losses_add_up_to_less():
+    # Measured loss = 0.4 x the summed single-layer losses: room left after the first choice.
+    options = [Option(name, setting, loss, saving) for name in "abcdef"
+               for setting, loss, saving in (("C=4", 0.004, 10), ("C=16", 0.002, 6))]
+    budget = parse_budget("nmse=0.01")
+    measure = lambda choice: 0.4 * sum(o.loss for o in choice.values())  # noqa: E731
+    chosen, history = select_within(options, budget, measure)
+    first = choose(options, 0.01)
+    assert history[0] == ("knapsack choice", pytest.approx(0.4 * sum(o.loss for o in first.values())))
+    assert history[1][0].endswith("(room left)") and all(v <= 0.01 for _, v in history)
+    assert sum(o.saving for o in chosen.values()) > sum(o.saving for o in first.values())
+    assert measure(chosen) <= 0.01
+    # a grown choice that misses is not kept
+    strict = lambda choice: 0.4 * sum(o.loss for o in choice.values()) if _total(choice) <= 30 else 1.0  # noqa: E731
+    chosen, history = select_within(options, budget, strict)
+    assert _total(chosen) == _total(first) == 30 and history[-1] == (history[-1][0], 1.0) and len(history) == 2
+
+
+def _total(choice):
+    return sum(o.saving for o in choice.values())
