@@ -48,13 +48,19 @@ HostWeightsGuard::HostWeightsGuard(const OrtApi* api_table, const OrtKernelInfo*
     check(api.GetTensorMutableData(const_cast<OrtValue*>(value), &data));
     cudaPointerAttributes attributes{};
     if (data == nullptr || cudaPointerGetAttributes(&attributes, data) != cudaSuccess) {
-      static_cast<void>(cudaGetLastError());  // not a pointer CUDA knows: plain host memory
+      // Host memory (CUDA >= 11 answers cudaMemoryTypeUnregistered for it) or CUDA unusable, which query_device
+      // in CudaKernel reports with the node's name.
+      static_cast<void>(cudaGetLastError());
       continue;
     }
     if (attributes.type == cudaMemoryTypeDevice) {
       size_t size = 0;
       std::string node;
-      if (api.KernelInfo_GetNodeName(info, nullptr, &size) == nullptr && size > 0) {
+      if (OrtStatus* s = api.KernelInfo_GetNodeName(info, nullptr, &size)) {
+        api.ReleaseStatus(s);  // the message goes out without the name
+        size = 0;
+      }
+      if (size > 0) {
         node.resize(size);
         if (OrtStatus* s = api.KernelInfo_GetNodeName(info, node.data(), &size)) api.ReleaseStatus(s);
         node.resize(size > 0 ? size - 1 : 0);
