@@ -9,4 +9,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "get_library_path", "session_options"]
+__all__ = ["ConvertOptions", "__version__", "convert_model", "get_library_path", "session_options"]
+
+
+def __getattr__(name: str):
+    # The conversion API pulls in onnx and onnx-graphsurgeon: import it on first use, so that registering the
+    # custom-op library with onnxruntime stays a light import.
+    if name in ("convert_model", "ConvertOptions"):
+        from . import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module 'halut_onnx' has no attribute {name!r}")

@@ -90,7 +90,7 @@ _DEFAULTS = ConvertOptions()
                    "rank >= 2).")
 @_user_errors
 def convert(model: str, calib_dir: str, output: str, **flags) -> None:
-    """Convert MODEL's eligible MatMul / Gemm layers, learned on the --calib data, and write -o OUTPUT."""
+    """Convert MODEL's eligible MatMul / Gemm / Conv layers, learned on the --calib data, and write -o OUTPUT."""
     from .convert import convert_model
     from .tables import format_table
 
