@@ -234,22 +234,8 @@ EncodeTreeConvKernel::EncodeTreeConvKernel(const OrtApi* api, const OrtKernelInf
 
 EncodeTreeConvKernel::Compact EncodeTreeConvKernel::pack(const TensorView& split_dims,
                                                          const TensorView& thresholds) const {
-  expect_type(split_dims, "split_dims", ort::kInt64);
-  expect_rank(split_dims, "split_dims", 2);
-  expect_dim(split_dims, "split_dims", 1, cpu::kTreeDepth, "tree depth");
-  const int64_t C = split_dims.shape[0];
-  if (C < 1) invalid("input 'split_dims' needs at least one codebook, found shape " + split_dims.shape_str());
-  expect_type(thresholds, "thresholds", ort::kFloat);
-  expect_rank(thresholds, "thresholds", 2);
-  expect_dim(thresholds, "thresholds", 0, C, "C, split_dims' dim 0");
-  expect_dim(thresholds, "thresholds", 1, cpu::kTreeNodes, "thresholds per tree");
+  const int64_t C = check_tree_weights(split_dims, thresholds, "patch");
   const int64_t* dims = split_dims.as<int64_t>();
-  for (int64_t i = 0; i < C * cpu::kTreeDepth; ++i) {
-    if (dims[i] < 0 || dims[i] > std::numeric_limits<int32_t>::max()) {
-      invalid("input 'split_dims' has " + std::to_string(dims[i]) + " at [" + std::to_string(i / cpu::kTreeDepth) +
-              ", " + std::to_string(i % cpu::kTreeDepth) + "], expected a patch index in 0 .. D-1");
-    }
-  }
   Compact out;
   out.elements.assign(dims, dims + C * cpu::kTreeDepth);
   std::sort(out.elements.begin(), out.elements.end());
@@ -300,29 +286,13 @@ void EncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
 EncodePqConvKernel::EncodePqConvKernel(const OrtApi* api, const OrtKernelInfo* info)
     : ConvEncodeBase(api, info, kName) {
   auto vectors = constant_input(info, 1), biases = constant_input(info, 2);
-  if (vectors && biases) packed_ = pack(*vectors, *biases);
-}
-
-cpu::PackedPq EncodePqConvKernel::pack(const TensorView& vectors, const TensorView& biases) const {
-  expect_type(vectors, "vectors", ort::kFloat);
-  expect_rank(vectors, "vectors", 2);
-  expect_dim(vectors, "vectors", 0, cpu::kCodes, "prototypes");
-  const int64_t D = vectors.shape[1];
-  expect_type(biases, "biases", ort::kFloat);
-  expect_rank(biases, "biases", 2);
-  expect_dim(biases, "biases", 1, cpu::kCodes, "prototypes");
-  const int64_t C = biases.shape[0];
-  if (C < 1 || C > D) {
-    invalid("input 'biases' has C = " + std::to_string(C) + " codebooks for D = " + std::to_string(D) +
-            " columns of 'vectors' (expected 1 <= C <= D)");
-  }
-  return cpu::pack_pq(vectors.as<float>(), biases.as<float>(), C, D);
+  if (vectors && biases) packed_ = pack_pq_weights(*vectors, *biases);
 }
 
 void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
   const Input in = conv_input(ctx);
   std::optional<cpu::PackedPq> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
+  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
   const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
   if (in.D != pq.D) {
     invalid("input 'X' has Cin * kh * kw = " + std::to_string(in.Cin) + " * " + std::to_string(geometry_.kh) +
@@ -348,24 +318,8 @@ void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
 
 LookupConvKernel::LookupConvKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
   auto lut = constant_input(info, 1), scale = constant_input(info, 2), offset = constant_input(info, 3);
-  if (lut && scale && offset) packed_ = pack(*lut, *scale, *offset);
+  if (lut && scale && offset) packed_ = pack_lut_weights(*lut, *scale, *offset);
   lookup_nchw_ = cpu::lookup_nchw_for(isa_->name);
-}
-
-cpu::PackedLut LookupConvKernel::pack(const TensorView& lut, const TensorView& scale,
-                                      const TensorView& offset) const {
-  expect_type(lut, "lut", ort::kInt8);
-  expect_rank(lut, "lut", 3);
-  expect_dim(lut, "lut", 2, cpu::kCodes, "codes per codebook");
-  const int64_t M = lut.shape[0], C = lut.shape[1];
-  if (C < 1) invalid("input 'lut' needs at least one codebook, found shape " + lut.shape_str());
-  expect_type(scale, "scale", ort::kFloat);
-  expect_rank(scale, "scale", 1);
-  expect_dim(scale, "scale", 0, M, "M, lut's dim 0");
-  expect_type(offset, "offset", ort::kFloat);
-  expect_rank(offset, "offset", 1);
-  expect_dim(offset, "offset", 0, M, "M, lut's dim 0");
-  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C, isa_->lut_code_major);
 }
 
 void LookupConvKernel::Compute(OrtKernelContext* ctx) {
@@ -373,7 +327,7 @@ void LookupConvKernel::Compute(OrtKernelContext* ctx) {
   expect_type(codes, "codes", ort::kUint8);
   expect_rank(codes, "codes", 4);
   std::optional<cpu::PackedLut> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2), input(ctx, 3));
+  if (!packed_) per_run = pack_lut_weights(input(ctx, 1), input(ctx, 2), input(ctx, 3));
   const cpu::PackedLut& lut = packed_ ? *packed_ : *per_run;
   expect_dim(codes, "codes", 3, lut.C, "C, lut's dim 1");
   const int64_t B = codes.shape[0], Ho = codes.shape[1], Wo = codes.shape[2], M = lut.M, C = lut.C;

@@ -86,7 +86,6 @@ class EncodePqConvKernel : public ConvEncodeBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
-  cpu::PackedPq pack(const TensorView& vectors, const TensorView& biases) const;
   std::optional<cpu::PackedPq> packed_;
 };
 
@@ -100,7 +99,6 @@ class LookupConvKernel : public KernelBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
-  cpu::PackedLut pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
   std::optional<cpu::PackedLut> packed_;
   cpu::LookupNchwFn lookup_nchw_ = nullptr;  // the ISA's channel-major lookup, if it has one
 };

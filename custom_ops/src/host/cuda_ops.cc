@@ -225,7 +225,7 @@ CudaLookupKernel::CudaLookupKernel(const OrtApi* api, const OrtKernelInfo* info)
   if (!isa_->lut_code_major) {
     // The base packed for this CPU's lookup; the CUDA kernels read the scalar path's code-major layout.
     isa_ = &cpu::scalar_kernels();
-    packed_ = pack(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
+    packed_ = pack_lut_weights(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
   }
   if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
     invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
@@ -322,7 +322,7 @@ CudaLookupConvKernel::CudaLookupConvKernel(const OrtApi* api, const OrtKernelInf
   if (!packed_) need_constants("'lut', 'scale' and 'offset'");
   if (!isa_->lut_code_major) {
     isa_ = &cpu::scalar_kernels();
-    packed_ = pack(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
+    packed_ = pack_lut_weights(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
   }
   if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
     invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +

@@ -6,23 +6,7 @@ namespace halut {
 
 EncodePqKernel::EncodePqKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
   auto vectors = constant_input(info, 1), biases = constant_input(info, 2);
-  if (vectors && biases) packed_ = pack(*vectors, *biases);
-}
-
-cpu::PackedPq EncodePqKernel::pack(const TensorView& vectors, const TensorView& biases) const {
-  expect_type(vectors, "vectors", ort::kFloat);
-  expect_rank(vectors, "vectors", 2);
-  expect_dim(vectors, "vectors", 0, cpu::kCodes, "prototypes");
-  const int64_t D = vectors.shape[1];
-  expect_type(biases, "biases", ort::kFloat);
-  expect_rank(biases, "biases", 2);
-  expect_dim(biases, "biases", 1, cpu::kCodes, "prototypes");
-  const int64_t C = biases.shape[0];
-  if (C < 1 || C > D) {
-    invalid("input 'biases' has C = " + std::to_string(C) + " codebooks for D = " + std::to_string(D) +
-            " columns of 'vectors' (expected 1 <= C <= D)");
-  }
-  return cpu::pack_pq(vectors.as<float>(), biases.as<float>(), C, D);
+  if (vectors && biases) packed_ = pack_pq_weights(*vectors, *biases);
 }
 
 void EncodePqKernel::Compute(OrtKernelContext* ctx) {
@@ -30,7 +14,7 @@ void EncodePqKernel::Compute(OrtKernelContext* ctx) {
   expect_type(X, "X", ort::kFloat);
   expect_min_rank(X, "X", 1);
   std::optional<cpu::PackedPq> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
+  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
   const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
   const int64_t D = X.shape.back();
   if (D != pq.D) {

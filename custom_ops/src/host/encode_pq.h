@@ -18,7 +18,6 @@ class EncodePqKernel : public KernelBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
-  cpu::PackedPq pack(const TensorView& vectors, const TensorView& biases) const;
 
   std::optional<cpu::PackedPq> packed_;
 };

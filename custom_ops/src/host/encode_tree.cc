@@ -11,23 +11,8 @@ EncodeTreeKernel::EncodeTreeKernel(const OrtApi* api, const OrtKernelInfo* info)
 }
 
 cpu::PackedTree EncodeTreeKernel::pack(const TensorView& split_dims, const TensorView& thresholds) const {
-  expect_type(split_dims, "split_dims", ort::kInt64);
-  expect_rank(split_dims, "split_dims", 2);
-  expect_dim(split_dims, "split_dims", 1, cpu::kTreeDepth, "tree depth");
-  const int64_t C = split_dims.shape[0];
-  if (C < 1) invalid("input 'split_dims' needs at least one codebook, found shape " + split_dims.shape_str());
-  expect_type(thresholds, "thresholds", ort::kFloat);
-  expect_rank(thresholds, "thresholds", 2);
-  expect_dim(thresholds, "thresholds", 0, C, "C, split_dims' dim 0");
-  expect_dim(thresholds, "thresholds", 1, cpu::kTreeNodes, "thresholds per tree");
-  const int64_t* dims = split_dims.as<int64_t>();
-  for (int64_t i = 0; i < C * cpu::kTreeDepth; ++i) {
-    if (dims[i] < 0 || dims[i] > std::numeric_limits<int32_t>::max()) {
-      invalid("input 'split_dims' has " + std::to_string(dims[i]) + " at [" + std::to_string(i / cpu::kTreeDepth) +
-              ", " + std::to_string(i % cpu::kTreeDepth) + "], expected a column index in 0 .. D-1");
-    }
-  }
-  return cpu::pack_tree(dims, thresholds.as<float>(), C);
+  const int64_t C = check_tree_weights(split_dims, thresholds, "column");
+  return cpu::pack_tree(split_dims.as<int64_t>(), thresholds.as<float>(), C);
 }
 
 void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {

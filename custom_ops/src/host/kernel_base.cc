@@ -1,5 +1,7 @@
 #include "kernel_base.h"
 
+#include <limits>
+
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
@@ -150,6 +152,58 @@ void* thread_scratch(size_t bytes) {
   }
   auto address = reinterpret_cast<uintptr_t>(buffer.storage.get());
   return reinterpret_cast<void*>((address + 63) & ~uintptr_t{63});
+}
+
+cpu::PackedLut KernelBase::pack_lut_weights(const TensorView& lut, const TensorView& scale, const TensorView& offset) const {
+  expect_type(lut, "lut", ort::kInt8);
+  expect_rank(lut, "lut", 3);
+  expect_dim(lut, "lut", 2, cpu::kCodes, "codes per codebook");
+  const int64_t M = lut.shape[0], C = lut.shape[1];
+  if (C < 1) invalid("input 'lut' needs at least one codebook, found shape " + lut.shape_str());
+  expect_type(scale, "scale", ort::kFloat);
+  expect_rank(scale, "scale", 1);
+  expect_dim(scale, "scale", 0, M, "M, lut's dim 0");
+  expect_type(offset, "offset", ort::kFloat);
+  expect_rank(offset, "offset", 1);
+  expect_dim(offset, "offset", 0, M, "M, lut's dim 0");
+  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C, isa_->lut_code_major);
+}
+
+cpu::PackedPq KernelBase::pack_pq_weights(const TensorView& vectors, const TensorView& biases) const {
+  expect_type(vectors, "vectors", ort::kFloat);
+  expect_rank(vectors, "vectors", 2);
+  expect_dim(vectors, "vectors", 0, cpu::kCodes, "prototypes");
+  const int64_t D = vectors.shape[1];
+  expect_type(biases, "biases", ort::kFloat);
+  expect_rank(biases, "biases", 2);
+  expect_dim(biases, "biases", 1, cpu::kCodes, "prototypes");
+  const int64_t C = biases.shape[0];
+  if (C < 1 || C > D) {
+    invalid("input 'biases' has C = " + std::to_string(C) + " codebooks for D = " + std::to_string(D) +
+            " columns of 'vectors' (expected 1 <= C <= D)");
+  }
+  return cpu::pack_pq(vectors.as<float>(), biases.as<float>(), C, D);
+}
+
+int64_t KernelBase::check_tree_weights(const TensorView& split_dims, const TensorView& thresholds,
+                                       const char* index_kind) const {
+  expect_type(split_dims, "split_dims", ort::kInt64);
+  expect_rank(split_dims, "split_dims", 2);
+  expect_dim(split_dims, "split_dims", 1, cpu::kTreeDepth, "tree depth");
+  const int64_t C = split_dims.shape[0];
+  if (C < 1) invalid("input 'split_dims' needs at least one codebook, found shape " + split_dims.shape_str());
+  expect_type(thresholds, "thresholds", ort::kFloat);
+  expect_rank(thresholds, "thresholds", 2);
+  expect_dim(thresholds, "thresholds", 0, C, "C, split_dims' dim 0");
+  expect_dim(thresholds, "thresholds", 1, cpu::kTreeNodes, "thresholds per tree");
+  const int64_t* dims = split_dims.as<int64_t>();
+  for (int64_t i = 0; i < C * cpu::kTreeDepth; ++i) {
+    if (dims[i] < 0 || dims[i] > std::numeric_limits<int32_t>::max()) {
+      invalid("input 'split_dims' has " + std::to_string(dims[i]) + " at [" + std::to_string(i / cpu::kTreeDepth) +
+              ", " + std::to_string(i % cpu::kTreeDepth) + "], expected a " + index_kind + " index in 0 .. D-1");
+    }
+  }
+  return C;
 }
 
 }  // namespace halut

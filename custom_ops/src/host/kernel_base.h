@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../cpu/kernels.h"
+#include "../cpu/pack.h"
 #include "ort_abi.h"
 
 namespace halut {
@@ -63,6 +64,13 @@ class KernelBase {
   void expect_rank(const TensorView& t, const char* name, size_t rank) const;
   void expect_min_rank(const TensorView& t, const char* name, size_t rank) const;
   void expect_dim(const TensorView& t, const char* name, size_t axis, int64_t expected, const char* what) const;
+
+  // Weight validation and packing shared by the row ops, the conv ops and their CUDA twins.
+  cpu::PackedLut pack_lut_weights(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
+  cpu::PackedPq pack_pq_weights(const TensorView& vectors, const TensorView& biases) const;
+  // split_dims int64 [C, 4] with entries in 0 .. INT32_MAX, thresholds float [C, 15]; `index_kind` says what a split
+  // dim indexes ("column", "patch") in the message. Returns C.
+  int64_t check_tree_weights(const TensorView& split_dims, const TensorView& thresholds, const char* index_kind) const;
 
   // Calls task(i) for i in 0 .. tasks-1 on onnxruntime's intra-op pool. task must not throw.
   template <typename Task>

@@ -11,22 +11,7 @@ constexpr int64_t kStreamOutputBytes = int64_t{4} << 20;
 
 LookupKernel::LookupKernel(const OrtApi* api, const OrtKernelInfo* info) : KernelBase(api, info, kName) {
   auto lut = constant_input(info, 1), scale = constant_input(info, 2), offset = constant_input(info, 3);
-  if (lut && scale && offset) packed_ = pack(*lut, *scale, *offset);
-}
-
-cpu::PackedLut LookupKernel::pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const {
-  expect_type(lut, "lut", ort::kInt8);
-  expect_rank(lut, "lut", 3);
-  expect_dim(lut, "lut", 2, cpu::kCodes, "codes per codebook");
-  const int64_t M = lut.shape[0], C = lut.shape[1];
-  if (C < 1) invalid("input 'lut' needs at least one codebook, found shape " + lut.shape_str());
-  expect_type(scale, "scale", ort::kFloat);
-  expect_rank(scale, "scale", 1);
-  expect_dim(scale, "scale", 0, M, "M, lut's dim 0");
-  expect_type(offset, "offset", ort::kFloat);
-  expect_rank(offset, "offset", 1);
-  expect_dim(offset, "offset", 0, M, "M, lut's dim 0");
-  return cpu::pack_lut(lut.as<int8_t>(), scale.as<float>(), offset.as<float>(), M, C, isa_->lut_code_major);
+  if (lut && scale && offset) packed_ = pack_lut_weights(*lut, *scale, *offset);
 }
 
 void LookupKernel::Compute(OrtKernelContext* ctx) {
@@ -34,7 +19,7 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
   expect_type(codes, "codes", ort::kUint8);
   expect_min_rank(codes, "codes", 1);
   std::optional<cpu::PackedLut> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2), input(ctx, 3));
+  if (!packed_) per_run = pack_lut_weights(input(ctx, 1), input(ctx, 2), input(ctx, 3));
   const cpu::PackedLut& lut = packed_ ? *packed_ : *per_run;
   expect_dim(codes, "codes", codes.rank() - 1, lut.C, "C, lut's dim 1");
 

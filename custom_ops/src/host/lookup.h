@@ -18,7 +18,6 @@ class LookupKernel : public KernelBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
-  cpu::PackedLut pack(const TensorView& lut, const TensorView& scale, const TensorView& offset) const;
 
   std::optional<cpu::PackedLut> packed_;  // set when lut, scale and offset are all initializers
 };
