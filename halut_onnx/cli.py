@@ -149,7 +149,8 @@ def inspect_cmd(model: str) -> None:
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @_user_errors
 def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, progress: bool) -> None:
-    """Compare CONVERTED with ORIGINAL on --data: per-output NMSE, cosine and top-1 agreement."""
+    """Compare CONVERTED with ORIGINAL on --data: per-output NMSE, mean cosine per sample and top-1 agreement
+    (arg-max over the last axis; equal elements for integer outputs)."""
     from .evaluate import evaluate
     from .tables import format_table
 

@@ -119,3 +119,26 @@ def test_skipped_table_groups_repeated_reasons():
         "conv0, conv1 and 3 more  Conv    Conv layers are not converted by this version",
         "attn                     MatMul  input B is an activation",
     ]
+
+
+def test_eval_metrics_labels_and_sequences(rng):
+    from halut_onnx.evaluate import OutputMetrics
+
+    labels = OutputMetrics("label")
+    ref = rng.integers(0, 10, size=40)
+    conv = ref.copy()
+    conv[:6] = (conv[:6] + 1) % 10
+    labels.add(ref, conv)
+    assert labels.nmse is None and labels.cosine is None
+    assert labels.top1_agreement == pytest.approx(34 / 40)
+
+    frames = OutputMetrics("probs")
+    ref = rng.normal(size=(3, 7, 5)).astype(np.float32)
+    conv = ref + rng.normal(scale=0.5, size=ref.shape).astype(np.float32)
+    frames.add(ref, conv)
+    same = np.argmax(ref, axis=-1) == np.argmax(conv, axis=-1)
+    assert frames.top1_agreement == pytest.approx(same.mean())  # every (sample, step) frame counts
+    r, c = ref.reshape(3, -1).astype(np.float64), conv.reshape(3, -1).astype(np.float64)
+    cosines = np.sum(r * c, axis=1) / np.sqrt(np.sum(r * r, axis=1) * np.sum(c * c, axis=1))
+    assert frames.cosine == pytest.approx(cosines.mean())
+    assert frames.nmse == pytest.approx(np.sum((c - r) ** 2) / np.sum(r * r))
