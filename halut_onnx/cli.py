@@ -94,8 +94,11 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     from .convert import convert_model
     from .tables import format_table
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     options = ConvertOptions(**flags)  # the flags are the fields, one to one
-    result = convert_model(model, calib_dir, output, options)
+    with logging_redirect_tqdm():  # warnings print above the progress bars instead of through them
+        result = convert_model(model, calib_dir, output, options)
     rows = [
         [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8]
         for r in result.converted
