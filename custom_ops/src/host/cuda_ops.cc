@@ -167,19 +167,8 @@ CudaEncodeTreeKernel::CudaEncodeTreeKernel(const OrtApi* api, const OrtKernelInf
 
 void CudaEncodeTreeKernel::Compute(OrtKernelContext* ctx) {
   const TensorView X = input(ctx, 0);
-  expect_type(X, "X", ort::kFloat);
-  expect_min_rank(X, "X", 1);
   const cpu::PackedTree& tree = *packed_;
-  const int64_t D = X.shape.back();
-  // The CPU kernel's run-time checks (encode_tree.cc), same messages.
-  if (tree.C > D) {
-    invalid("C = " + std::to_string(tree.C) + " codebooks exceed X's D = " + std::to_string(D) +
-            " columns (expected C <= D)");
-  }
-  if (tree.max_split >= D) {
-    invalid("input 'split_dims' has " + std::to_string(tree.max_split) + ", outside X's columns 0 .. " +
-            std::to_string(D - 1) + " (X shape " + X.shape_str() + ")");
-  }
+  const int64_t D = check_x(X, tree);
   std::vector<int64_t> shape = X.shape;
   shape.back() = tree.C;
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
@@ -200,14 +189,8 @@ CudaEncodePqKernel::CudaEncodePqKernel(const OrtApi* api, const OrtKernelInfo* i
 
 void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
   const TensorView X = input(ctx, 0);
-  expect_type(X, "X", ort::kFloat);
-  expect_min_rank(X, "X", 1);
   const cpu::PackedPq& pq = *packed_;
-  const int64_t D = X.shape.back();
-  if (D != pq.D) {  // encode_pq.cc's check
-    invalid("input 'X' has D = " + std::to_string(D) + " columns but 'vectors' has " + std::to_string(pq.D) +
-            " (expected X's last dim " + std::to_string(pq.D) + ", found " + std::to_string(D) + ")");
-  }
+  const int64_t D = check_x(X, pq);
   std::vector<int64_t> shape = X.shape;
   shape.back() = pq.C;
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));

@@ -9,18 +9,23 @@ EncodePqKernel::EncodePqKernel(const OrtApi* api, const OrtKernelInfo* info) : K
   if (vectors && biases) packed_ = pack_pq_weights(*vectors, *biases);
 }
 
-void EncodePqKernel::Compute(OrtKernelContext* ctx) {
-  const TensorView X = input(ctx, 0);
+int64_t EncodePqKernel::check_x(const TensorView& X, const cpu::PackedPq& pq) const {
   expect_type(X, "X", ort::kFloat);
   expect_min_rank(X, "X", 1);
-  std::optional<cpu::PackedPq> per_run;
-  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
-  const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
   const int64_t D = X.shape.back();
   if (D != pq.D) {
     invalid("input 'X' has D = " + std::to_string(D) + " columns but 'vectors' has " + std::to_string(pq.D) +
             " (expected X's last dim " + std::to_string(pq.D) + ", found " + std::to_string(D) + ")");
   }
+  return D;
+}
+
+void EncodePqKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView X = input(ctx, 0);
+  std::optional<cpu::PackedPq> per_run;
+  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
+  const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
+  const int64_t D = check_x(X, pq);
 
   std::vector<int64_t> shape = X.shape;
   shape.back() = pq.C;

@@ -18,6 +18,8 @@ class EncodePqKernel : public KernelBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
+  // The run's input X: float [..., D] with vectors' D. Returns D.
+  int64_t check_x(const TensorView& X, const cpu::PackedPq& pq) const;
 
   std::optional<cpu::PackedPq> packed_;
 };

@@ -15,13 +15,9 @@ cpu::PackedTree EncodeTreeKernel::pack(const TensorView& split_dims, const Tenso
   return cpu::pack_tree(split_dims.as<int64_t>(), thresholds.as<float>(), C);
 }
 
-void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {
-  const TensorView X = input(ctx, 0);
+int64_t EncodeTreeKernel::check_x(const TensorView& X, const cpu::PackedTree& tree) const {
   expect_type(X, "X", ort::kFloat);
   expect_min_rank(X, "X", 1);
-  std::optional<cpu::PackedTree> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
-  const cpu::PackedTree& tree = packed_ ? *packed_ : *per_run;
   const int64_t D = X.shape.back();
   if (tree.C > D) {
     invalid("C = " + std::to_string(tree.C) + " codebooks exceed X's D = " + std::to_string(D) +
@@ -31,6 +27,15 @@ void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {
     invalid("input 'split_dims' has " + std::to_string(tree.max_split) + ", outside X's columns 0 .. " +
             std::to_string(D - 1) + " (X shape " + X.shape_str() + ")");
   }
+  return D;
+}
+
+void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {
+  const TensorView X = input(ctx, 0);
+  std::optional<cpu::PackedTree> per_run;
+  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
+  const cpu::PackedTree& tree = packed_ ? *packed_ : *per_run;
+  const int64_t D = check_x(X, tree);
 
   std::vector<int64_t> shape = X.shape;
   shape.back() = tree.C;

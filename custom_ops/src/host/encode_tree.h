@@ -19,6 +19,8 @@ class EncodeTreeKernel : public KernelBase {
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
   cpu::PackedTree pack(const TensorView& split_dims, const TensorView& thresholds) const;
+  // The run's input X: float [..., D] with D >= C and every split dim inside it. Returns D.
+  int64_t check_x(const TensorView& X, const cpu::PackedTree& tree) const;
 
   std::optional<cpu::PackedTree> packed_;
 };
