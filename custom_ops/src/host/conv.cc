@@ -247,20 +247,24 @@ EncodeTreeConvKernel::Compact EncodeTreeConvKernel::pack(const TensorView& split
   return out;
 }
 
-void EncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
-  const Input in = conv_input(ctx);
-  std::optional<Compact> per_run;
-  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
-  const Compact& packed = packed_ ? *packed_ : *per_run;
-  const int64_t C = packed.tree.C;
-  if (C > in.D) {
-    invalid("C = " + std::to_string(C) + " codebooks exceed the patch size D = Cin * kh * kw = " +
+void EncodeTreeConvKernel::check_patches(const Input& in, const Compact& packed) const {
+  if (packed.tree.C > in.D) {
+    invalid("C = " + std::to_string(packed.tree.C) + " codebooks exceed the patch size D = Cin * kh * kw = " +
             std::to_string(in.D) + " (expected C <= D)");
   }
   if (packed.tree.max_split >= in.D) {
     invalid("input 'split_dims' has " + std::to_string(packed.tree.max_split) + ", outside the patch indices 0 .. " +
             std::to_string(in.D - 1) + " (D = Cin * kh * kw, X shape " + in.X.shape_str() + ")");
   }
+}
+
+void EncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
+  const Input in = conv_input(ctx);
+  std::optional<Compact> per_run;
+  if (!packed_) per_run = pack(input(ctx, 1), input(ctx, 2));
+  const Compact& packed = packed_ ? *packed_ : *per_run;
+  check_patches(in, packed);
+  const int64_t C = packed.tree.C;
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, C}));
   const int64_t N = in.B * in.geo.Ho * in.geo.Wo;
   if (N == 0) return;
@@ -289,16 +293,20 @@ EncodePqConvKernel::EncodePqConvKernel(const OrtApi* api, const OrtKernelInfo* i
   if (vectors && biases) packed_ = pack_pq_weights(*vectors, *biases);
 }
 
-void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
-  const Input in = conv_input(ctx);
-  std::optional<cpu::PackedPq> per_run;
-  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
-  const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
+void EncodePqConvKernel::check_patches(const Input& in, const cpu::PackedPq& pq) const {
   if (in.D != pq.D) {
     invalid("input 'X' has Cin * kh * kw = " + std::to_string(in.Cin) + " * " + std::to_string(geometry_.kh) +
             " * " + std::to_string(geometry_.kw) + " = " + std::to_string(in.D) + " patch elements but 'vectors' has D = " +
             std::to_string(pq.D) + " (X shape " + in.X.shape_str() + ")");
   }
+}
+
+void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
+  const Input in = conv_input(ctx);
+  std::optional<cpu::PackedPq> per_run;
+  if (!packed_) per_run = pack_pq_weights(input(ctx, 1), input(ctx, 2));
+  const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
+  check_patches(in, pq);
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, pq.C}));
   const int64_t N = in.B * in.geo.Ho * in.geo.Wo;
   if (N == 0) return;

@@ -72,6 +72,8 @@ class EncodeTreeConvKernel : public ConvEncodeBase {
     std::vector<int64_t> elements;
   };
   Compact pack(const TensorView& split_dims, const TensorView& thresholds) const;
+  // The run's patches hold at least C elements and every split element.
+  void check_patches(const Input& in, const Compact& packed) const;
   std::optional<Compact> packed_;
   cpu::EncodeTreeColsFn encode_cols_ = nullptr;  // the ISA's element-major kernel, if it has one
 };
@@ -86,6 +88,8 @@ class EncodePqConvKernel : public ConvEncodeBase {
   void Compute(OrtKernelContext* ctx);
 
  protected:  // the CUDA kernels (cuda_ops.h) reuse the validation and packing
+  // The run's patch size Cin * kh * kw is vectors' D.
+  void check_patches(const Input& in, const cpu::PackedPq& pq) const;
   std::optional<cpu::PackedPq> packed_;
 };
 

@@ -254,16 +254,8 @@ CudaEncodeTreeConvKernel::CudaEncodeTreeConvKernel(const OrtApi* api, const OrtK
 void CudaEncodeTreeConvKernel::Compute(OrtKernelContext* ctx) {
   const Input in = conv_input(ctx);
   const Compact& packed = *packed_;
+  check_patches(in, packed);
   const int64_t C = packed.tree.C;
-  // conv.cc's run-time checks, same messages.
-  if (C > in.D) {
-    invalid("C = " + std::to_string(C) + " codebooks exceed the patch size D = Cin * kh * kw = " +
-            std::to_string(in.D) + " (expected C <= D)");
-  }
-  if (packed.tree.max_split >= in.D) {
-    invalid("input 'split_dims' has " + std::to_string(packed.tree.max_split) + ", outside the patch indices 0 .. " +
-            std::to_string(in.D - 1) + " (D = Cin * kh * kw, X shape " + in.X.shape_str() + ")");
-  }
   cuda::ConvShape s;
   if (const std::string problem = conv_shape(geometry_, in, &s); !problem.empty()) invalid(problem);
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, C}));
@@ -286,11 +278,7 @@ CudaEncodePqConvKernel::CudaEncodePqConvKernel(const OrtApi* api, const OrtKerne
 void CudaEncodePqConvKernel::Compute(OrtKernelContext* ctx) {
   const Input in = conv_input(ctx);
   const cpu::PackedPq& pq = *packed_;
-  if (in.D != pq.D) {  // conv.cc's check
-    invalid("input 'X' has Cin * kh * kw = " + std::to_string(in.Cin) + " * " + std::to_string(geometry_.kh) +
-            " * " + std::to_string(geometry_.kw) + " = " + std::to_string(in.D) +
-            " patch elements but 'vectors' has D = " + std::to_string(pq.D) + " (X shape " + in.X.shape_str() + ")");
-  }
+  check_patches(in, pq);
   cuda::ConvShape s;
   if (const std::string problem = conv_shape(geometry_, in, &s); !problem.empty()) invalid(problem);
   uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, {in.B, in.geo.Ho, in.geo.Wo, pq.C}));
