@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "lookup_avx512.h"
 
 namespace halut::cpu {
 namespace {
@@ -126,27 +127,11 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
   const int64_t G = p.Cpad / 4;  // groups of 4 codebooks
   const int64_t table_stride = p.Cpad * kCodes;
   const int64_t span = (rows + 63) / 64 * 64;  // rows rounded up to whole 64-row groups
-  // Index words, [span / 64][G][64 rows]: byte j of a row's word is code(4g + j) & 15 plus 16 j (its codebook's
-  // table). A 64-row group reads its groups g in order: one sequential stream.
   uint32_t* index = static_cast<uint32_t*>(scratch);
-  for (int64_t r = 0; r < span; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      uint32_t word = 0;
-      if (r < rows) {
-        const uint8_t* src = codes + r * p.C;
-        if (4 * g + 4 <= p.C) {
-          std::memcpy(&word, src + 4 * g, 4);
-        } else {
-          for (int64_t j = 0; 4 * g + j < p.C; ++j) word |= static_cast<uint32_t>(src[4 * g + j]) << (8 * j);
-        }
-      }
-      index[((r / 64) * G + g) * 64 + r % 64] = (word & 0x0F0F0F0Fu) | 0x30201000u;
-    }
-  }
+  avx512_lookup::build_index(codes, rows, p.C, G, index);
   // Whole-line non-temporal stores when every output row segment is 64-byte aligned: a large Y is not read back
   // before it leaves the cache, so skipping the read-for-ownership saves half the output traffic.
   const bool stream = p.stream_output && (reinterpret_cast<uintptr_t>(Y) % 64 == 0) && (p.M % 16 == 0);
-  const __m512i ones = _mm512_set1_epi8(1);
   alignas(64) float tile[16][64];  // 16 outputs x 64 rows
   // 16 outputs at a time (their tables, 16 * Cpad * 16 bytes, stay in L1/L2) across all rows of the call.
   for (int64_t m0 = 0; m0 < p.Mpad; m0 += 16) {
@@ -154,23 +139,8 @@ void lookup(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, vo
     const __mmask16 columns = static_cast<__mmask16>(nm >= 16 ? 0xFFFF : (1u << nm) - 1);
     for (int64_t q = 0; q < rows; q += 64) {
       for (int64_t mb = 0; mb < 16; mb += 4) {
-        // 4 outputs x 4 blocks of 16 rows: 16 accumulators, each table load serves 4 lookups.
         __m512i acc[4][4];
-        for (int j = 0; j < 4; ++j)
-          for (int b = 0; b < 4; ++b) acc[j][b] = _mm512_setzero_si512();
-        const int8_t* table = p.lut + (m0 + mb) * table_stride;
-        for (int64_t g = 0; g < G; ++g) {
-          const __m512i* idx = reinterpret_cast<const __m512i*>(index + ((q / 64) * G + g) * 64);
-          const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 1);
-          const __m512i i2 = _mm512_load_si512(idx + 2), i3 = _mm512_load_si512(idx + 3);
-          for (int j = 0; j < 4; ++j) {
-            const __m512i t = _mm512_loadu_si512(table + j * table_stride + g * 64);
-            acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], ones, _mm512_permutexvar_epi8(i0, t));
-            acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], ones, _mm512_permutexvar_epi8(i1, t));
-            acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], ones, _mm512_permutexvar_epi8(i2, t));
-            acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], ones, _mm512_permutexvar_epi8(i3, t));
-          }
-        }
+        avx512_lookup::sums_4x64(acc, p.lut + (m0 + mb) * table_stride, table_stride, index + (q / 64) * G * 64, G);
         for (int j = 0; j < 4; ++j) {
           const __m512 scale = _mm512_set1_ps(p.scale[m0 + mb + j]);
           const __m512 offset = _mm512_set1_ps(p.offset[m0 + mb + j]);

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "conv_kernels.h"
+#include "lookup_avx512.h"
 
 namespace halut::cpu {
 
@@ -50,38 +51,14 @@ void lookup_nchw_avx512(const uint8_t* codes, int64_t rows, const LutParams& p, 
                         void* scratch) {
   const int64_t G = p.Cpad / 4;
   const int64_t table_stride = p.Cpad * kCodes;
-  const int64_t span = (rows + 63) / 64 * 64;
   uint32_t* index = static_cast<uint32_t*>(scratch);
-  for (int64_t r = 0; r < span; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      uint32_t word = 0;
-      if (r < rows) {
-        const uint8_t* src = codes + r * p.C;
-        for (int64_t j = 0; j < 4 && 4 * g + j < p.C; ++j) word |= static_cast<uint32_t>(src[4 * g + j]) << (8 * j);
-      }
-      index[((r / 64) * G + g) * 64 + r % 64] = (word & 0x0F0F0F0Fu) | 0x30201000u;
-    }
-  }
-  const __m512i ones = _mm512_set1_epi8(1);
+  avx512_lookup::build_index(codes, rows, p.C, G, index);
   for (int64_t m0 = 0; m0 < p.M; m0 += 4) {
     const int64_t nm = p.M - m0 < 4 ? p.M - m0 : 4;
     for (int64_t q = 0; q < rows; q += 64) {
       __m512i acc[4][4];
-      for (int j = 0; j < 4; ++j)
-        for (int b = 0; b < 4; ++b) acc[j][b] = _mm512_setzero_si512();
-      const int8_t* table = p.lut + m0 * table_stride;  // rows m0 .. m0+3 exist: the LUT is padded to Mpad
-      for (int64_t g = 0; g < G; ++g) {
-        const __m512i* idx = reinterpret_cast<const __m512i*>(index + ((q / 64) * G + g) * 64);
-        const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 1);
-        const __m512i i2 = _mm512_load_si512(idx + 2), i3 = _mm512_load_si512(idx + 3);
-        for (int j = 0; j < 4; ++j) {
-          const __m512i t = _mm512_loadu_si512(table + j * table_stride + g * 64);
-          acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], ones, _mm512_permutexvar_epi8(i0, t));
-          acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], ones, _mm512_permutexvar_epi8(i1, t));
-          acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], ones, _mm512_permutexvar_epi8(i2, t));
-          acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], ones, _mm512_permutexvar_epi8(i3, t));
-        }
-      }
+      // rows m0 .. m0+3 of the tables exist: the LUT is padded to Mpad
+      avx512_lookup::sums_4x64(acc, p.lut + m0 * table_stride, table_stride, index + (q / 64) * G * 64, G);
       for (int j = 0; j < nm; ++j) {
         const __m512 scale = _mm512_set1_ps(p.scale[m0 + j]);
         const __m512 offset = _mm512_set1_ps(p.offset[m0 + j]);
