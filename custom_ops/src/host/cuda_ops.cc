@@ -202,27 +202,31 @@ void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
 
 // ---- HalutLookup ------------------------------------------------------------------------------------------------
 
-CudaLookupKernel::CudaLookupKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
-  if (!packed_) need_constants("'lut', 'scale' and 'offset'");
-  // The CUDA lookup reads the code-major layout ([Cpad][16][Mpad]) that the scalar CPU path asks for.
-  if (!isa_->lut_code_major) {
+template <typename Base>
+DeviceLut CudaKernel<Base>::upload_lut(const OrtKernelInfo* info) {
+  if (!this->packed_) need_constants("'lut', 'scale' and 'offset'");
+  if (!this->isa_->lut_code_major) {
     // The base packed for this CPU's lookup; the CUDA kernels read the scalar path's code-major layout.
-    isa_ = &cpu::scalar_kernels();
-    packed_ = pack_lut_weights(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
+    this->isa_ = &cpu::scalar_kernels();
+    this->packed_ = this->pack_lut_weights(*this->constant_input(info, 1), *this->constant_input(info, 2),
+                                           *this->constant_input(info, 3));
   }
-  if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
-    invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
-            ", 16] is too large for the CUDA kernels' 32-bit table indices");
+  const cpu::PackedLut& packed = *this->packed_;
+  if (packed.M > kInt32Max / 16 || packed.Cpad > kInt32Max / 16) {
+    this->invalid("input 'lut' shape [" + std::to_string(packed.M) + ", " + std::to_string(packed.C) +
+                  ", 16] is too large for the CUDA kernels' 32-bit table indices");
   }
-  lut_ = upload(biased_lut(packed_->lut), "'lut'");
-  scale_ = upload(packed_->scale, "'scale'");
-  offset_ = upload(packed_->offset, "'offset'");
+  DeviceLut out;
+  out.lut = upload(biased_lut(packed.lut), "'lut'");
+  out.scale = upload(packed.scale, "'scale'");
+  out.offset = upload(packed.offset, "'offset'");
+  out.weights = {out.lut.as<int8_t>(), out.scale.as<float>(), out.offset.as<float>(), int32_t(packed.M),
+                 int32_t(packed.C), int32_t(packed.Mpad)};
+  return out;
 }
 
-cuda::LutWeights CudaLookupKernel::weights() const {
-  return {lut_.as<int8_t>(), scale_.as<float>(), offset_.as<float>(), int32_t(packed_->M), int32_t(packed_->C),
-          int32_t(packed_->Mpad)};
-}
+CudaLookupKernel::CudaLookupKernel(const OrtApi* api, const OrtKernelInfo* info)
+    : CudaKernel(api, info), lut_(upload_lut(info)) {}
 
 void CudaLookupKernel::Compute(OrtKernelContext* ctx) {
   const TensorView codes = input(ctx, 0);
@@ -235,7 +239,7 @@ void CudaLookupKernel::Compute(OrtKernelContext* ctx) {
   float* Y = static_cast<float*>(output(ctx, 0, shape));
   const int64_t N = codes.rows();
   if (N == 0 || lut.M == 0) return;
-  cuda_check(cuda::lookup(dev_, codes.as<uint8_t>(), N, weights(), Y, stream(ctx)), "the lookup launch");
+  cuda_check(cuda::lookup(dev_, codes.as<uint8_t>(), N, lut_.weights, Y, stream(ctx)), "the lookup launch");
 }
 
 // ---- HalutEncodeTreeConv ----------------------------------------------------------------------------------------
@@ -289,20 +293,8 @@ void CudaEncodePqConvKernel::Compute(OrtKernelContext* ctx) {
 
 // ---- HalutLookupConv --------------------------------------------------------------------------------------------
 
-CudaLookupConvKernel::CudaLookupConvKernel(const OrtApi* api, const OrtKernelInfo* info) : CudaKernel(api, info) {
-  if (!packed_) need_constants("'lut', 'scale' and 'offset'");
-  if (!isa_->lut_code_major) {
-    isa_ = &cpu::scalar_kernels();
-    packed_ = pack_lut_weights(*constant_input(info, 1), *constant_input(info, 2), *constant_input(info, 3));
-  }
-  if (packed_->M > kInt32Max / 16 || packed_->Cpad > kInt32Max / 16) {
-    invalid("input 'lut' shape [" + std::to_string(packed_->M) + ", " + std::to_string(packed_->C) +
-            ", 16] is too large for the CUDA kernels' 32-bit table indices");
-  }
-  lut_ = upload(biased_lut(packed_->lut), "'lut'");
-  scale_ = upload(packed_->scale, "'scale'");
-  offset_ = upload(packed_->offset, "'offset'");
-}
+CudaLookupConvKernel::CudaLookupConvKernel(const OrtApi* api, const OrtKernelInfo* info)
+    : CudaKernel(api, info), lut_(upload_lut(info)) {}
 
 void CudaLookupConvKernel::Compute(OrtKernelContext* ctx) {
   const TensorView codes = input(ctx, 0);
@@ -314,9 +306,8 @@ void CudaLookupConvKernel::Compute(OrtKernelContext* ctx) {
   float* Y = static_cast<float*>(output(ctx, 0, {B, M, Ho, Wo}));
   const int64_t P = Ho * Wo;
   if (B * P == 0 || M == 0) return;
-  const cuda::LutWeights w{lut_.as<int8_t>(), scale_.as<float>(), offset_.as<float>(), int32_t(M), int32_t(lut.C),
-                           int32_t(lut.Mpad)};
-  cuda_check(cuda::lookup_nchw(dev_, codes.as<uint8_t>(), B, P, w, Y, stream(ctx)), "the lookup_conv launch");
+  cuda_check(cuda::lookup_nchw(dev_, codes.as<uint8_t>(), B, P, lut_.weights, Y, stream(ctx)),
+             "the lookup_conv launch");
 }
 
 // ---- records ----------------------------------------------------------------------------------------------------

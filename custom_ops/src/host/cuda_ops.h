@@ -43,6 +43,12 @@ class HostWeightsGuard {
   HostWeightsGuard(const OrtApi* api, const OrtKernelInfo* info, const char* op);
 };
 
+// A lookup's tables on the device, uploaded once at kernel creation.
+struct DeviceLut {
+  DeviceBuffer lut, scale, offset;
+  cuda::LutWeights weights;  // pointers into the buffers above, and the shape
+};
+
 // What every CUDA kernel adds to its CPU base: the device it uploaded to, uploads, the stream, error statuses.
 template <typename Base>
 class CudaKernel : private HostWeightsGuard, public Base {
@@ -58,6 +64,9 @@ class CudaKernel : private HostWeightsGuard, public Base {
   // The stream onnxruntime runs this node on (slot 193); fails when it belongs to another device than the weights.
   cudaStream_t stream(OrtKernelContext* ctx) const;
   [[noreturn]] void need_constants(const char* inputs) const;
+  // The lookups (Base = LookupKernel or LookupConvKernel): their packed constant tables, in the code-major layout
+  // the CUDA kernels read, uploaded.
+  DeviceLut upload_lut(const OrtKernelInfo* info);
 
   cuda::DeviceInfo dev_;
 };
@@ -86,8 +95,7 @@ class CudaLookupKernel : public CudaKernel<LookupKernel> {
   void Compute(OrtKernelContext* ctx);
 
  private:
-  cuda::LutWeights weights() const;
-  DeviceBuffer lut_, scale_, offset_;
+  DeviceLut lut_;
 };
 
 class CudaEncodeTreeConvKernel : public CudaKernel<EncodeTreeConvKernel> {
@@ -114,7 +122,7 @@ class CudaLookupConvKernel : public CudaKernel<LookupConvKernel> {
   void Compute(OrtKernelContext* ctx);
 
  private:
-  DeviceBuffer lut_, scale_, offset_;
+  DeviceLut lut_;
 };
 
 // The op records of the CUDA kernels, registered beside the CPU ones under the same names.
