@@ -169,9 +169,7 @@ void CudaEncodeTreeKernel::Compute(OrtKernelContext* ctx) {
   const TensorView X = input(ctx, 0);
   const cpu::PackedTree& tree = *packed_;
   const int64_t D = check_x(X, tree);
-  std::vector<int64_t> shape = X.shape;
-  shape.back() = tree.C;
-  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  uint8_t* codes = static_cast<uint8_t*>(row_output(ctx, 0, X, tree.C));
   const int64_t N = X.rows();
   if (N == 0) return;
   const cuda::TreeWeights w{dims_.as<int32_t>(), thresholds_.as<float>(), int32_t(tree.C)};
@@ -191,9 +189,7 @@ void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
   const TensorView X = input(ctx, 0);
   const cpu::PackedPq& pq = *packed_;
   const int64_t D = check_x(X, pq);
-  std::vector<int64_t> shape = X.shape;
-  shape.back() = pq.C;
-  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  uint8_t* codes = static_cast<uint8_t*>(row_output(ctx, 0, X, pq.C));
   const int64_t N = X.rows();
   if (N == 0) return;
   const cuda::PqWeights w{vectors_t_.as<float>(), biases_.as<float>(), bounds_.as<int64_t>(), int32_t(pq.C), pq.D};
@@ -234,9 +230,7 @@ void CudaLookupKernel::Compute(OrtKernelContext* ctx) {
   expect_min_rank(codes, "codes", 1);
   const cpu::PackedLut& lut = *packed_;
   expect_dim(codes, "codes", codes.rank() - 1, lut.C, "C, lut's dim 1");
-  std::vector<int64_t> shape = codes.shape;
-  shape.back() = lut.M;
-  float* Y = static_cast<float*>(output(ctx, 0, shape));
+  float* Y = static_cast<float*>(row_output(ctx, 0, codes, lut.M));
   const int64_t N = codes.rows();
   if (N == 0 || lut.M == 0) return;
   cuda_check(cuda::lookup(dev_, codes.as<uint8_t>(), N, lut_.weights, Y, stream(ctx)), "the lookup launch");

@@ -27,9 +27,7 @@ void EncodePqKernel::Compute(OrtKernelContext* ctx) {
   const cpu::PackedPq& pq = packed_ ? *packed_ : *per_run;
   const int64_t D = check_x(X, pq);
 
-  std::vector<int64_t> shape = X.shape;
-  shape.back() = pq.C;
-  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  uint8_t* codes = static_cast<uint8_t*>(row_output(ctx, 0, X, pq.C));
   const int64_t N = X.rows();
   if (N == 0) return;
   const cpu::PqParams params = pq.params();

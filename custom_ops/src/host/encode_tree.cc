@@ -37,9 +37,7 @@ void EncodeTreeKernel::Compute(OrtKernelContext* ctx) {
   const cpu::PackedTree& tree = packed_ ? *packed_ : *per_run;
   const int64_t D = check_x(X, tree);
 
-  std::vector<int64_t> shape = X.shape;
-  shape.back() = tree.C;
-  uint8_t* codes = static_cast<uint8_t*>(output(ctx, 0, shape));
+  uint8_t* codes = static_cast<uint8_t*>(row_output(ctx, 0, X, tree.C));
   const int64_t N = X.rows();
   if (N == 0) return;
   const cpu::TreeParams params = tree.params();

@@ -97,6 +97,12 @@ std::optional<TensorView> KernelBase::constant_input(const OrtKernelInfo* info, 
   return view(value);
 }
 
+void* KernelBase::row_output(OrtKernelContext* ctx, size_t index, const TensorView& rows, int64_t last) const {
+  std::vector<int64_t> shape = rows.shape;
+  shape.back() = last;
+  return output(ctx, index, shape);
+}
+
 void* KernelBase::output(OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& shape) const {
   OrtValue* value = nullptr;
   check(api_.KernelContext_GetOutput(ctx, index, shape.data(), shape.size(), &value));

@@ -59,6 +59,8 @@ class KernelBase {
   // The input's value when it is a constant initializer, known at kernel creation.
   std::optional<TensorView> constant_input(const OrtKernelInfo* info, size_t index) const;
   void* output(OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& shape) const;
+  // The row ops' output: `rows`' leading dims with the last one replaced by `last` ([..., D] -> [..., last]).
+  void* row_output(OrtKernelContext* ctx, size_t index, const TensorView& rows, int64_t last) const;
 
   void expect_type(const TensorView& t, const char* name, int type) const;
   void expect_rank(const TensorView& t, const char* name, size_t rank) const;

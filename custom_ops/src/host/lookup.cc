@@ -23,9 +23,7 @@ void LookupKernel::Compute(OrtKernelContext* ctx) {
   const cpu::PackedLut& lut = packed_ ? *packed_ : *per_run;
   expect_dim(codes, "codes", codes.rank() - 1, lut.C, "C, lut's dim 1");
 
-  std::vector<int64_t> shape = codes.shape;
-  shape.back() = lut.M;
-  float* Y = static_cast<float*>(output(ctx, 0, shape));
+  float* Y = static_cast<float*>(row_output(ctx, 0, codes, lut.M));
   const int64_t N = codes.rows();
   if (N == 0 || lut.M == 0) return;
 
