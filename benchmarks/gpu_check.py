@@ -355,8 +355,12 @@ class Runner:
 
     def session(self, path, strict=True, profile=False, optimize=True):
         # TF32 off: the other MatMul / Conv nodes of the real models stay close to the CPU's float32.
-        providers = [self.provider] if self.provider == "CPUExecutionProvider" else [(self.provider, {"use_tf32": "0"}),
-                                                                                     "CPUExecutionProvider"]
+        # Strict sessions name the CUDA provider alone: onnxruntime refuses a CPU provider listed beside a disabled
+        # CPU fallback.
+        if self.provider == "CPUExecutionProvider":
+            providers = [self.provider]
+        else:
+            providers = [(self.provider, {"use_tf32": "0"})] + ([] if strict else ["CPUExecutionProvider"])
         return self.ort.InferenceSession(str(path), self.options(strict, profile, optimize), providers=providers)
 
 

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The device half of docs/cuda.md: installs onnxruntime-gpu from the four wheel parts uploaded to /tmp/w (as in
-# /work/shared/gpu-onnxruntime.md), then runs benchmarks/gpu_check.py on the prepared folder (default .gpu_check).
-# One command, well under the 10-minute call limit; exits non-zero on any failed check.
-set -euo pipefail
+# /work/shared/gpu-onnxruntime.md), runs benchmarks/gpu_check.py on the prepared folder (default .gpu_check), then
+# tests/test_cuda_ops.py against the same library. One command, well under the 10-minute call limit; exits non-zero
+# on any failed check. HALUT_REBUILD=1 first rebuilds the library there from custom_ops/ (sm_90 only, for a fix
+# tried on a warm machine without re-preparing the folder). With $OUT set, the whole log is also written there.
+set -uo pipefail
 FOLDER=${1:-.gpu_check}
+LOG=${OUT:-/tmp}/gpu_check.log
+exec > >(tee "$LOG") 2>&1
 WHEEL=/tmp/w/onnxruntime_gpu-1.30.0-cp312-cp312-manylinux_2_28_x86_64.whl
 if [ ! -f /tmp/site/onnxruntime/__init__.py ]; then
-  cat /tmp/w/p0? > "$WHEEL"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEEL"
+  cat /tmp/w/p0? > "$WHEEL" &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEEL" || exit 1
 fi
 NV=/opt/torch/.venv/lib/python3.12/site-packages
 export LD_LIBRARY_PATH=$(ls -d $NV/nvidia/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}
-export PYTHONPATH=/tmp/site
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+if [ "${HALUT_REBUILD:-0}" = 1 ]; then
+  cmake -S custom_ops -B /tmp/halut_build -G Ninja -DCMAKE_BUILD_TYPE=Release -DHALUT_ONNX_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90-real >/tmp/cmake.log &&
+    cmake --build /tmp/halut_build >>/tmp/cmake.log || { tail -40 /tmp/cmake.log; exit 1; }
+  cp "$(find /tmp/halut_build -name 'libhalut_ops.so' | head -1)" "$FOLDER/libhalut_ops.so"
+fi
 # The interpreter that has numpy and torch (torch gives the cuBLAS rows), else any with numpy.
 PY=python3
 for candidate in python3 /opt/torch/.venv/bin/python3; do
@@ -19,4 +29,11 @@ for candidate in python3 /opt/torch/.venv/bin/python3; do
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "python: $PY ($("$PY" --version 2>&1))"
-exec timeout 540 "$PY" benchmarks/gpu_check.py "$FOLDER"
+timeout 420 "$PY" benchmarks/gpu_check.py "$FOLDER"
+status=$?
+echo
+echo "== tests/test_cuda_ops.py (library $FOLDER/libhalut_ops.so)"
+HALUT_ONNX_LIBRARY=$PWD/$FOLDER/libhalut_ops.so timeout 120 "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_cuda_ops.py 2>&1 | tail -25
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+exit $status

@@ -31,7 +31,7 @@ def cuda_session(model):
     options.log_severity_level = 4
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                                providers=["CUDAExecutionProvider"])
 
 
 def run_cuda(op, first, weights, attrs=None):
