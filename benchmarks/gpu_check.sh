@@ -36,4 +36,13 @@ echo "== tests/test_cuda_ops.py (library $FOLDER/libhalut_ops.so)"
 HALUT_ONNX_LIBRARY=$PWD/$FOLDER/libhalut_ops.so timeout 120 "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_cuda_ops.py 2>&1 | tail -25
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ "${HALUT_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
+  # Where the row-major lookup's time goes (N = 65536, 512 x 512, C = 32): one kernel, Speed Of Light and
+  # memory sections.
+  echo
+  echo "== ncu: lookup_kernel"
+  timeout 150 ncu --target-processes all -k regex:lookup_kernel -c 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+    "$PY" benchmarks/gpu_check.py --profile-lookup "$FOLDER" 2>&1 | grep -v "^==PROF==" | tail -80
+fi
 exit $status

@@ -122,10 +122,12 @@ def test_encoder_nan_and_ties(emu):
     np.testing.assert_array_equal(codes[0], [5, 0])
 
 
-# (N, C, M): odd M, M not a multiple of 4 or 16, C not a multiple of 4 (byte code loads), C past the 256-codebook
-# lane chunk, large M over several column tiles.
+# (N, C, M): odd M, M not a multiple of 4 or 16, C not a multiple of 4 (byte code loads), of 4 but not 16 (word
+# loads), of 16 (16-byte loads, with and without a second load per lane chunk), C past the 256-codebook lane chunk
+# (272: 16-byte loads across it), large M over several column tiles, and the 64 / 32 / 16-column tiles of large C.
 LOOKUP_CASES = [(0, 8, 16), (1, 8, 33), (17, 16, 7), (130, 32, 64), (66, 12, 40), (3, 16, 3072), (70, 300, 17),
-                (64, 1, 1), (600, 20, 19), (300, 64, 1030), (40, 513, 24)]
+                (64, 1, 1), (600, 20, 19), (300, 64, 1030), (40, 513, 24), (50, 48, 140), (45, 272, 40),
+                (20, 96, 300), (33, 1500, 36)]
 
 
 @pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
@@ -136,6 +138,20 @@ def test_lookup(emu, rng, N, C, M, smem):
     lut, scale, offset, m_pad = lut_device(w)
     Y = np.full((N, M), np.nan, np.float32)
     emu.emu_lookup(ptr(codes), N, ptr(lut), ptr(scale), ptr(offset), M, C, m_pad, ptr(Y), smem)
+    expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
+    np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
+
+
+def test_lookup_unaligned_codes(emu, rng):
+    """Codes one byte past a 16-byte boundary: the kernel must fall back from 16-byte and 32-bit code loads."""
+    N, C, M = 37, 32, 48
+    buffer = rng.integers(0, 256, size=N * C + 1, dtype=np.uint8)
+    codes = buffer[1:].reshape(N, C)
+    assert codes.ctypes.data % 4 != 0
+    w = lookup_weights(rng, M, C)
+    lut, scale, offset, m_pad = lut_device(w)
+    Y = np.full((N, M), np.nan, np.float32)
+    emu.emu_lookup(ptr(codes), N, ptr(lut), ptr(scale), ptr(offset), M, C, m_pad, ptr(Y), H100_SMEM)
     expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
     np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
 

@@ -72,13 +72,18 @@ void emu_lookup(const uint8_t* codes, int64_t rows, const int8_t* lut, const flo
   if (rows == 0 || M == 0) return;
   const LookupPlan p = plan_lookup(rows, C, M, device(smem_optin));
   const LutWeights w{lut, scale, offset, M, C, m_pad};
-  const bool code_words = C % 4 == 0 && aligned(codes, 4), vector_ok = M % 4 == 0 && aligned(y, 16);
-  if (p.lut_in_shared) {
-    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_kernel<true>, codes, rows, w, y, p.tile_m, code_words,
-           vector_ok);
-  } else {
-    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_kernel<false>, codes, rows, w, y, p.tile_m, code_words,
-           vector_ok);
+  // The launcher's choices (halut_cuda.cu, lookup()).
+  const int code_load = C % 16 == 0 && aligned(codes, 16) ? kCodeVectors
+                        : C % 4 == 0 && aligned(codes, 4) ? kCodeWords
+                                                          : kCodeBytes;
+  const bool vector_ok = M % 4 == 0 && aligned(y, 16);
+  const dim3 grid{p.grid_x, p.grid_y, 1};
+  if (!p.lut_in_shared) return launch(grid, p.threads, lookup_kernel<128, false>, codes, rows, w, y, code_load, vector_ok);
+  switch (p.tile_m) {
+    case 128: return launch(grid, p.threads, lookup_kernel<128, true>, codes, rows, w, y, code_load, vector_ok);
+    case 64: return launch(grid, p.threads, lookup_kernel<64, true>, codes, rows, w, y, code_load, vector_ok);
+    case 32: return launch(grid, p.threads, lookup_kernel<32, true>, codes, rows, w, y, code_load, vector_ok);
+    default: return launch(grid, p.threads, lookup_kernel<16, true>, codes, rows, w, y, code_load, vector_ok);
   }
 }
 

@@ -22,6 +22,7 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 #define __forceinline__ inline
 #define __launch_bounds__(n)
 #define __shared__
+#define __align__(n)  // emu.cc defines shared_lut 16-byte aligned
 
 template <typename T>
 inline T __ldg(const T* p) {
@@ -40,6 +41,10 @@ struct alignas(16) float4 {
   float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct alignas(16) uint4 {
+  uint32_t x, y, z, w;
+};
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 
 // The block's dynamic shared memory (blocks run one at a time), defined where the kernels are (emu.cc): their
 // `extern __shared__` array names an entity of their own namespace.

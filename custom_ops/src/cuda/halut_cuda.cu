@@ -163,6 +163,10 @@ __global__ void encode_pq_conv_kernel(const float* __restrict__ x, ConvShape s, 
 // at the end: the sum stays exact.
 constexpr int32_t kLaneChunk = 256;
 
+// How the row-major lookup reads a row's codes: 16 per 16-byte load (C % 16 == 0 and codes 16-byte aligned, so every
+// row and chunk start is), 4 per 32-bit load (C % 4 == 0, 4-byte aligned), or one by one.
+enum CodeLoad : int { kCodeBytes = 0, kCodeWords = 1, kCodeVectors = 2 };
+
 // Calls f(c, code & 15) for c = c0 .. c1-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
 // codes 4-byte aligned, so every row and every chunk start is aligned).
 template <typename F>
@@ -208,68 +212,129 @@ __device__ __forceinline__ float finish(float scale, int sum, float offset) {
   return __fadd_rn(__fmul_rn(scale, float(sum)), offset);
 }
 
-// Row-major Y[rows][M] (plan_lookup): the block's LUT tile [C * 16][tile_m / 4] words sits in shared memory (or is
-// read from global memory when it does not fit); threads of one row read consecutive words (no bank conflict) and
-// share the row's codes (broadcast); the 4 results leave as one 16-byte store when Y and M allow.
-template <bool kShared>
-__global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
-                                                          LutWeights w, float* __restrict__ y, int32_t tile_m,
-                                                          bool code_words, bool vector_ok) {
-  extern __shared__ uint32_t shared_lut[];
-  const int threads_per_row = tile_m / 4;
-  const int rows_per_pass = blockDim.x / threads_per_row;
-  const int lane = threadIdx.x % threads_per_row;
-  const int row_in_pass = threadIdx.x / threads_per_row;
-  const int32_t m0 = blockIdx.x * tile_m;
-  const int32_t m = m0 + 4 * lane;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.lut);
+// Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, so that one
+// 16-byte load per codebook fetches every entry the thread needs (kTile / 16 threads per row, blockDim / that many
+// rows per pass). The block's LUT tile [C * 16][kTile] bytes sits in shared memory (kShared), else the LUT is read
+// from global memory (kTile = 128). A row's threads read one contiguous kTile-byte line per codebook: at kTile = 128
+// a quarter warp is one row and its 16-byte loads are conflict-free. The kernel is bound by shared-memory
+// bandwidth (one byte per entry), so the integer work per entry is kept below that:
+// per 4-column word the thread keeps the wrapping 32-bit sum of the words (`all`) and the sum of bytes 1 and 3 in
+// 16-bit lanes (`odd`, one byte_perm per word). With every lane below 2^16 (emptied every 256 codebooks),
+// all - (odd << 8) is exactly the sum of bytes 0 and 2 in 16-bit lanes: two integer operations per 4 entries where
+// spreading both halves takes four, and the compiler pairs consecutive codebooks' adds into 3-input adds.
+struct Lanes {
+  uint32_t all[4] = {0u, 0u, 0u, 0u}, odd[4] = {0u, 0u, 0u, 0u};
+};
 
-  const uint32_t* lut_words;
-  int64_t stride;  // words between consecutive (codebook, code) rows
+__device__ __forceinline__ void add_entries(Lanes& l, const uint4 e) {
+  l.all[0] += e.x;
+  l.odd[0] += __byte_perm(e.x, 0u, 0x4341);
+  l.all[1] += e.y;
+  l.odd[1] += __byte_perm(e.y, 0u, 0x4341);
+  l.all[2] += e.z;
+  l.odd[2] += __byte_perm(e.z, 0u, 0x4341);
+  l.all[3] += e.w;
+  l.odd[3] += __byte_perm(e.w, 0u, 0x4341);
+}
+
+__device__ __forceinline__ void empty_lanes(Lanes& l, int (&acc)[16]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t even = l.all[k] - (l.odd[k] << 8);
+    acc[4 * k] += int(even & 0xffffu);
+    acc[4 * k + 1] += int(l.odd[k] & 0xffffu);
+    acc[4 * k + 2] += int(even >> 16);
+    acc[4 * k + 3] += int(l.odd[k] >> 16);
+    l.all[k] = l.odd[k] = 0u;
+  }
+}
+
+// Code j (0..3) of a word holding 4 consecutive codes, masked to 4 bits.
+__device__ __forceinline__ uint32_t code_of(uint32_t four, int j) { return (four >> (8 * j)) & 15u; }
+
+template <int kTile, bool kShared>
+__global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
+                                                          LutWeights w, float* __restrict__ y, int code_load,
+                                                          bool vector_ok) {
+  constexpr int kLanes = kTile / 16;  // threads per row
+  extern __shared__ __align__(16) uint32_t shared_lut[];
+  const int lane = threadIdx.x % kLanes, row_in_pass = threadIdx.x / kLanes;
+  const int rows_per_pass = blockDim.x / kLanes;
+  const int32_t m0 = blockIdx.x * kTile, m = m0 + 16 * lane;
+  const uint4* src = reinterpret_cast<const uint4*>(w.lut);
+  const uint4* tile = reinterpret_cast<const uint4*>(shared_lut) + lane;
   if constexpr (kShared) {
-    stride = threads_per_row;
-    const int32_t total = w.C * kCodes * threads_per_row;
+    uint4* fill = reinterpret_cast<uint4*>(shared_lut);
+    const int32_t total = w.C * kCodes * kLanes;
     for (int32_t i = threadIdx.x; i < total; i += blockDim.x) {
-      const int32_t ck = i / threads_per_row;
-      const int32_t col = m0 + 4 * (i - ck * threads_per_row);
-      shared_lut[i] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 4) : 0u;
+      const int32_t ck = i / kLanes, col = m0 + 16 * (i % kLanes);
+      fill[i] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 16) : make_uint4(0u, 0u, 0u, 0u);
     }
     __syncthreads();
-    lut_words = shared_lut + lane;
-  } else {
-    stride = w.m_pad / 4;
-    lut_words = src + m / 4;
   }
   if (m >= w.M) return;  // after the barrier; no thread past it waits on another
-
-  float s[4], o[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    s[j] = m + j < w.M ? __ldg(w.scale + m + j) : 0.f;
-    o[j] = m + j < w.M ? __ldg(w.offset + m + j) : 0.f;
-  }
-  const bool vector_store = vector_ok && m + 3 < w.M;
+  // The 16 entries of codebook c, code `code` for the thread's columns.
+  const auto entries = [&](int32_t c, uint32_t code) -> uint4 {
+    if constexpr (kShared) {
+      return tile[(c * kCodes + int32_t(code)) * kLanes];
+    } else {
+      return __ldg(src + ((int64_t(c) * kCodes + code) * w.m_pad + m) / 16);
+    }
+  };
 
   for (int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass; n < rows;
        n += int64_t(gridDim.y) * rows_per_pass) {
-    int acc[4];
-    row_sums(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) -> uint32_t {
-      const int64_t word = (int64_t(c) * kCodes + code) * stride;
-      if constexpr (kShared) {
-        return lut_words[word];
-      } else {
-        return __ldg(lut_words + word);
+    const uint8_t* row = codes + n * w.C;
+    int acc[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[j] = -128 * w.C;  // the LUT bias
+    Lanes lanes;
+    for (int32_t c0 = 0; c0 < w.C; c0 += kLaneChunk) {
+      const int32_t c1 = min(w.C, c0 + kLaneChunk);
+      int32_t c = c0;
+      if (code_load == kCodeVectors) {
+        // 16 codes per load; the next load is issued before the current 16 codebooks are summed.
+        const uint4* q = reinterpret_cast<const uint4*>(row);
+        uint4 next = c + 16 <= c1 ? __ldg(q + c / 16) : make_uint4(0u, 0u, 0u, 0u);
+        for (; c + 16 <= c1; c += 16) {
+          const uint4 cur = next;
+          if (c + 32 <= c1) next = __ldg(q + c / 16 + 1);
+          const uint32_t words[4] = {cur.x, cur.y, cur.z, cur.w};
+#pragma unroll
+          for (int j = 0; j < 16; ++j) add_entries(lanes, entries(c + j, code_of(words[j / 4], j % 4)));
+        }
+      } else if (code_load == kCodeWords) {
+        const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
+        for (; c + 4 <= c1; c += 4) {
+          const uint32_t four = __ldg(q + c / 4);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) add_entries(lanes, entries(c + j, code_of(four, j)));
+        }
       }
-    }, acc);
+      for (; c < c1; ++c) add_entries(lanes, entries(c, uint32_t(__ldg(row + c)) & 15u));
+      empty_lanes(lanes, acc);
+    }
+    // scale / offset are padded to m_pad (a multiple of 16): the thread's 16 columns are always readable.
+    const float4* sc = reinterpret_cast<const float4*>(w.scale + m);
+    const float4* of = reinterpret_cast<const float4*>(w.offset + m);
+    float out[16];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float4 s = __ldg(sc + k), o = __ldg(of + k);
+      out[4 * k] = finish(s.x, acc[4 * k], o.x);
+      out[4 * k + 1] = finish(s.y, acc[4 * k + 1], o.y);
+      out[4 * k + 2] = finish(s.z, acc[4 * k + 2], o.z);
+      out[4 * k + 3] = finish(s.w, acc[4 * k + 3], o.w);
+    }
     float* dst = y + n * w.M + m;
-    if (vector_store) {
-      *reinterpret_cast<float4*>(dst) =
-          make_float4(finish(s[0], acc[0], o[0]), finish(s[1], acc[1], o[1]), finish(s[2], acc[2], o[2]),
-                      finish(s[3], acc[3], o[3]));
+    if (vector_ok && m + 16 <= w.M) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        reinterpret_cast<float4*>(dst)[k] = make_float4(out[4 * k], out[4 * k + 1], out[4 * k + 2], out[4 * k + 3]);
     } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (m + j < w.M) dst[j] = finish(s[j], acc[j], o[j]);
+      for (int j = 0; j < 16; ++j)
+        if (m + j < w.M) dst[j] = out[j];
     }
   }
 }
@@ -280,7 +345,7 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restr
 template <bool kShared>
 __global__ void lookup_nchw_kernel(const uint8_t* __restrict__ codes, int64_t rows, int64_t P, LutWeights w,
                                    float* __restrict__ y, bool code_words) {
-  extern __shared__ uint32_t shared_lut[];
+  extern __shared__ __align__(16) uint32_t shared_lut[];
   const int groups = blockDim.x / 32;
   const int g = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int32_t m0 = blockIdx.x * 4 * groups;
@@ -384,20 +449,30 @@ cudaError_t encode_pq_conv(const DeviceInfo& dev, const float* x, const ConvShap
   return cudaGetLastError();
 }
 
+template <int kTile, bool kShared>
+cudaError_t launch_lookup(const LookupPlan& p, const uint8_t* codes, int64_t rows, const LutWeights& w, float* y,
+                          int code_load, bool vector_ok, cudaStream_t stream) {
+  if (cudaError_t err = allow_smem(lookup_kernel<kTile, kShared>, p.smem_bytes)) return err;
+  lookup_kernel<kTile, kShared><<<dim3(p.grid_x, p.grid_y), p.threads, p.smem_bytes, stream>>>(codes, rows, w, y,
+                                                                                                 code_load, vector_ok);
+  return cudaGetLastError();
+}
+
 cudaError_t lookup(const DeviceInfo& dev, const uint8_t* codes, int64_t rows, const LutWeights& w, float* y,
                    cudaStream_t stream) {
   if (rows == 0 || w.M == 0) return cudaSuccess;
   const LookupPlan p = plan_lookup(rows, w.C, w.M, dev);
-  const bool code_words = w.C % 4 == 0 && aligned(codes, 4);
+  const int code_load = w.C % 16 == 0 && aligned(codes, 16) ? kCodeVectors
+                        : w.C % 4 == 0 && aligned(codes, 4) ? kCodeWords
+                                                            : kCodeBytes;
   const bool vector_ok = w.M % 4 == 0 && aligned(y, 16);
-  const dim3 grid(p.grid_x, p.grid_y);
-  if (p.lut_in_shared) {
-    if (cudaError_t err = allow_smem(lookup_kernel<true>, p.smem_bytes)) return err;
-    lookup_kernel<true><<<grid, p.threads, p.smem_bytes, stream>>>(codes, rows, w, y, p.tile_m, code_words, vector_ok);
-  } else {
-    lookup_kernel<false><<<grid, p.threads, 0, stream>>>(codes, rows, w, y, p.tile_m, code_words, vector_ok);
+  if (!p.lut_in_shared) return launch_lookup<128, false>(p, codes, rows, w, y, code_load, vector_ok, stream);
+  switch (p.tile_m) {
+    case 128: return launch_lookup<128, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
+    case 64: return launch_lookup<64, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
+    case 32: return launch_lookup<32, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
+    default: return launch_lookup<16, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
   }
-  return cudaGetLastError();
 }
 
 cudaError_t lookup_nchw(const DeviceInfo& dev, const uint8_t* codes, int64_t B, int64_t P, const LutWeights& w,

@@ -62,17 +62,19 @@ inline unsigned row_tiles(int64_t rows, int64_t rows_per_pass, int32_t C, unsign
 
 }  // namespace detail
 
-// Row-major Y[rows][M]: a block owns tile_m consecutive columns, tile_m / 4 threads per row (4 columns each, so a
-// row's threads read one LUT word each per codebook: consecutive words, no bank conflict, the code broadcast), and
-// keeps the tile's LUT in shared memory when it fits in half the opt-in limit (two resident blocks per SM).
+// Row-major Y[rows][M]: a block owns tile_m consecutive columns, a thread 16 of them (one 16-byte LUT load per
+// codebook), tile_m / 16 threads per row. The tile's LUT sits in shared memory when it fits in half the opt-in
+// limit (two resident blocks per SM), at the widest of 128, 64, 32 or 16 columns: 128 makes a quarter warp one
+// row, whose 16-byte loads are conflict-free. Past that the LUT is read from global memory, 128 columns per block.
 inline LookupPlan plan_lookup(int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
   LookupPlan p;
   const int64_t budget = dev.smem_optin / 2;
   p.tile_m = 128;
-  while (p.tile_m > 4 && int64_t(C) * kCodes * p.tile_m > budget) p.tile_m /= 2;
+  while (p.tile_m > 16 && int64_t(C) * kCodes * p.tile_m > budget) p.tile_m /= 2;
   p.lut_in_shared = int64_t(C) * kCodes * p.tile_m <= budget;
+  if (!p.lut_in_shared) p.tile_m = 128;
   p.smem_bytes = p.lut_in_shared ? size_t(C) * kCodes * p.tile_m : 0;
-  p.rows_per_pass = p.threads / (p.tile_m / 4);
+  p.rows_per_pass = p.threads / (p.tile_m / 16);
   p.grid_x = unsigned((int64_t(M) + p.tile_m - 1) / p.tile_m);
   p.grid_y = detail::row_tiles(rows, p.rows_per_pass, C, p.grid_x, p, dev);
   return p;
