@@ -103,6 +103,7 @@ class SensitivityRow:
     agreement: float | None = None  # end metrics of the model with this layer alone converted
     cosine: float | None = None
     nmse: float | None = None
+    ctc: float | None = None  # only for a [samples, time, classes] output (metrics.py)
     macs: int = 0  # multiply-adds of the original layer per sample
     macs_removed: int = 0  # per sample: macs minus what the encode + lookup costs
     matmul_ms: float | None = None  # kernel timing for the rows of one held-out file
@@ -160,7 +161,14 @@ class Analysis:
         for r in self.rows:
             value = getattr(r, metric)
             if r.error is None and value is not None:
-                out.append(Option(r.layer, r.setting.key, loss(metric, value), r.saving(objective)))
+                layer_loss = loss(metric, value)
+                if metric == "ctc" and r.agreement is not None:
+                    # One layer rarely changes a decoded character on a few held-out files, so text losses alone
+                    # are mostly 0 and cannot rank layers; every text change needs a changed frame, so the knapsack
+                    # weighs the frame disagreement too and the measured ctc of the combined model sets how much
+                    # of it fits (budget.select_within)
+                    layer_loss = max(layer_loss, 1.0 - r.agreement)
+                out.append(Option(r.layer, r.setting.key, layer_loss, r.saving(objective)))
         return out
 
     def row(self, layer: str, key: str) -> SensitivityRow:
@@ -340,7 +348,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         row.file_nmse = sse["int8"] / sse["ss"] if sse["ss"] > 0 else float("nan")
     single = rewrite_model(evaluator.work, [LayerRewrite(cand, layer, f"analysis: {setting.key}")])
     values = evaluator.compare(single, sensitivity_files).values()
-    row.agreement, row.cosine, row.nmse = values["agreement"], values["cosine"], values["nmse"]
+    row.agreement, row.cosine, row.nmse, row.ctc = values["agreement"], values["cosine"], values["nmse"], values["ctc"]
     if timer is not None:
         n = max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
         t = timer(n, cand.D, cand.M, setting.codebooks, setting.encoder)

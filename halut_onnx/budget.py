@@ -24,7 +24,7 @@ BINS = 2000
 
 @dataclass(frozen=True)
 class Budget:
-    metric: str  # "agreement", "cosine" or "nmse"
+    metric: str  # one of metrics.METRICS
     value: float
 
     @property
@@ -148,44 +148,63 @@ def back_off(chosen: dict[str, Option], options: Sequence[Option]) -> tuple[dict
 
 
 def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[dict[str, Option]], float],
-                  max_steps: int | None = None, rescales: int = 3,
-                  grows: int = 2) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+                  max_steps: int | None = None, rescales: int = 3, grows: int = 4,
+                  refines: int = 2) -> tuple[dict[str, Option], list[tuple[str, float]]]:
     """``choose``, then measure the combination (``measure(choice)``: the budget metric's value of the combined
     model) until it meets the budget; an empty choice always does (the original model).
 
     The knapsack's loss budget is rescaled by what the measurements show about compounding: on a miss it shrinks by
     (budget / measured loss), at most ``rescales`` times and only while that gives a choice not measured yet, then
     ``back_off`` removes one worst offender at a time; when a choice meets the budget with room left (losses added
-    up less than their sum), it grows the same way, at most ``grows`` times (capped at 4x), and the choice that
-    saves the most among those that met the budget is kept.
+    up less than their sum), it grows the same way, at most ``grows`` times (capped at 4x each); once a grown choice
+    misses, the geometric middle of the largest passing and the smallest missing loss budget is tried, at most
+    ``refines`` times. The choice that saves the most among those that met the budget is kept.
 
     Returns the final choice and the history: (what was tried, measured value) per verification.
     """
     max_loss = budget.max_loss
     chosen = choose(options, max_loss)
     history: list[tuple[str, float]] = []
-    tried: set[tuple] = set()
+    tried: dict[tuple, bool] = {}  # choice -> met the budget
     best: dict[str, Option] | None = None
+    passed_at = missed_at = None  # largest passing / smallest missing knapsack loss budget after a pass
     action = "knapsack choice"
     steps = 0
     while chosen:
         value = measure(chosen)
         history.append((action, value))
-        tried.add(_key(chosen))
         measured_loss = loss(budget.metric, value)
-        if budget.met_by(value):
+        met = budget.met_by(value)
+        tried[_key(chosen)] = met
+        if met:
             if best is None or _saving(chosen) > _saving(best):
                 best = chosen
-            if grows > 0 and 0 <= measured_loss < budget.max_loss:
+            passed_at = max(passed_at or 0.0, max_loss)
+        elif best is not None:
+            missed_at = max_loss if missed_at is None else min(missed_at, max_loss)
+        if best is not None:
+            if missed_at is None:
+                if not (grows > 0 and 0 <= measured_loss < budget.max_loss):
+                    break
                 grows -= 1
                 max_loss *= min(4.0, budget.max_loss / max(measured_loss, budget.max_loss / 4))
-                bigger = choose(options, max_loss)
-                if _key(bigger) not in tried and _saving(bigger) > _saving(best):
-                    chosen, action = bigger, f"knapsack within a loss of {max_loss:.3g} (room left)"
-                    continue
-            break
-        if best is not None:  # a grown choice missed: keep the best one that met the budget
-            break
+                nxt, action = choose(options, max_loss), f"knapsack within a loss of {max_loss:.3g} (room left)"
+                if _key(nxt) in tried or _saving(nxt) <= _saving(best):
+                    break
+            else:
+                nxt = None
+                while refines > 0 and nxt is None:
+                    refines -= 1
+                    max_loss = math.sqrt(passed_at * missed_at)
+                    nxt = choose(options, max_loss)
+                    if _key(nxt) in tried:  # the middle gives a choice already measured: narrow without measuring
+                        passed_at, missed_at = (max_loss, missed_at) if tried[_key(nxt)] else (passed_at, max_loss)
+                        nxt = None
+                if nxt is None or _saving(nxt) <= _saving(best):
+                    break
+                action = f"knapsack within a loss of {max_loss:.3g} (between a pass and a miss)"
+            chosen = nxt
+            continue
         steps += 1
         if max_steps is not None and steps > max_steps:
             chosen = {}

@@ -38,7 +38,7 @@ class BudgetReport:
     chosen: list[tuple[str, str, float]]  # (layer, setting, single-layer loss) in graph order
     predicted: float  # the budget metric if single-layer losses added up
     measured: float  # the budget metric of the written model on the held-out files
-    measured_all: dict  # agreement, cosine, nmse of the written model on the held-out files
+    measured_all: dict  # agreement, cosine, nmse, ctc of the written model on the held-out files
     history: list[tuple[str, float]]  # each verification: what was tried, measured value
     macs_share: float  # multiply-adds of the converted layers / of all eligible layers
     expected_speedup: float | None  # from the kernel timings and the original model's time
@@ -145,6 +145,10 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} has no classes to agree on "
                               "(top-1 agreement needs a last axis of more than one class, or integer labels); "
                               "use cosine=... or nmse=..., or --metric-output")
+    if budget.metric == "ctc" and all(r.ctc is None for r in analysis.rows if r.error is None):
+        raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} is not a CTC sequence output "
+                              "(ctc needs a float output [samples, time, classes] with more than one class); "
+                              "use agreement=..., cosine=... or nmse=..., or --metric-output")
     options_list = analysis.options(budget.metric, options.objective)
     chosen, history = select_within(options_list, budget, measure)
     if not chosen:

@@ -11,12 +11,12 @@ from .analyze import Analysis, SensitivityRow
 from .tables import fmt_number, format_table
 
 HEADERS = ["layer", "op", "D", "M", "encoder", "C", "rows/sample", "train rows", "train NMSE", "held-out NMSE",
-           "file NMSE", "agreement", "cosine", "NMSE", "MACs/sample", "MACs removed", "MatMul ms", "Halut ms"]
+           "file NMSE", "agreement", "cosine", "NMSE", "ctc", "MACs/sample", "MACs removed", "MatMul ms", "Halut ms"]
 
 
 def _row(r: SensitivityRow) -> list:
     return [r.layer, r.op_type, r.D, r.M, r.encoder, r.C, r.rows_per_sample, r.rows_train, r.train_nmse,
-            r.heldout_nmse, r.file_nmse, r.agreement, r.cosine, r.nmse, r.macs, r.macs_removed, r.matmul_ms,
+            r.heldout_nmse, r.file_nmse, r.agreement, r.cosine, r.nmse, r.ctc, r.macs, r.macs_removed, r.matmul_ms,
             r.halut_ms]
 
 
@@ -84,7 +84,9 @@ def budget_summary(report) -> str:
     lines.append(
         f"Budget {report.budget}: predicted {fmt_number(report.predicted)}, measured {fmt_number(report.measured)} "
         f"on {len(a.heldout_files)} held-out files (agreement {fmt_number(m['agreement'])}, cosine "
-        f"{fmt_number(m['cosine'])}, NMSE {fmt_number(m['nmse'])}); {100 * report.macs_share:.1f} % of the eligible "
+        f"{fmt_number(m['cosine'])}, NMSE {fmt_number(m['nmse'])}"
+        + (f", ctc {fmt_number(m['ctc'])}" if m.get("ctc") is not None else "")
+        + f"); {100 * report.macs_share:.1f} % of the eligible "
         "layers' multiply-adds converted"
         + (f"; expected speedup {report.expected_speedup:.3g}x (kernel timings)" if report.expected_speedup else "")
         + "."

@@ -76,7 +76,8 @@ _DEFAULTS = ConvertOptions()
 @click.option("--progress/--no-progress", default=_DEFAULTS.progress, show_default=True,
               help="Progress bars on stderr.")
 @click.option("--budget", default=_DEFAULTS.budget, metavar="METRIC=VALUE",
-              help="Accuracy budget, e.g. agreement=0.99, cosine=0.99 or nmse=0.01, measured against the original "
+              help="Accuracy budget, e.g. agreement=0.99, cosine=0.99, nmse=0.01 or ctc=0.99 (CTC sequence outputs: "
+                   "decoded-sequence error), measured against the original "
                    "on held-out calibration files: convert the layers and settings that save the most within it.")
 @click.option("--sequential/--no-sequential", default=_DEFAULTS.sequential, show_default=True,
               help="Learn each layer on the inputs the converted layers before it produce (targets: the "

@@ -6,6 +6,11 @@ NMSE. ``--budget METRIC=VALUE`` and ``halut-onnx analyze`` read them as a loss (
   counts equal elements.
 - ``cosine``: mean over samples (leading dim) of the cosine between the two outputs, each sample flattened.
 - ``nmse``: ``sum((converted - original)^2) / sum(original^2)`` over everything.
+- ``ctc``: for a ``[samples, time, classes]`` output (CTC sequence models; class 0 is the blank), each sample's
+  greedy CTC decode (arg-max per frame, repeats merged, blanks dropped) of the converted model against the
+  original's: ``1 - sum(edit distances) / sum(lengths of the original's decodes)``, i.e. one minus the converted
+  model's character error rate with the original's output as the reference. A frame whose arg-max moves to the
+  neighbouring frame changes the frame agreement but not the decoded sequence.
 """
 
 from __future__ import annotations
@@ -15,7 +20,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METRICS = ("agreement", "cosine", "nmse")
+METRICS = ("agreement", "cosine", "nmse", "ctc")
+CTC_BLANK = 0  # the blank class of a CTC output (PaddleOCR, torchaudio, wav2vec2 put it first)
+
+
+def ctc_decode(frames: np.ndarray, blank: int = CTC_BLANK) -> np.ndarray:
+    """Greedy CTC decode of one sample's per-frame class indices: repeats merged, blanks dropped."""
+    frames = np.asarray(frames).ravel()
+    if frames.size == 0:
+        return frames
+    keep = np.ones(frames.size, bool)
+    keep[1:] = frames[1:] != frames[:-1]
+    out = frames[keep]
+    return out[out != blank]
+
+
+def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """Levenshtein distance between two integer sequences (insertions, deletions, substitutions cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    if len(b) == 0:
+        return len(a)
+    previous = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        # deletions and substitutions vectorised; insertions need the running minimum along the row
+        current = np.empty_like(previous)
+        current[0] = i
+        current[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (b != x))
+        for j in range(1, len(current)):
+            if current[j - 1] + 1 < current[j]:
+                current[j] = current[j - 1] + 1
+        previous = current
+    return int(previous[-1])
 
 
 @dataclass
@@ -28,11 +64,16 @@ class OutputComparison:
     samples: int = 0
     sq_err: float = 0.0
     sq_ref: float = 0.0
+    ctc_errors: int = 0
+    ctc_length: int = 0
+    ctc_shape: tuple | None = None  # (dtype, shape) of the first output added; ctc needs float [N, T, classes > 1]
 
     def add(self, ref: np.ndarray, conv: np.ndarray) -> None:
         ref, conv = np.asarray(ref), np.asarray(conv)
         if ref.shape != conv.shape:
             raise ValueError(f"the original output has shape {list(ref.shape)}, the converted {list(conv.shape)}")
+        if self.ctc_shape is None:
+            self.ctc_shape = (str(ref.dtype), list(ref.shape))
         if ref.dtype.kind not in "fc":
             self.same += int(np.count_nonzero(ref == conv))
             self.rows += int(ref.size)
@@ -41,6 +82,11 @@ class OutputComparison:
             self.sq_err += float(np.count_nonzero(ref != conv))
             self.sq_ref += float(ref.size)
             return
+        if ref.ndim == 3 and ref.shape[-1] > 1:
+            for ref_frames, conv_frames in zip(np.argmax(ref, axis=-1), np.argmax(conv, axis=-1)):
+                ref_text = ctc_decode(ref_frames)
+                self.ctc_errors += edit_distance(ref_text, ctc_decode(conv_frames))
+                self.ctc_length += len(ref_text)
         r = ref.astype(np.float64)
         c = conv.astype(np.float64)
         if r.ndim >= 2 and r.shape[-1] > 1:
@@ -63,6 +109,16 @@ class OutputComparison:
         return self.same / self.rows if self.rows else None
 
     @property
+    def ctc(self) -> float | None:
+        """1 - the converted decodes' edit distance per character of the original's (None: not a CTC output)."""
+        if self.ctc_shape is None:
+            return None
+        dtype, shape = self.ctc_shape
+        if np.dtype(dtype).kind not in "fc" or len(shape) != 3 or shape[-1] <= 1:
+            return None
+        return 1.0 - self.ctc_errors / max(self.ctc_length, 1)
+
+    @property
     def cosine(self) -> float:
         return self.cos_sum / self.samples if self.samples else 1.0
 
@@ -80,10 +136,16 @@ class OutputComparison:
             return self.cosine
         if metric == "nmse":
             return self.nmse
+        if metric == "ctc":
+            if self.ctc is None:
+                dtype, shape = self.ctc_shape or ("?", "?")
+                raise ValueError(f"ctc needs a float output [samples, time, classes] with more than one class; the "
+                                 f"compared output is {dtype} {shape} (choose another with --metric-output)")
+            return self.ctc
         raise ValueError(f"unknown metric {metric!r} (expected {', '.join(METRICS)})")
 
     def values(self) -> dict[str, float | None]:
-        return {"agreement": self.agreement, "cosine": self.cosine, "nmse": self.nmse}
+        return {"agreement": self.agreement, "cosine": self.cosine, "nmse": self.nmse, "ctc": self.ctc}
 
 
 def loss(metric: str, value: float) -> float:

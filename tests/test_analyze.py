@@ -105,6 +105,15 @@ def test_tight_budget_converts_fewer_layers_and_meets_it(case):
     assert 1 <= converted[0.95] < converted[0.85]
 
 
+def test_ctc_budget_needs_a_sequence_output(case):
+    folder, _, analysis = case
+    assert all(r.ctc is None for r in analysis.rows)
+    with pytest.raises(ValueError, match=r"^--budget ctc=0\.99: output 'y' is not a CTC sequence output \(ctc needs "
+                                         r"a float output \[samples, time, classes\] with more than one class\); use "):
+        convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                             ConvertOptions(progress=False, budget="ctc=0.99"), analysis)
+
+
 def test_budget_with_nothing_within_it(case):
     folder, _, analysis = case
     with pytest.raises(ValueError, match=r"^no layer can be converted within --budget cosine=0\.9999; the best "
@@ -140,7 +149,7 @@ def test_analyze_cli_errors(case):
     folder, _, _ = case
     base = ["analyze", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "--no-progress"]
     for extra, message in [
-        (["--budget", "top1=0.9"], "Error: --budget 'top1=0.9': unknown metric 'top1' (expected agreement, cosine, nmse)"),
+        (["--budget", "top1=0.9"], "Error: --budget 'top1=0.9': unknown metric 'top1' (expected agreement, cosine, nmse, ctc)"),
         (["--encoders", "pq,kmeans"], "Error: --encoders must be a comma-separated subset of tree,pq, got 'pq,kmeans'"),
         (["--codebooks-list", "4,x"], "Error: --codebooks-list '4,x': expected comma-separated integers, e.g. 8,16,32"),
         (["--metric-output", "z"], "Error: --metric-output 'z' is not an output of the model (its outputs: y)"),

@@ -23,10 +23,10 @@ def test_parse_budget(text, expected):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("agreement", "--budget 'agreement': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
-    ("=0.9", "--budget '=0.9': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
-    ("agreement=", "--budget 'agreement=': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse)"),
-    ("accuracy=0.9", "--budget 'accuracy=0.9': unknown metric 'accuracy' (expected agreement, cosine, nmse)"),
+    ("agreement", "--budget 'agreement': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse, ctc)"),
+    ("=0.9", "--budget '=0.9': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse, ctc)"),
+    ("agreement=", "--budget 'agreement=': expected METRIC=VALUE, e.g. agreement=0.99 (metrics: agreement, cosine, nmse, ctc)"),
+    ("accuracy=0.9", "--budget 'accuracy=0.9': unknown metric 'accuracy' (expected agreement, cosine, nmse, ctc)"),
     ("cosine=high", "--budget 'cosine=high': VALUE 'high' is not a number"),
     ("agreement=1.5", "--budget 'agreement=1.5': agreement must be in (0, 1], got 1.5"),
     ("cosine=0", "--budget 'cosine=0': cosine must be in (0, 1], got 0"),
@@ -177,9 +177,85 @@ def test_select_within_grows_when_losses_add_up_to_less():
     assert measure(chosen) <= 0.01
     # a grown choice that misses is not kept
     strict = lambda choice: 0.4 * sum(o.loss for o in choice.values()) if _total(choice) <= 30 else 1.0  # noqa: E731
-    chosen, history = select_within(options, budget, strict)
+    chosen, history = select_within(options, budget, strict, refines=0)
     assert _total(chosen) == _total(first) == 30 and history[-1] == (history[-1][0], 1.0) and len(history) == 2
+
+
+def test_select_within_bisects_between_a_pass_and_a_miss():
+    # Ten equal layers (loss 0.002 each); the measured loss is half the sum up to 7 layers, then breaks down. Within
+    # 0.01: 5 layers (0.005, room left) -> grown to 0.02: 10 (miss) -> middle 0.0141: 7 (pass) -> 0.0168: 8 (miss).
+    options = [Option(name, "C=8", 0.002, 10) for name in "abcdefghij"]
+    measure = lambda choice: 0.5 * sum(o.loss for o in choice.values()) if len(choice) <= 7 else 1.0  # noqa: E731
+    chosen, history = select_within(options, parse_budget("nmse=0.01"), measure)
+    assert [len(choose(options, x)) for x in (0.01, 0.02, math.sqrt(0.0002), math.sqrt(0.02 * math.sqrt(0.0002)))] \
+        == [5, 10, 7, 8]
+    assert [v for _, v in history] == [pytest.approx(0.005), 1.0, pytest.approx(0.007), 1.0]
+    assert history[2][0] == "knapsack within a loss of 0.0141 (between a pass and a miss)"
+    assert len(chosen) == 7
 
 
 def _total(choice):
     return sum(o.saving for o in choice.values())
+
+
+def _greedy_ctc(frames):
+    """Reference CTC decode: runs of equal frames collapsed, blanks (0) dropped."""
+    return [k for k, _ in itertools.groupby(frames.tolist()) if k != 0]
+
+
+def _levenshtein(a, b):
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return d[-1][-1]
+
+
+def test_ctc_metric_against_a_reference_decode(rng):
+    # [samples, time, classes] with mostly-blank frames and runs, as a CTC recogniser's output
+    ref = rng.standard_normal((5, 40, 6)).astype(np.float32)
+    ref[:, :, 0] += 1.5
+    conv = ref + 0.6 * rng.standard_normal(ref.shape).astype(np.float32)
+    cmp = OutputComparison()
+    cmp.add(ref[:2], conv[:2])
+    cmp.add(ref[2:], conv[2:])
+    errors = sum(_levenshtein(_greedy_ctc(r.argmax(1)), _greedy_ctc(c.argmax(1))) for r, c in zip(ref, conv))
+    length = sum(len(_greedy_ctc(r.argmax(1))) for r in ref)
+    assert 0 < errors < length and cmp.value("ctc") == pytest.approx(1 - errors / length)
+    # a frame whose class moves to the neighbouring frame changes the agreement, not the decoded sequence
+    a = np.full((1, 6, 3), -5.0, np.float32)
+    b = a.copy()
+    for t, k in enumerate([0, 1, 1, 0, 2, 0]):
+        a[0, t, k] = 0
+    for t, k in enumerate([0, 0, 1, 0, 2, 2]):
+        b[0, t, k] = 0
+    shifted = OutputComparison()
+    shifted.add(a, b)
+    assert shifted.ctc == 1.0 and shifted.agreement == pytest.approx(4 / 6)
+    # no decoded symbol in the original: every inserted one is an error (over a length of at least 1)
+    blank = np.zeros((1, 4, 3), np.float32)
+    blank[..., 0] = 1
+    noisy = blank.copy()
+    noisy[0, 1] = [0, 2, 0]
+    both = OutputComparison()
+    both.add(blank, noisy)
+    assert both.ctc == 0.0
+
+
+@pytest.mark.parametrize("ref", [np.zeros((4, 10), np.float32), np.zeros((2, 5, 1), np.float32),
+                                 np.zeros((2, 5, 3), np.int64)])
+def test_ctc_metric_needs_a_sequence_output(ref):
+    cmp = OutputComparison()
+    cmp.add(ref, ref)
+    assert cmp.ctc is None
+    with pytest.raises(ValueError) as err:
+        cmp.value("ctc")
+    assert str(err.value) == (f"ctc needs a float output [samples, time, classes] with more than one class; the "
+                              f"compared output is {ref.dtype} {list(ref.shape)} (choose another with "
+                              "--metric-output)")
+
+
+def test_parse_ctc_budget():
+    assert parse_budget("ctc=0.99") == Budget("ctc", 0.99) and parse_budget("ctc=0.99").max_loss == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=r"^--budget 'ctc=2': ctc must be in \(0, 1\], got 2$"):
+        parse_budget("ctc=2")
