@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -214,3 +215,51 @@ def test_convert_cli_budget_report(case):
     chosen = [x.split()[0] for x in table.splitlines()[2:] if x.strip()]
     assert chosen and all(name in ("fc1", "fc2", "fc3") for name in chosen)
     assert all(f"{name}  " in out.split("skipped layer")[1] for name in {"fc1", "fc2", "fc3"} - set(chosen))
+
+
+def _ctc_text(frames):
+    return [k for k, _ in itertools.groupby(frames.tolist()) if k != 0]
+
+
+def _edits(a, b):
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def test_ctc_budget_on_a_sequence_model(tmp_path):
+    # mlp3 applied per frame of [N, T, D] sequences: a [samples, time, classes] output, class 0 the blank
+    rng = np.random.default_rng(4)
+    model = mlp3(rng, M=6)
+    for value, dims in ((model.graph.input[0], ["N", "T", 32]), (model.graph.output[0], ["N", "T", 6])):
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            shape.dim.add().CopyFrom(onnx.TensorShapeProto.Dimension(**({"dim_param": d} if isinstance(d, str)
+                                                                        else {"dim_value": d})))
+    onnx.save(model, tmp_path / "seq.onnx")
+    basis = rng.standard_normal((6, 32))
+    (tmp_path / "calib").mkdir()
+    for k in range(8):
+        x = rng.standard_normal((4 * 40, 6)) @ basis + 0.05 * rng.standard_normal((4 * 40, 32))
+        np.savez(tmp_path / "calib" / f"{k:03d}.npz", x=x.reshape(4, 40, 32).astype(np.float32))
+    options = ConvertOptions(progress=False, budget="ctc=0.8", codebooks=16)
+    analysis = analyze(tmp_path / "seq.onnx", tmp_path / "calib", AnalyzeOptions(options, codebooks=(16,),
+                                                                                   timing=False))
+    result = convert_under_budget(tmp_path / "seq.onnx", tmp_path / "calib", tmp_path / "out.onnx", options, analysis)
+    report = result.budget
+    assert all(r.ctc is not None for r in report.analysis.rows) and result.converted
+    ref_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session, _ = make_session(tmp_path / "out.onnx", halut=True)
+    errors = length = 0
+    for f in report.analysis.heldout_files:
+        x = np.load(f)["x"]
+        for r, c in zip(ref_session.run(None, {"x": x})[0], session.run(None, {"x": x})[0]):
+            text = _ctc_text(r.argmax(1))
+            errors += _edits(text, _ctc_text(c.argmax(1)))
+            length += len(text)
+    assert report.measured == pytest.approx(1 - errors / length) and report.measured >= 0.8
+    assert report.measured_all["ctc"] == report.measured and report.budget.metric == "ctc"
