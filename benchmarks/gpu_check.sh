@@ -43,6 +43,11 @@ if [ "${HALUT_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   echo "== ncu: lookup_kernel"
   timeout 150 ncu --target-processes all -k regex:lookup_kernel -c 1 --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
-    "$PY" benchmarks/gpu_check.py --profile-lookup "$FOLDER" 2>&1 | grep -v "^==PROF==" | tail -80
+    --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed_op_shared_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,sm__cycles_elapsed.avg \
+    "$PY" benchmarks/gpu_check.py --profile-lookup "$FOLDER" 2>&1 | grep -v "^==PROF==" | tail -90
+  echo "== SASS instruction mix of the shared-memory lookup kernel (tile 128)"
+  command -v cuobjdump >/dev/null && cuobjdump -sass "$FOLDER/libhalut_ops.so" 2>/dev/null |
+    awk '/Function : .*lookup_kernelILi128ELb1E/ {on=1; next} /Function :/ {on=0} on' |
+    grep -oE '^ +/\*[0-9a-f]{4}\*/ +(@!?U?P[0-9T] +)?[A-Z0-9_.]+' | awk '{print $NF}' | sort | uniq -c | sort -rn | head -30
 fi
 exit $status

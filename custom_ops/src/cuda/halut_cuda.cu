@@ -212,12 +212,15 @@ __device__ __forceinline__ float finish(float scale, int sum, float offset) {
   return __fadd_rn(__fmul_rn(scale, float(sum)), offset);
 }
 
-// Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, so that one
-// 16-byte load per codebook fetches every entry the thread needs (kTile / 16 threads per row, blockDim / that many
-// rows per pass). The block's LUT tile [C * 16][kTile] bytes sits in shared memory (kShared), else the LUT is read
-// from global memory (kTile = 128). A row's threads read one contiguous kTile-byte line per codebook: at kTile = 128
-// a quarter warp is one row and its 16-byte loads are conflict-free. The kernel is bound by shared-memory
-// bandwidth (one byte per entry), so the integer work per entry is kept below that:
+// Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, kTile / 16
+// threads (lanes) per row and blockDim / that many rows per pass. Lane l owns the four 4-column words at columns
+// 4 l + 4 (kTile / 4) k, k = 0..3, not 16 contiguous columns: then the 4-byte-per-column outputs of a row's lanes
+// (and their scale and offset) are contiguous for each k, so every store and load of the epilogue is coalesced.
+// The shared tile [C * 16][kTile] is laid out to match: line (codebook, code) holds, at lane l's 16 bytes, the
+// entries of l's four words, so one conflict-free 16-byte load per codebook fetches all 16 (at kTile = 128 a
+// quarter warp is one row reading one 128-byte line). Past half the opt-in shared memory the LUT is read from
+// global memory (kTile = 128, four 4-byte loads per codebook). The kernel is bound by shared-memory bandwidth (one
+// byte per entry, against 4 bytes per output of global memory), so the integer work per entry is kept below that:
 // per 4-column word the thread keeps the wrapping 32-bit sum of the words (`all`) and the sum of bytes 1 and 3 in
 // 16-bit lanes (`odd`, one byte_perm per word). With every lane below 2^16 (emptied every 256 codebooks),
 // all - (odd << 8) is exactly the sum of bytes 0 and 2 in 16-bit lanes: two integer operations per 4 entries where
@@ -260,25 +263,38 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restr
   extern __shared__ __align__(16) uint32_t shared_lut[];
   const int lane = threadIdx.x % kLanes, row_in_pass = threadIdx.x / kLanes;
   const int rows_per_pass = blockDim.x / kLanes;
-  const int32_t m0 = blockIdx.x * kTile, m = m0 + 16 * lane;
-  const uint4* src = reinterpret_cast<const uint4*>(w.lut);
+  const int32_t m0 = blockIdx.x * kTile;
+  int32_t col[4];  // first column of each of the thread's words
+#pragma unroll
+  for (int k = 0; k < 4; ++k) col[k] = m0 + 4 * lane + 4 * kLanes * k;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.lut);
   const uint4* tile = reinterpret_cast<const uint4*>(shared_lut) + lane;
   if constexpr (kShared) {
     uint4* fill = reinterpret_cast<uint4*>(shared_lut);
     const int32_t total = w.C * kCodes * kLanes;
     for (int32_t i = threadIdx.x; i < total; i += blockDim.x) {
-      const int32_t ck = i / kLanes, col = m0 + 16 * (i % kLanes);
-      fill[i] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 16) : make_uint4(0u, 0u, 0u, 0u);
+      const int32_t ck = i / kLanes, l = i % kLanes;
+      uint32_t word[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int32_t m = m0 + 4 * l + 4 * kLanes * k;
+        word[k] = m < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + m) / 4) : 0u;
+      }
+      fill[i] = make_uint4(word[0], word[1], word[2], word[3]);
     }
     __syncthreads();
   }
-  if (m >= w.M) return;  // after the barrier; no thread past it waits on another
-  // The 16 entries of codebook c, code `code` for the thread's columns.
+  if (col[0] >= w.M) return;  // after the barrier; no thread past it waits on another
+  // The thread's 16 entries of codebook c for code `code`.
   const auto entries = [&](int32_t c, uint32_t code) -> uint4 {
     if constexpr (kShared) {
       return tile[(c * kCodes + int32_t(code)) * kLanes];
     } else {
-      return __ldg(src + ((int64_t(c) * kCodes + code) * w.m_pad + m) / 16);
+      const int64_t line = (int64_t(c) * kCodes + code) * w.m_pad;
+      uint32_t word[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) word[k] = col[k] < w.m_pad ? __ldg(src + (line + col[k]) / 4) : 0u;
+      return make_uint4(word[0], word[1], word[2], word[3]);
     }
   };
 
@@ -314,27 +330,21 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restr
       for (; c < c1; ++c) add_entries(lanes, entries(c, uint32_t(__ldg(row + c)) & 15u));
       empty_lanes(lanes, acc);
     }
-    // scale / offset are padded to m_pad (a multiple of 16): the thread's 16 columns are always readable.
-    const float4* sc = reinterpret_cast<const float4*>(w.scale + m);
-    const float4* of = reinterpret_cast<const float4*>(w.offset + m);
-    float out[16];
+    float* dst = y + n * w.M;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const float4 s = __ldg(sc + k), o = __ldg(of + k);
-      out[4 * k] = finish(s.x, acc[4 * k], o.x);
-      out[4 * k + 1] = finish(s.y, acc[4 * k + 1], o.y);
-      out[4 * k + 2] = finish(s.z, acc[4 * k + 2], o.z);
-      out[4 * k + 3] = finish(s.w, acc[4 * k + 3], o.w);
-    }
-    float* dst = y + n * w.M + m;
-    if (vector_ok && m + 16 <= w.M) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        reinterpret_cast<float4*>(dst)[k] = make_float4(out[4 * k], out[4 * k + 1], out[4 * k + 2], out[4 * k + 3]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        if (m + j < w.M) dst[j] = out[j];
+      if (col[k] >= w.M) break;
+      // scale / offset are padded to m_pad (a multiple of 16), so a word's 4 columns are readable.
+      const float4 s = __ldg(reinterpret_cast<const float4*>(w.scale + col[k]));
+      const float4 o = __ldg(reinterpret_cast<const float4*>(w.offset + col[k]));
+      const float4 out = make_float4(finish(s.x, acc[4 * k], o.x), finish(s.y, acc[4 * k + 1], o.y),
+                                     finish(s.z, acc[4 * k + 2], o.z), finish(s.w, acc[4 * k + 3], o.w));
+      if (vector_ok && col[k] + 4 <= w.M) {
+        *reinterpret_cast<float4*>(dst + col[k]) = out;
+      } else {
+        const float v[4] = {out.x, out.y, out.z, out.w};
+        for (int j = 0; j < 4 && col[k] + j < w.M; ++j) dst[col[k] + j] = v[j];
+      }
     }
   }
 }
