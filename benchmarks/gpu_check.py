@@ -331,13 +331,13 @@ def prepare(out: Path, real: bool) -> None:
 
 
 class Runner:
-    def __init__(self, folder: Path, provider: str):
+    def __init__(self, folder: Path, provider: str, library: Path | None = None):
         import onnxruntime as ort
 
         self.ort = ort
         self.folder = folder
         self.provider = provider
-        self.library = str(folder / "libhalut_ops.so")
+        self.library = str(library or folder / "libhalut_ops.so")
 
     def options(self, strict: bool, profile: bool = False, optimize: bool = True):
         options = self.ort.SessionOptions()
@@ -579,7 +579,7 @@ def _cuda_time(torch, fn, warmup=3, reps=20) -> float:
     return statistics.median(times)
 
 
-def check(folder: Path, dry_run: bool) -> int:
+def check(folder: Path, dry_run: bool, library: Path | None = None, speed_only: bool = False) -> int:
     import onnxruntime as ort
 
     provider = "CPUExecutionProvider" if dry_run else "CUDAExecutionProvider"
@@ -589,10 +589,12 @@ def check(folder: Path, dry_run: bool) -> int:
               "LD_LIBRARY_PATH set to the CUDA/cuDNN libraries?)")
         return 1
     manifest = json.loads((folder / "manifest.json").read_text())
-    run = Runner(folder, provider)
+    run = Runner(folder, provider, library)
+    print(f"library {run.library}")
     failures = 0
-    sections = [("ops", check_ops, ["case", "op", "input", "result"]),
-                ("models", check_models, ["model", "max diff/tol / close / argmax agree", "result"])]
+    sections = [] if speed_only else [("ops", check_ops, ["case", "op", "input", "result"]),
+                                      ("models", check_models, ["model", "max diff/tol / close / argmax agree",
+                                                                "result"])]
     for title, fn, headers in sections:
         start = time.perf_counter()
         try:
@@ -641,13 +643,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-real-models", action="store_true", help="with --prepare: skip the converted examples")
     parser.add_argument("--dry-run", action="store_true", help="run the checks on the CPU provider")
     parser.add_argument("--profile-lookup", action="store_true", help="one lookup run at N=65536 for a profiler")
+    parser.add_argument("--library", type=Path, help="another build of the library (default: the folder's copy)")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed tables (with --library: A/B runs)")
     args = parser.parse_args(argv)
     if args.profile_lookup:
         return profile_lookup(args.folder)
     if args.prepare:
         prepare(args.folder, real=not args.no_real_models)
         return 0
-    return check(args.folder, args.dry_run)
+    return check(args.folder, args.dry_run, args.library, args.speed_only)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ echo "== tests/test_cuda_ops.py (library $FOLDER/libhalut_ops.so)"
 HALUT_ONNX_LIBRARY=$PWD/$FOLDER/libhalut_ops.so timeout 120 "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_cuda_ops.py 2>&1 | tail -25
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+# Other builds of the library for A/B speed runs (experiments): $FOLDER/variants/*.so, speed tables only.
+for variant in "$FOLDER"/variants/*.so; do
+  [ -f "$variant" ] || continue
+  echo
+  echo "== variant $(basename "$variant")"
+  timeout 120 "$PY" benchmarks/gpu_check.py --speed-only --library "$variant" "$FOLDER" | sed -n '/== kernels/,$p'
+done
 if [ "${HALUT_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   # Where the row-major lookup's time goes (N = 65536, 512 x 512, C = 32): one kernel, Speed Of Light and
   # memory sections.
@@ -45,6 +52,10 @@ if [ "${HALUT_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
     --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
     --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed_op_shared_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,sm__cycles_elapsed.avg \
     "$PY" benchmarks/gpu_check.py --profile-lookup "$FOLDER" 2>&1 | grep -v "^==PROF==" | tail -90
+  echo "== ncu: lookup_kernel stall reasons (warps stalled per issued instruction) and instructions"
+  timeout 90 ncu --target-processes all -k regex:lookup_kernel -c 1 --metrics \
+    'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',smsp__inst_executed.sum,smsp__inst_executed_op_shared_ld.sum \
+    "$PY" benchmarks/gpu_check.py --profile-lookup "$FOLDER" 2>&1 | grep -E "smsp__" | awk '$NF+0 >= 0.05 || /inst_executed/'
   echo "== SASS instruction mix of the shared-memory lookup kernel (tile 128)"
   command -v cuobjdump >/dev/null && cuobjdump -sass "$FOLDER/libhalut_ops.so" 2>/dev/null |
     awk '/Function : .*lookup_kernelILi128ELb1E/ {on=1; next} /Function :/ {on=0} on' |

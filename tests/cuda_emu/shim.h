@@ -20,7 +20,7 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__
 #define __align__(n)  // emu.cc defines shared_lut 16-byte aligned
 

@@ -255,8 +255,56 @@ __device__ __forceinline__ void empty_lanes(Lanes& l, int (&acc)[16]) {
 // Code j (0..3) of a word holding 4 consecutive codes, masked to 4 bits.
 __device__ __forceinline__ uint32_t code_of(uint32_t four, int j) { return (four >> (8 * j)) & 15u; }
 
+__device__ __forceinline__ void add_pair(Lanes& l, const uint4 a, const uint4 b) {
+  // Two codebooks at once: one 3-input add per sum.
+  l.all[0] += a.x + b.x;
+  l.odd[0] += __byte_perm(a.x, 0u, 0x4341) + __byte_perm(b.x, 0u, 0x4341);
+  l.all[1] += a.y + b.y;
+  l.odd[1] += __byte_perm(a.y, 0u, 0x4341) + __byte_perm(b.y, 0u, 0x4341);
+  l.all[2] += a.z + b.z;
+  l.odd[2] += __byte_perm(a.z, 0u, 0x4341) + __byte_perm(b.z, 0u, 0x4341);
+  l.all[3] += a.w + b.w;
+  l.odd[3] += __byte_perm(a.w, 0u, 0x4341) + __byte_perm(b.w, 0u, 0x4341);
+}
+
+// x >> s for s >= 0, x << -s otherwise (s known at compile time).
+template <int s>
+__device__ __forceinline__ uint32_t shift_right(uint32_t x) {
+  if constexpr (s >= 0) {
+    return x >> s;
+  } else {
+    return x << -s;
+  }
+}
+
+// The line of codebook c + kJ for the code in byte kJ % 4 of `word` (see sum_16_shared).
+template <int kTile, int kJ>
+__device__ __forceinline__ uint4 shared_line(const char* tile, uint32_t base, uint32_t word) {
+  static_assert(kTile == 16 || kTile == 32 || kTile == 64 || kTile == 128, "plan_lookup's tiles");
+  constexpr int kShift = kTile == 128 ? 7 : kTile == 64 ? 6 : kTile == 32 ? 5 : 4;
+  const uint32_t offset = (shift_right<8 * (kJ % 4) - kShift>(word) & (15u << kShift)) | base;
+  return *reinterpret_cast<const uint4*>(tile + offset + kJ * kCodes * kTile);
+}
+
+// The hot loop of the shared-tile lookup: 16 codebooks c .. c+15 whose codes are the 16 bytes of q. `base` is the
+// thread's byte offset in the tile at codebook c (lane * 16 + c * 16 * kTile, c a multiple of 16), so a code's
+// offset (code * kTile < 16 kTile) has no bit in common with it: one shift and one 3-input logic op (mask, or)
+// make each address, and codebook j's line is an immediate offset of the load.
+template <int kTile>
+__device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, const uint4 q, Lanes& l) {
+  add_pair(l, shared_line<kTile, 0>(tile, base, q.x), shared_line<kTile, 1>(tile, base, q.x));
+  add_pair(l, shared_line<kTile, 2>(tile, base, q.x), shared_line<kTile, 3>(tile, base, q.x));
+  add_pair(l, shared_line<kTile, 4>(tile, base, q.y), shared_line<kTile, 5>(tile, base, q.y));
+  add_pair(l, shared_line<kTile, 6>(tile, base, q.y), shared_line<kTile, 7>(tile, base, q.y));
+  add_pair(l, shared_line<kTile, 8>(tile, base, q.z), shared_line<kTile, 9>(tile, base, q.z));
+  add_pair(l, shared_line<kTile, 10>(tile, base, q.z), shared_line<kTile, 11>(tile, base, q.z));
+  add_pair(l, shared_line<kTile, 12>(tile, base, q.w), shared_line<kTile, 13>(tile, base, q.w));
+  add_pair(l, shared_line<kTile, 14>(tile, base, q.w), shared_line<kTile, 15>(tile, base, q.w));
+}
+
+// Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled.
 template <int kTile, bool kShared>
-__global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
+__global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
                                                           LutWeights w, float* __restrict__ y, int code_load,
                                                           bool vector_ok) {
   constexpr int kLanes = kTile / 16;  // threads per row
@@ -315,9 +363,14 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(const uint8_t* __restr
         for (; c + 16 <= c1; c += 16) {
           const uint4 cur = next;
           if (c + 32 <= c1) next = __ldg(q + c / 16 + 1);
-          const uint32_t words[4] = {cur.x, cur.y, cur.z, cur.w};
+          if constexpr (kShared) {
+            sum_16_shared<kTile>(reinterpret_cast<const char*>(shared_lut),
+                                 uint32_t(16 * lane) + uint32_t(c) * kCodes * kTile, cur, lanes);
+          } else {
+            const uint32_t words[4] = {cur.x, cur.y, cur.z, cur.w};
 #pragma unroll
-          for (int j = 0; j < 16; ++j) add_entries(lanes, entries(c + j, code_of(words[j / 4], j % 4)));
+            for (int j = 0; j < 16; ++j) add_entries(lanes, entries(c + j, code_of(words[j / 4], j % 4)));
+          }
         }
       } else if (code_load == kCodeWords) {
         const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
