@@ -104,6 +104,21 @@ def test_encoders(emu, rng, lead, D, C):
     np.testing.assert_array_equal(codes, reference.encode_pq(X, w["vectors"], w["biases"]))
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_encode_pq_four_float_loads(emu, rng, offset):
+    """D and every slice bound a multiple of 4 (X read 4 floats per load), and X one float past 16-byte alignment
+    (the launcher must fall back to single loads)."""
+    N, D, C = 45, 64, 8
+    X = rng.standard_normal(N * D + offset).astype(np.float32)[offset:].reshape(N, D)
+    assert (X.ctypes.data % 16 == 0) == (offset == 0)
+    w = pq_weights(rng, D, C)
+    vt, biases, bounds = pq_device(w, D)
+    assert np.all(bounds % 4 == 0)
+    codes = np.full((N, C), 99, np.uint8)
+    emu.emu_encode_pq(ptr(X), N, ptr(vt), ptr(biases), ptr(bounds), C, D, ptr(codes))
+    np.testing.assert_array_equal(codes, reference.encode_pq(X, w["vectors"], w["biases"]))
+
+
 def test_encoder_nan_and_ties(emu):
     X = np.array([[np.nan] * 4, [0, 0, 0, 0], [np.inf, -np.inf, np.inf, np.nan]], np.float32)
     w = {"split_dims": np.array([[0, 1, 2, 3]], np.int64), "thresholds": np.full((1, 15), -1.0, np.float32)}

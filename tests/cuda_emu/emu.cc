@@ -37,8 +37,11 @@ void emu_encode_tree(const float* x, int64_t rows, int64_t D, const int32_t* dim
 void emu_encode_pq(const float* x, int64_t rows, const float* vt, const float* biases, const int64_t* bounds,
                    int32_t C, int64_t D, uint8_t* codes) {
   if (rows == 0) return;
+  // The host layer's and the launcher's choice of 4-float loads.
+  bool slices_of_4 = D % 4 == 0 && aligned(x, 16);
+  for (int32_t c = 0; c <= C; ++c) slices_of_4 = slices_of_4 && bounds[c] % 4 == 0;
   launch(dim3{grid_1d(rows * C, device(48 << 10)), 1, 1}, kThreads, encode_pq_kernel, x, rows,
-         PqWeights{vt, biases, bounds, C, D}, codes);
+         PqWeights{vt, biases, bounds, C, D, slices_of_4}, codes);
 }
 
 static ConvShape shape_of(const int64_t* g) {
