@@ -3,11 +3,15 @@ multiply-adds converted, the measured end metric and the measured speedup (docs/
 
     python examples/budget_tables.py digits [--out DIR] [--quick]
     python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 8192] [--quick]
+        [--heldout-files 0.25] [--budgets ctc=0.99,...] [--sequential]
+    python examples/budget_tables.py det [--out DIR] [--calib 8] [--eval 4] [--quick] [--budgets cosine=0.99,...]
     python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
 One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model is written,
 measured on the held-out calibration files (the budget metric), on separate evaluation data (digits: test accuracy;
-rec: CER and top-1 agreement on non-blank frames) and timed against the original (halut_onnx.bench, 1 thread).
+rec: CER and top-1 agreement on non-blank frames; det: F1 and IoU of the binarised map against the original's, and
+line recall) and timed against the original (halut_onnx.bench, 1 thread). The analysis is pickled in --out and
+reused by a rerun with other --budgets.
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metri
 
 
 def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data,
-                 bench_runs=20):
+                 bench_runs=20, heldout_files=0.25):
     rows = []
     for budget in budgets:
         for sequential in sequential_modes:
             path = out / f"{model.stem}.{budget.replace('=', '')}{'.seq' if sequential else ''}.onnx"
-            options = ConvertOptions(progress=False, budget=budget, sequential=sequential, max_rows=max_rows)
+            options = ConvertOptions(progress=False, budget=budget, sequential=sequential, max_rows=max_rows,
+                                     heldout_files=heldout_files)
             start = time.perf_counter()
             try:
                 result = convert_under_budget(model, calib, path, options, analysis)
@@ -99,7 +104,8 @@ def digits(out: Path, quick: bool, max_rows: int) -> None:
     print(tools.format_table(HEADERS, rows))
 
 
-def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None) -> None:
+def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
+        heldout_files: float = 0.25, sequential: bool = False) -> None:
     import ppocr_data
     from ppocr_rec import top1_agreement
 
@@ -113,8 +119,8 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     ppocr_data.write_set(out / "eval", name, evaluation.batches)
     texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
     base = ppocr_data.cer(evaluation.references, texts)
-    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=("pq",),
-                             divisors=(2,) if quick else (4, 2), sensitivity_files=1 if quick else 2)
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files),
+                             encoders=("pq",), divisors=(2,) if quick else (4, 2))
     analysis = cached_analysis(out / "rec_analysis.pkl", model, out / "calib", options)
     print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
           f"{analysis.seconds:.0f} s; {n_calib} calibration lines, {n_eval} evaluation lines, original CER "
@@ -125,10 +131,50 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
         return (f"CER {100 * ppocr_data.cer(evaluation.references, conv_texts):.2f} %, agreement "
                 f"{100 * top1_agreement(frames, conv_frames):.2f} %")
 
-    budgets = budgets or (["agreement=0.99", "agreement=0.98"] if quick
-                          else ["agreement=0.995", "agreement=0.99", "agreement=0.98"])
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,) if quick else (False, True),
-                        max_rows, end_metric, out / "eval", bench_runs=5)
+    budgets = budgets or ["ctc=0.99", "ctc=0.98", "agreement=0.99"]
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False, True) if sequential else (False,),
+                        max_rows, end_metric, out / "eval", bench_runs=5, heldout_files=heldout_files)
+    print(tools.format_table(HEADERS, rows))
+
+
+def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
+        encoders: tuple[str, ...] = ("pq", "tree")) -> None:
+    """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
+    binarised map (F1, IoU) and the line recall on the evaluation pages (examples/ppocr_data.py)."""
+    import ppocr_data
+
+    model = ppocr_data.det_model_path()
+    name = ppocr_data.input_name(model)
+    lines_per_page = 12
+    calib_lines, eval_lines = ppocr_data.rec_lines(n_calib * lines_per_page, n_eval * lines_per_page,
+                                                   ppocr_data.rec_model_path())
+    calib_pages, _, _ = ppocr_data.make_det_set(calib_lines, n_calib, lines_per_page, seed=0)
+    eval_pages, boxes, scales = ppocr_data.make_det_set(eval_lines, n_eval, lines_per_page, seed=1)
+    ppocr_data.write_set(out / "calib", name, calib_pages)
+    ppocr_data.write_set(out / "eval", name, eval_pages)
+    original = tools.session(model)
+    ref_maps = [original.run(None, {name: page})[0] for page in eval_pages]
+    base_recall = np.mean([ppocr_data.det_box_recall(m, b, s) for m, b, s in zip(ref_maps, boxes, scales)])
+    # both encoders: most det layers have few outputs (M = 24..96), where pq's encode (16 D multiply-adds per
+    # row) costs about as much as the layer and only the tree encoder (4 C comparisons) saves
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=encoders,
+                             divisors=(2,) if quick else (4, 2), sensitivity_files=0)
+    analysis = cached_analysis(out / "det_analysis.pkl", model, out / "calib", options)
+    print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
+          f"{analysis.seconds:.0f} s; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
+          f"{100 * base_recall:.1f} %")
+
+    def end_metric(path):
+        session = tools.session(path, halut=True)
+        maps = [session.run(None, {name: page})[0] for page in eval_pages]
+        agree = [ppocr_data.det_map_agreement(r, m) for r, m in zip(ref_maps, maps)]
+        recall = np.mean([ppocr_data.det_box_recall(m, b, s) for m, b, s in zip(maps, boxes, scales)])
+        return (f"map F1 {100 * np.mean([a['f1'] for a in agree]):.2f} %, IoU "
+                f"{100 * np.mean([a['iou'] for a in agree]):.2f} %, line recall {100 * recall:.1f} %")
+
+    budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,), max_rows, end_metric, out / "eval",
+                        bench_runs=3)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -184,14 +230,17 @@ def sequential_gain(out: Path, max_rows: int, n_calib: int, n_eval: int) -> None
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["digits", "rec", "sequential"])
+    parser.add_argument("model", choices=["digits", "rec", "det", "sequential"])
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer settings and budgets (rec: C = D/2 only, single-layer metrics on 1 file)")
+                        help="fewer settings and budgets (rec, det: C = D/2 only)")
     parser.add_argument("--max-rows", type=int, default=8192, help="calibration rows kept per layer")
-    parser.add_argument("--budgets", default=None, help="rec: comma-separated budgets instead of the defaults")
-    parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines")
-    parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines")
+    parser.add_argument("--budgets", default=None, help="rec, det: comma-separated budgets instead of the defaults")
+    parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines (det: pages)")
+    parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines (det: pages)")
+    parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
+    parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
+    parser.add_argument("--sequential", action="store_true", help="rec: each budget also with --sequential")
     args = parser.parse_args(argv)
     print(f"Halut custom-op library: {tools.library_status()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,11 +248,14 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if args.model == "digits":
             digits(out, args.quick, args.max_rows)
+        elif args.model == "det":
+            det(out, args.quick, args.max_rows, args.calib, args.eval,
+                args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")))
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
             rec(out, args.quick, args.max_rows, args.calib, args.eval,
-                args.budgets.split(",") if args.budgets else None)
+                args.budgets.split(",") if args.budgets else None, args.heldout_files, args.sequential)
 
 
 if __name__ == "__main__":
