@@ -50,6 +50,10 @@ SPEED_N = (4096, 65536)
 SPEED_DM = ((512, 512), (768, 3072))
 SPEED_C = 32
 SPEED_K = 8
+# Conv speed (per layer against cuDNN through torch): (label, B, Cin, H, W, kernel, M, C); C = the converter's
+# default for these D (the power of two nearest D / 2, at most 64), padding keeps H x W.
+SPEED_CONV = (("3x3 128->128 28x28 b8", 8, 128, 28, 28, 3, 128, 64),
+              ("1x1 256->256 56x56 b8", 8, 256, 56, 56, 1, 256, 64))
 MODEL_RTOL, MODEL_ATOL = 1e-3, 1e-6  # real models: |diff| <= rtol * max|expected| + atol (other ops differ by provider)
 
 
@@ -173,22 +177,28 @@ def _node_model(op, first, w, attrs, constant=True, copies=1):
                                                                    helper.make_opsetid("ai.halut", 1)])
 
 
-def _layer_model(kind, D, M, C, rng, copies):
-    """encode (tree or pq) -> lookup, ``copies`` independent layers on the same X: the converter's pattern."""
+def _layer_model(kind, D, M, C, rng, copies, conv_attrs=None):
+    """encode (tree or pq) -> lookup, ``copies`` independent layers on the same X: the converter's pattern (its Conv
+    form with ``conv_attrs``, X NCHW)."""
     from onnx import helper, numpy_helper
     from ops_models import lookup_weights, pq_weights, tree_weights
 
-    enc = ENCODE_TREE if kind == "tree" else ENCODE_PQ
+    conv = conv_attrs is not None
+    enc = {("tree", False): ENCODE_TREE, ("pq", False): ENCODE_PQ, ("tree", True): ENCODE_TREE_CONV,
+           ("pq", True): ENCODE_PQ_CONV}[kind, conv]
+    lookup = LOOKUP_CONV if conv else LOOKUP
     w = (tree_weights if kind == "tree" else pq_weights)(rng, D, C)
     lw = lookup_weights(rng, M, C)
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in {**w, **lw}.items()]
     nodes, outputs = [], []
     for k in range(copies):
-        nodes.append(helper.make_node(enc, ["X", *WEIGHTS[enc]], [f"codes{k}"], name=f"enc{k}", domain="ai.halut"))
-        nodes.append(helper.make_node(LOOKUP, [f"codes{k}", *WEIGHTS[LOOKUP]], [f"out{k}"], name=f"lut{k}",
+        nodes.append(helper.make_node(enc, ["X", *WEIGHTS[enc]], [f"codes{k}"], name=f"enc{k}", domain="ai.halut",
+                                      **(conv_attrs or {})))
+        nodes.append(helper.make_node(lookup, [f"codes{k}", *WEIGHTS[lookup]], [f"out{k}"], name=f"lut{k}",
                                       domain="ai.halut"))
         outputs.append(helper.make_tensor_value_info(f"out{k}", 1, None))
-    graph = helper.make_graph(nodes, f"layer_{kind}", [helper.make_tensor_value_info("X", 1, ["N", D])], outputs,
+    x_shape = ["B", "Cin", "H", "W"] if conv else ["N", D]
+    graph = helper.make_graph(nodes, f"layer_{kind}", [helper.make_tensor_value_info("X", 1, x_shape)], outputs,
                               inits)
     model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17),
                                                                     helper.make_opsetid("ai.halut", 1)])
@@ -318,6 +328,14 @@ def prepare(out: Path, real: bool) -> None:
                 onnx.save(_node_model(LOOKUP, np.zeros((1, SPEED_C), np.uint8), w, None, True, SPEED_K),
                           str(out / "speed" / f"lookup_{D}x{M}.onnx"))
         manifest["speed"].append({"D": D, "M": M})
+    manifest["speed_conv"] = []
+    for label, B, Cin, H, W, k, M, C in SPEED_CONV:
+        attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4)
+        for kind in ("tree", "pq"):
+            model, w = _layer_model(kind, Cin * k * k, M, C, rng, SPEED_K, attrs)
+            onnx.save(model, str(out / "speed" / f"conv_{kind}_{k}x{k}_{Cin}.onnx"))
+            np.savez_compressed(out / "speed" / f"conv_{kind}_{k}x{k}_{Cin}.npz", **w)
+        manifest["speed_conv"].append({"label": label, "B": B, "Cin": Cin, "H": H, "W": W, "k": k, "M": M, "C": C})
     shutil.copy(halut_onnx.get_library_path(), out / "libhalut_ops.so")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -468,7 +486,7 @@ def _median_run(fn, warmup=2, reps=10) -> float:
 NOMINAL_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, SXM parts
 
 
-def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, int]:
+def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
     """Per-layer times (onnxruntime CUDA provider vs cuBLAS through torch) and kernel bandwidth fractions."""
     ort = run.ort
     gpu = run.provider == "CUDAExecutionProvider"
@@ -561,7 +579,45 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, int]:
                     target = "target met" if rate / peak >= 0.7 else "below 70% target"
                 kernel_rows.append([kernel, N, f"{D}x{M}", ms(times[kernel]), f"{nbytes / 2**20:.1f}",
                                     f"{rate / 1e9:.0f}", frac, of_copy, target])
-    return layer_rows, kernel_rows, failures
+    conv_rows = []
+    for g in manifest.get("speed_conv", []):
+        B, Cin, H, W, k, M, C = (g[key] for key in ("B", "Cin", "H", "W", "k", "M", "C"))
+        X = rng.standard_normal((1 if quick else B, Cin, H, W)).astype(np.float32)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(X, device, 0)
+        times = {}
+        for kind in ("tree", "pq"):
+            name = f"conv_{kind}_{k}x{k}_{Cin}"
+            sess = run.session(run.folder / "speed" / f"{name}.onnx", optimize=False)
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input("X", x_dev)
+            for j in range(SPEED_K):
+                binding.bind_output(f"out{j}", device)
+            times[kind] = _median_run(lambda: sess.run_with_iobinding(binding)) / SPEED_K
+            # Bit-exact on the first image against the reference.
+            w = dict(np.load(run.folder / "speed" / f"{name}.npz"))
+            geo = dict(kernel_shape=(k, k), pads=(k // 2,) * 4)
+            codes = (reference.encode_tree_conv(X[:1], w["split_dims"], w["thresholds"], **geo) if kind == "tree"
+                     else reference.encode_pq_conv(X[:1], w["vectors"], w["biases"], **geo))
+            ref = reference.lookup_conv(codes, w["lut"], w["scale"], w["offset"])
+            if not np.array_equal(binding.get_outputs()[0].numpy()[:1].view(np.uint32), ref.view(np.uint32)):
+                failures += 1
+                print(f"MISMATCH conv speed layer {kind} {g['label']}: the first image differs from the reference")
+        dnn = {}
+        if torch is not None and gpu:
+            xt = torch.from_numpy(X).cuda()
+            wt = torch.randn(M, Cin, k, k, device="cuda")
+            for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                                       ("bf16", torch.bfloat16, False)):
+                torch.backends.cudnn.allow_tf32 = tf32
+                a, b = xt.to(dtype), wt.to(dtype)
+                dnn[label] = _cuda_time(torch, lambda: torch.nn.functional.conv2d(a, b, padding=k // 2))
+            torch.backends.cudnn.allow_tf32 = False
+        ms = lambda t: f"{t * 1e3:.3f}"  # noqa: E731
+        ratio = lambda key, kind: f"{dnn[key] / times[kind]:.2f}x" if key in dnn else "-"  # noqa: E731
+        conv_rows.append([g["label"], C, ms(times["tree"]), ms(times["pq"]),
+                          *(ms(dnn[key]) if key in dnn else "-" for key in ("fp32", "tf32", "bf16")),
+                          ratio("fp32", "tree"), ratio("tf32", "tree"), ratio("bf16", "tree"), ratio("tf32", "pq")])
+    return layer_rows, kernel_rows, conv_rows, failures
 
 
 def _cuda_time(torch, fn, warmup=3, reps=20) -> float:
@@ -606,7 +662,7 @@ def check(folder: Path, dry_run: bool, library: Path | None = None, speed_only: 
         print(f"\n== {title}: {len(rows)} checks, {bad} failed ({time.perf_counter() - start:.1f} s)")
         print(table(headers, rows))
     try:
-        layer_rows, kernel_rows, bad = speed(run, manifest, quick=dry_run)
+        layer_rows, kernel_rows, conv_rows, bad = speed(run, manifest, quick=dry_run)
         failures += bad
         print("\n== per layer (encode + lookup, ms per layer; ratios = cuBLAS time / Halut time, above 1: Halut faster)")
         print(table(["N", "DxM", "C", "tree ms", "pq ms", "fp32 ms", "tf32 ms", "bf16 ms", "fp32/tree",
@@ -614,6 +670,9 @@ def check(folder: Path, dry_run: bool, library: Path | None = None, speed_only: 
         print("\n== kernels (bytes each must move / time, against the GPU's nominal bandwidth and its measured "
               "device-to-device copy)")
         print(table(["kernel", "N", "DxM", "ms", "MiB moved", "GB/s", "of peak", "of copy", ""], kernel_rows))
+        print("\n== conv layers (encode + lookup, ms per layer; ratios = cuDNN time / Halut time, above 1: Halut faster)")
+        print(table(["layer", "C", "tree ms", "pq ms", "fp32 ms", "tf32 ms", "bf16 ms", "fp32/tree", "tf32/tree",
+                     "bf16/tree", "tf32/pq"], conv_rows))
     except Exception:  # noqa: BLE001
         traceback.print_exc()
         failures += 1
