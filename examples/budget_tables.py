@@ -4,6 +4,7 @@ multiply-adds converted, the measured end metric and the measured speedup (docs/
     python examples/budget_tables.py digits [--out DIR] [--quick]
     python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 8192] [--quick]
         [--heldout-files 0.25] [--budgets ctc=0.99,...] [--sequential]
+    python examples/budget_tables.py rec-layers --out DIR [--calib 96] [--eval 48]   # after `rec --out DIR`
     python examples/budget_tables.py det [--out DIR] [--calib 8] [--eval 4] [--quick] [--budgets cosine=0.99,...]
     python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
@@ -137,6 +138,51 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     print(tools.format_table(HEADERS, rows))
 
 
+def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
+    """Each layer of a ``rec`` run's analysis (pickled in ``out``) converted alone, on the evaluation lines: how
+    many frames change their arg-max, how many of those take a neighbouring frame's class (a character moved by a
+    frame), and whether the decoded text changes (docs/budget.md, why the ctc metric)."""
+    import pickle
+
+    import ppocr_data
+
+    from halut_onnx.analyze import _session
+    from halut_onnx.passes import LayerRewrite, rewrite_model
+
+    with open(out / "rec_analysis.pkl", "rb") as f:
+        analysis = pickle.load(f)
+    model = ppocr_data.rec_model_path()
+    charset = ppocr_data.rec_charset(model)
+    _, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, model)
+    evaluation = ppocr_data.make_rec_set(eval_lines, seed=1)
+    texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
+    rows = []
+    for (name, key), layer in analysis.learned.items():
+        single = _session(rewrite_model(analysis.work, [LayerRewrite(analysis.candidates[name], layer, "")]))
+        probs = [single.run(None, {"x": batch})[0] for batch in evaluation.batches]
+        conv_texts = [t for p in probs for t in ppocr_data.ctc_greedy_decode(p, charset)]
+        changed, moved, non_blank = 0, 0, [0, 0]
+        for ref, p in zip(frames, probs):
+            top = p.argmax(axis=2)
+            diff = top != ref
+            padded = np.pad(ref, ((0, 0), (1, 1)), constant_values=-1)
+            changed += int(diff.sum())
+            moved += int(((top == padded[:, :-2]) | (top == padded[:, 2:]))[diff].sum())
+            non_blank[0] += int((~diff & (ref != 0)).sum())
+            non_blank[1] += int((ref != 0).sum())
+        row = analysis.row(name, key)
+        total = sum(f.size for f in frames)
+        rows.append([name, key, f"{100 * row.macs / analysis.total_macs:.1f}", f"{1 - changed / total:.4f}",
+                     f"{non_blank[0] / non_blank[1]:.4f}", changed, f"{100 * moved / max(changed, 1):.0f}",
+                     f"{100 * ppocr_data.cer(evaluation.references, conv_texts):.2f}",
+                     f"{100 * ppocr_data.cer(texts, conv_texts):.2f}", f"{row.agreement:.4f}", f"{row.ctc:.4f}"])
+    print(tools.format_table(["layer", "setting", "MACs %", "agreement", "non-blank agreement", "frames changed",
+                              "of those moved %", "CER %", "text changed %", "held-out agreement",
+                              "held-out ctc"], rows))
+    print(f"{n_eval} evaluation lines, {sum(f.size for f in frames)} frames ({sum(int((f != 0).sum()) for f in frames)} "
+          f"non-blank); original CER {100 * ppocr_data.cer(evaluation.references, texts):.2f} %")
+
+
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
         encoders: tuple[str, ...] = ("pq", "tree")) -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
@@ -230,7 +276,7 @@ def sequential_gain(out: Path, max_rows: int, n_calib: int, n_eval: int) -> None
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["digits", "rec", "det", "sequential"])
+    parser.add_argument("model", choices=["digits", "rec", "rec-layers", "det", "sequential"])
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer settings and budgets (rec, det: C = D/2 only)")
@@ -248,6 +294,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if args.model == "digits":
             digits(out, args.quick, args.max_rows)
+        elif args.model == "rec-layers":
+            rec_layers(out, args.calib, args.eval)
         elif args.model == "det":
             det(out, args.quick, args.max_rows, args.calib, args.eval,
                 args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")))
