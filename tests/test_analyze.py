@@ -56,6 +56,10 @@ def test_codebook_grid():
     assert codebook_grid(120) == [8, 16, 32, 64]
     assert codebook_grid(16) == [4, 8]
     assert codebook_grid(8, (4, 16)) == [4, 8]
+    # beyond convert's 64 only with at least 2 columns per codebook
+    assert codebook_grid(192) == [16, 32, 64] and codebook_grid(240) == [16, 32, 64]
+    assert codebook_grid(256) == [16, 32, 64, 128] and codebook_grid(384) == [32, 64, 128]
+    assert codebook_grid(768) == [64, 128] and codebook_grid(384, divisors=(2,)) == [128]
 
 
 def test_analysis_matches_a_numpy_forward_pass(case):
