@@ -18,6 +18,7 @@ reused by a rerun with other --budgets.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -44,6 +45,21 @@ def cached_analysis(path: Path, model, calib, options: AnalyzeOptions):
     with open(path, "wb") as f:
         pickle.dump(analysis, f)
     return analysis
+
+
+def with_c64(analysis, model, calib, options: AnalyzeOptions, path: Path) -> None:
+    """A quick analysis (C = D/2 only) gives the D >= 256 layers C = 128 (analyze.codebook_grid); add C = 64 for
+    them, the cheaper setting the full grid has too, from a second analysis of those layers (pickled at ``path``)."""
+    big = sorted({r.layer for r in analysis.rows if r.C > 64})
+    if not big:
+        return
+    include = ("^(?:" + "|".join(name.replace(".", r"\.") for name in big) + ")$",)
+    extra = cached_analysis(path, model, calib, dataclasses.replace(
+        options, convert=dataclasses.replace(options.convert, include=include), codebooks=(64,)))
+    assert extra.heldout_files == analysis.heldout_files
+    analysis.rows += extra.rows
+    analysis.learned.update(extra.learned)
+    analysis.seconds += extra.seconds
 
 
 HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric (predicted)", "end metric",
@@ -120,9 +136,11 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     ppocr_data.write_set(out / "eval", name, evaluation.batches)
     texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
     base = ppocr_data.cer(evaluation.references, texts)
-    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files),
-                             encoders=("pq",), divisors=(2,) if quick else (4, 2))
+    convert = ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files)
+    options = AnalyzeOptions(convert, encoders=("pq",), divisors=(2,) if quick else (4, 2))
     analysis = cached_analysis(out / "rec_analysis.pkl", model, out / "calib", options)
+    if quick:
+        with_c64(analysis, model, out / "calib", options, out / "rec_analysis_c64.pkl")
     print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
           f"{analysis.seconds:.0f} s; {n_calib} calibration lines, {n_eval} evaluation lines, original CER "
           f"{100 * base:.2f} %")
@@ -206,6 +224,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=encoders,
                              divisors=(2,) if quick else (4, 2), sensitivity_files=0)
     analysis = cached_analysis(out / "det_analysis.pkl", model, out / "calib", options)
+    if quick:
+        with_c64(analysis, model, out / "calib", options, out / "det_analysis_c64.pkl")
     print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
           f"{analysis.seconds:.0f} s; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
           f"{100 * base_recall:.1f} %")
