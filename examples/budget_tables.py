@@ -202,7 +202,7 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
 
 
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        encoders: tuple[str, ...] = ("pq", "tree")) -> None:
+        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False) -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
     binarised map (F1, IoU) and the line recall on the evaluation pages (examples/ppocr_data.py)."""
     import ppocr_data
@@ -239,8 +239,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
                 f"{100 * np.mean([a['iou'] for a in agree]):.2f} %, line recall {100 * recall:.1f} %")
 
     budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False,), max_rows, end_metric, out / "eval",
-                        bench_runs=3)
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False, True) if sequential else (False,),
+                        max_rows, end_metric, out / "eval", bench_runs=3)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -306,7 +306,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines (det: pages)")
     parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
-    parser.add_argument("--sequential", action="store_true", help="rec: each budget also with --sequential")
+    parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
     args = parser.parse_args(argv)
     print(f"Halut custom-op library: {tools.library_status()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +318,7 @@ def main(argv=None) -> None:
             rec_layers(out, args.calib, args.eval)
         elif args.model == "det":
             det(out, args.quick, args.max_rows, args.calib, args.eval,
-                args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")))
+                args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")), args.sequential)
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
