@@ -291,7 +291,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     """Measure every (eligible layer, setting) converted alone; see the module doc."""
     from tqdm.auto import tqdm
 
-    from .kernel_timing import library_available, time_layer
+    from .kernel_timing import library_available, time_candidate
 
     options.validate()
     conv = options.convert
@@ -320,7 +320,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
         for cand, setting in plan:
             bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
             rows.append(_measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv,
-                                 learned, len(heldout_files), time_layer if timed else None,
+                                 learned, len(heldout_files), time_candidate if timed else None,
                                  options.sensitivity_files))
             bar.update(1)
     total = sum(r.macs for r in {r.layer: r for r in rows}.values())
@@ -360,7 +360,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     row.agreement, row.cosine, row.nmse, row.ctc = values["agreement"], values["cosine"], values["nmse"], values["ctc"]
     if timer is not None:
         n = max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
-        t = timer(n, cand.D, cand.M, setting.codebooks, setting.encoder)
+        t = timer(n, cand, held.image_shape, setting.codebooks, setting.encoder)
         row.matmul_ms, row.halut_ms = t.matmul_ms, t.halut_ms
     learned[(cand.name, setting.key)] = layer
     return row

@@ -166,7 +166,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         saved = sum(analysis.row(n, o.setting).saving("time") for n, o in chosen.items())
         if saved < analysis.model_ms:
             speedup = analysis.model_ms / (analysis.model_ms - saved)
-        else:  # the kernel timings (a Conv timed as its patch-row MatMul) overstate what the layers cost in the model
+        else:  # single-layer kernel timings can overstate what the layers cost inside the model
             log.warning("the chosen layers' kernel timings save %.3g ms of a %.3g ms model: no expected speedup",
                         saved, analysis.model_ms)
     report = BudgetReport(

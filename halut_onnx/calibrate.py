@@ -219,6 +219,7 @@ class CollectedRows:
     rows_seen: int
     rows_dropped: int  # rows with non-finite values, left out of the sample
     problem: str | None = None  # why this layer cannot be learned from the data (e.g. its input was not 2-D+)
+    image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the last file (for timing)
 
 
 def patch_extractor(X: np.ndarray, geometry):
@@ -303,6 +304,7 @@ def collect_rows(
     samplers = {layer: ReservoirSampler(max_rows, layer_seed(seed, layer)) for layer in targets}
     dropped = dict.fromkeys(targets, 0)
     problems: dict[str, str] = {}
+    image_shapes: dict[str, tuple[int, int, int]] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         session = _session(augmented, tmpdir)
         for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress,
@@ -322,6 +324,8 @@ def collect_rows(
                     if problem:
                         problems[layer] = f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on " \
                                           f"{path.name}; {problem}"
+                    else:
+                        image_shapes[layer] = tuple(int(v) for v in value.shape[1:])
                     continue
                 if value.ndim < 2 or value.shape[-1] != D or value.dtype != np.float32:
                     problems[layer] = (
@@ -348,7 +352,7 @@ def collect_rows(
         D = targets[layer][1]
         rows = sampler.rows() if sampler.seen else np.empty((0, D), np.float32)
         out[layer] = CollectedRows(np.ascontiguousarray(rows), sampler.seen + dropped[layer], dropped[layer],
-                                   problems.get(layer))
+                                   problems.get(layer), image_shapes.get(layer))
         if dropped[layer]:
             log.warning("layer %s: %d calibration rows with non-finite values left out", layer, dropped[layer])
     return out
