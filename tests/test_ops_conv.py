@@ -68,6 +68,22 @@ def test_encode_pq_conv(rng, isa, shape, attrs):
     np.testing.assert_array_equal(codes, expected)
 
 
+def test_encode_pq_conv_nan_inf_and_ties(rng, isa):
+    """Non-finite patch elements and exactly tied prototypes, on a block of more than 64 positions with a partial
+    last vector (the AVX-512 element-major kernel's 16-position lanes and its masked tail)."""
+    X = _x(rng, (2, 5, 9, 11))
+    X.reshape(-1)[rng.integers(0, X.size, size=40)] = np.nan
+    X.reshape(-1)[rng.integers(0, X.size, size=20)] = np.inf
+    X.reshape(-1)[rng.integers(0, X.size, size=20)] = -np.inf
+    w = pq_weights(rng, 45, 12)
+    w["vectors"][9], w["biases"][:, 9] = w["vectors"][4], w["biases"][:, 4]  # prototype 9 ties 4: 4 must win
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    codes = run_conv_op(ENCODE_PQ_CONV, X, w, attrs)
+    expected = reference.encode_pq_conv(X, w["vectors"], w["biases"], **geometry_kwargs(attrs))
+    np.testing.assert_array_equal(codes, expected)
+    assert not np.any(codes == 9)
+
+
 @pytest.mark.parametrize("B,Ho,Wo,M,C", [(2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lookup_conv(rng, isa, B, Ho, Wo, M, C, threads):

@@ -1,6 +1,8 @@
-// AVX-512 column-major tree encoding (conv_kernels.h): 16 positions per vector; a tree's 15 thresholds fit one
+// AVX-512 column-major encoding (conv_kernels.h), 16 positions per vector. Tree: a tree's 15 thresholds fit one
 // register and vpermps picks each position's threshold by its node index, so a level is a load, a permute and a
-// compare.
+// compare. PQ: one register per prototype holds the 16 positions' scores, so an element is one load of its 16
+// positions and a multiply and an add per prototype against a broadcast weight; the gather before it is the
+// element-major copy of gather_cols (runs of input rows) instead of a scalar load per element and position.
 #include <immintrin.h>
 
 #include "conv_kernels.h"
@@ -69,6 +71,45 @@ void lookup_nchw_avx512(const uint8_t* codes, int64_t rows, const LutParams& p, 
           const __m512 scaled = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[j][b]));
           _mm512_mask_storeu_ps(out + 16 * b, valid, _mm512_add_ps(scaled, offset));
         }
+      }
+    }
+  }
+}
+
+void encode_pq_cols_avx512(const float* cols, int64_t ld, int64_t rows, const PqParams& p, uint8_t* codes) {
+  constexpr int64_t kChunk = 64;  // codebooks per tile
+  alignas(64) uint8_t tile[kChunk][16];
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
+    const __mmask16 valid = static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
+      const int64_t nc = p.C - c0 < kChunk ? p.C - c0 : kChunk;
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t c = c0 + j;
+        __m512 score[kCodes];
+#pragma GCC unroll 16
+        for (int k = 0; k < kCodes; ++k) score[k] = _mm512_set1_ps(p.biases[c * kCodes + k]);
+        for (int64_t d = p.bounds[c]; d < p.bounds[c + 1]; ++d) {
+          const __m512 x = _mm512_maskz_loadu_ps(valid, cols + d * ld + r0);
+          const float* v = p.vectors_t + d * kCodes;
+          // The product rounded before the add, in the spec's order over d (the file is built without contraction).
+#pragma GCC unroll 16
+          for (int k = 0; k < kCodes; ++k) score[k] = _mm512_add_ps(score[k], _mm512_mul_ps(x, _mm512_set1_ps(v[k])));
+        }
+        // The scan of docs/ops.md per lane: the first strictly smaller score wins (ordered compare: NaN never wins).
+        __m512 best_score = score[0];
+        __m512i best = _mm512_setzero_si512();
+#pragma GCC unroll 15
+        for (int k = 1; k < kCodes; ++k) {
+          const __mmask16 better = _mm512_cmp_ps_mask(score[k], best_score, _CMP_LT_OQ);
+          best_score = _mm512_mask_mov_ps(best_score, better, score[k]);
+          best = _mm512_mask_mov_epi32(best, better, _mm512_set1_epi32(k));
+        }
+        _mm_store_si128(reinterpret_cast<__m128i*>(tile[j]), _mm512_cvtepi32_epi8(best));
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        uint8_t* out = codes + (r0 + r) * p.C + c0;
+        for (int64_t j = 0; j < nc; ++j) out[j] = tile[j][r];
       }
     }
   }

@@ -14,6 +14,10 @@ using EncodeTreeColsFn = void (*)(const float* cols, int64_t ld, int64_t rows, c
 // The column-major tree kernel of the instruction set `isa_name` (IsaKernels::name), or NULL where there is none.
 EncodeTreeColsFn encode_tree_cols_for(const char* isa_name);
 
+// The same for pq: codes[r * C + c] for r < rows (<= ld) from cols[d * ld + r], d < p.D (every patch element).
+using EncodePqColsFn = void (*)(const float* cols, int64_t ld, int64_t rows, const PqParams& p, uint8_t* codes);
+EncodePqColsFn encode_pq_cols_for(const char* isa_name);
+
 // Y[m * ldy + r] for m < M, r < rows (<= kLookupMaxRows) from codes[r][C]: the lookup written channel-major (NCHW).
 // LutParams in the row-major layout ([Mpad][Cpad][16]); scratch as for IsaKernels::lookup.
 using LookupNchwFn = void (*)(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, int64_t ldy,
@@ -22,6 +26,7 @@ LookupNchwFn lookup_nchw_for(const char* isa_name);
 
 #if defined(HALUT_X86_KERNELS)
 void encode_tree_cols_avx512(const float* cols, int64_t ld, int64_t rows, const TreeParams& p, uint8_t* codes);
+void encode_pq_cols_avx512(const float* cols, int64_t ld, int64_t rows, const PqParams& p, uint8_t* codes);
 void lookup_nchw_avx512(const uint8_t* codes, int64_t rows, const LutParams& p, float* Y, int64_t ldy,
                         void* scratch);
 #endif

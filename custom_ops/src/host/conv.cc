@@ -291,6 +291,7 @@ EncodePqConvKernel::EncodePqConvKernel(const OrtApi* api, const OrtKernelInfo* i
     : ConvEncodeBase(api, info, kName) {
   auto vectors = constant_input(info, 1), biases = constant_input(info, 2);
   if (vectors && biases) packed_ = pack_pq_weights(*vectors, *biases);
+  encode_cols_ = cpu::encode_pq_cols_for(isa_->name);
 }
 
 void EncodePqConvKernel::check_patches(const Input& in, const cpu::PackedPq& pq) const {
@@ -315,9 +316,15 @@ void EncodePqConvKernel::Compute(OrtKernelContext* ctx) {
   const PatchTable table = patch_table(in, all);
   const cpu::PqParams params = pq.params();
   const cpu::IsaKernels* isa = isa_;
+  const cpu::EncodePqColsFn encode_cols = encode_cols_;
   auto block = [&](int64_t n0, int64_t rows, float* buf) {
-    gather(in, table, n0, rows, buf);
-    isa->encode_pq(buf, rows, params, codes + n0 * pq.C);
+    if (encode_cols != nullptr) {
+      gather_cols(in, table, n0, rows, kBlockRows, buf);
+      encode_cols(buf, kBlockRows, rows, params, codes + n0 * pq.C);
+    } else {
+      gather(in, table, n0, rows, buf);
+      isa->encode_pq(buf, rows, params, codes + n0 * pq.C);
+    }
   };
   for_row_blocks(ctx, N, in.D, 3 * in.D + 16 * pq.C, block);
 }

@@ -91,6 +91,7 @@ class EncodePqConvKernel : public ConvEncodeBase {
   // The run's patch size Cin * kh * kw is vectors' D.
   void check_patches(const Input& in, const cpu::PackedPq& pq) const;
   std::optional<cpu::PackedPq> packed_;
+  cpu::EncodePqColsFn encode_cols_ = nullptr;  // the ISA's element-major kernel, if it has one
 };
 
 class LookupConvKernel : public KernelBase {
