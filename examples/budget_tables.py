@@ -67,13 +67,13 @@ HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metri
 
 
 def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data,
-                 bench_runs=20, heldout_files=0.25):
+                 bench_runs=20, heldout_files=0.25, objective="macs"):
     rows = []
     for budget in budgets:
         for sequential in sequential_modes:
             path = out / f"{model.stem}.{budget.replace('=', '')}{'.seq' if sequential else ''}.onnx"
             options = ConvertOptions(progress=False, budget=budget, sequential=sequential, max_rows=max_rows,
-                                     heldout_files=heldout_files)
+                                     heldout_files=heldout_files, objective=objective)
             start = time.perf_counter()
             try:
                 result = convert_under_budget(model, calib, path, options, analysis)
@@ -202,7 +202,7 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
 
 
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False) -> None:
+        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str = "macs") -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
     binarised map (F1, IoU) and the line recall on the evaluation pages (examples/ppocr_data.py)."""
     import ppocr_data
@@ -240,7 +240,7 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
 
     budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
     rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False, True) if sequential else (False,),
-                        max_rows, end_metric, out / "eval", bench_runs=3)
+                        max_rows, end_metric, out / "eval", bench_runs=3, objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -307,6 +307,8 @@ def main(argv=None) -> None:
     parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
+    parser.add_argument("--objective", choices=["macs", "time"], default="macs",
+                        help="det: what a budget maximises (convert --objective)")
     args = parser.parse_args(argv)
     print(f"Halut custom-op library: {tools.library_status()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +320,8 @@ def main(argv=None) -> None:
             rec_layers(out, args.calib, args.eval)
         elif args.model == "det":
             det(out, args.quick, args.max_rows, args.calib, args.eval,
-                args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")), args.sequential)
+                args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")), args.sequential,
+                args.objective)
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
