@@ -37,11 +37,9 @@ void emu_encode_tree(const float* x, int64_t rows, int64_t D, const int32_t* dim
 void emu_encode_pq(const float* x, int64_t rows, const float* vt, const float* biases, const int64_t* bounds,
                    int32_t C, int64_t D, uint8_t* codes) {
   if (rows == 0) return;
-  // The host layer's and the launcher's choice of 4-float loads.
-  bool slices_of_4 = D % 4 == 0 && aligned(x, 16);
-  for (int32_t c = 0; c <= C; ++c) slices_of_4 = slices_of_4 && bounds[c] % 4 == 0;
+  // The host layer's (bounds) and the launcher's (alignment) choice of 4-float loads.
   launch(dim3{grid_1d(rows * C, device(48 << 10)), 1, 1}, kThreads, encode_pq_kernel, x, rows,
-         PqWeights{vt, biases, bounds, C, D, slices_of_4}, codes);
+         PqWeights{vt, biases, bounds, C, D, slices_of_4(bounds, C) && aligned(x, 16)}, codes);
 }
 
 static ConvShape shape_of(const int64_t* g) {
@@ -76,17 +74,15 @@ void emu_lookup(const uint8_t* codes, int64_t rows, const int8_t* lut, const flo
   const LookupPlan p = plan_lookup(rows, C, M, device(smem_optin));
   const LutWeights w{lut, scale, offset, M, C, m_pad};
   // The launcher's choices (halut_cuda.cu, lookup()).
-  const int code_load = C % 16 == 0 && aligned(codes, 16) ? kCodeVectors
-                        : C % 4 == 0 && aligned(codes, 4) ? kCodeWords
-                                                          : kCodeBytes;
+  const int load = code_load(C, codes);
   const bool vector_ok = M % 4 == 0 && aligned(y, 16);
   const dim3 grid{p.grid_x, p.grid_y, 1};
-  if (!p.lut_in_shared) return launch(grid, p.threads, lookup_kernel<128, false>, codes, rows, w, y, code_load, vector_ok);
+  if (!p.lut_in_shared) return launch(grid, p.threads, lookup_kernel<128, false>, codes, rows, w, y, load, vector_ok);
   switch (p.tile_m) {
-    case 128: return launch(grid, p.threads, lookup_kernel<128, true>, codes, rows, w, y, code_load, vector_ok);
-    case 64: return launch(grid, p.threads, lookup_kernel<64, true>, codes, rows, w, y, code_load, vector_ok);
-    case 32: return launch(grid, p.threads, lookup_kernel<32, true>, codes, rows, w, y, code_load, vector_ok);
-    default: return launch(grid, p.threads, lookup_kernel<16, true>, codes, rows, w, y, code_load, vector_ok);
+    case 128: return launch(grid, p.threads, lookup_kernel<128, true>, codes, rows, w, y, load, vector_ok);
+    case 64: return launch(grid, p.threads, lookup_kernel<64, true>, codes, rows, w, y, load, vector_ok);
+    case 32: return launch(grid, p.threads, lookup_kernel<32, true>, codes, rows, w, y, load, vector_ok);
+    default: return launch(grid, p.threads, lookup_kernel<16, true>, codes, rows, w, y, load, vector_ok);
   }
 }
 

@@ -176,9 +176,6 @@ __global__ void encode_pq_conv_kernel(const float* __restrict__ x, ConvShape s, 
 // at the end: the sum stays exact.
 constexpr int32_t kLaneChunk = 256;
 
-// How the row-major lookup reads a row's codes: 16 per 16-byte load (C % 16 == 0 and codes 16-byte aligned, so every
-// row and chunk start is), 4 per 32-bit load (C % 4 == 0, 4-byte aligned), or one by one.
-enum CodeLoad : int { kCodeBytes = 0, kCodeWords = 1, kCodeVectors = 2 };
 
 // Calls f(c, code & 15) for c = c0 .. c1-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
 // codes 4-byte aligned, so every row and every chunk start is aligned).
@@ -318,7 +315,7 @@ __device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, c
 // Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled.
 template <int kTile, bool kShared>
 __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
-                                                          LutWeights w, float* __restrict__ y, int code_load,
+                                                          LutWeights w, float* __restrict__ y, int load,
                                                           bool vector_ok) {
   constexpr int kLanes = kTile / 16;  // threads per row
   extern __shared__ __align__(16) uint32_t shared_lut[];
@@ -369,7 +366,7 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
     for (int32_t c0 = 0; c0 < w.C; c0 += kLaneChunk) {
       const int32_t c1 = min(w.C, c0 + kLaneChunk);
       int32_t c = c0;
-      if (code_load == kCodeVectors) {
+      if (load == kCodeVectors) {
         // 16 codes per load; the next load is issued before the current 16 codebooks are summed.
         const uint4* q = reinterpret_cast<const uint4*>(row);
         uint4 next = c + 16 <= c1 ? __ldg(q + c / 16) : make_uint4(0u, 0u, 0u, 0u);
@@ -385,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
             for (int j = 0; j < 16; ++j) add_entries(lanes, entries(c + j, code_of(words[j / 4], j % 4)));
           }
         }
-      } else if (code_load == kCodeWords) {
+      } else if (load == kCodeWords) {
         const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
         for (; c + 4 <= c1; c += 4) {
           const uint32_t four = __ldg(q + c / 4);
@@ -506,7 +503,7 @@ cudaError_t encode_pq(const DeviceInfo& dev, const float* x, int64_t rows, const
                       cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   PqWeights v = w;
-  v.slices_of_4 = w.slices_of_4 && w.D % 4 == 0 && aligned(x, 16);
+  v.slices_of_4 = w.slices_of_4 && aligned(x, 16);
   encode_pq_kernel<<<grid_1d(rows * w.C, dev), kThreads, 0, stream>>>(x, rows, v, codes);
   return cudaGetLastError();
 }
@@ -529,10 +526,10 @@ cudaError_t encode_pq_conv(const DeviceInfo& dev, const float* x, const ConvShap
 
 template <int kTile, bool kShared>
 cudaError_t launch_lookup(const LookupPlan& p, const uint8_t* codes, int64_t rows, const LutWeights& w, float* y,
-                          int code_load, bool vector_ok, cudaStream_t stream) {
+                          int load, bool vector_ok, cudaStream_t stream) {
   if (cudaError_t err = allow_smem(lookup_kernel<kTile, kShared>, p.smem_bytes)) return err;
   lookup_kernel<kTile, kShared><<<dim3(p.grid_x, p.grid_y), p.threads, p.smem_bytes, stream>>>(codes, rows, w, y,
-                                                                                                 code_load, vector_ok);
+                                                                                                 load, vector_ok);
   return cudaGetLastError();
 }
 
@@ -540,16 +537,14 @@ cudaError_t lookup(const DeviceInfo& dev, const uint8_t* codes, int64_t rows, co
                    cudaStream_t stream) {
   if (rows == 0 || w.M == 0) return cudaSuccess;
   const LookupPlan p = plan_lookup(rows, w.C, w.M, dev);
-  const int code_load = w.C % 16 == 0 && aligned(codes, 16) ? kCodeVectors
-                        : w.C % 4 == 0 && aligned(codes, 4) ? kCodeWords
-                                                            : kCodeBytes;
+  const int load = code_load(w.C, codes);
   const bool vector_ok = w.M % 4 == 0 && aligned(y, 16);
-  if (!p.lut_in_shared) return launch_lookup<128, false>(p, codes, rows, w, y, code_load, vector_ok, stream);
+  if (!p.lut_in_shared) return launch_lookup<128, false>(p, codes, rows, w, y, load, vector_ok, stream);
   switch (p.tile_m) {
-    case 128: return launch_lookup<128, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
-    case 64: return launch_lookup<64, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
-    case 32: return launch_lookup<32, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
-    default: return launch_lookup<16, true>(p, codes, rows, w, y, code_load, vector_ok, stream);
+    case 128: return launch_lookup<128, true>(p, codes, rows, w, y, load, vector_ok, stream);
+    case 64: return launch_lookup<64, true>(p, codes, rows, w, y, load, vector_ok, stream);
+    case 32: return launch_lookup<32, true>(p, codes, rows, w, y, load, vector_ok, stream);
+    default: return launch_lookup<16, true>(p, codes, rows, w, y, load, vector_ok, stream);
   }
 }
 

@@ -32,7 +32,7 @@ struct PqWeights {
   const int64_t* bounds;
   int32_t C;
   int64_t D;
-  bool slices_of_4 = false;  // D and every bound a multiple of 4: the row encoder reads X 4 floats per load
+  bool slices_of_4 = false;  // launch_plan.h's slices_of_4(bounds): the row encoder reads X 4 floats per load
 };
 struct LutWeights {
   const int8_t* lut;

@@ -29,6 +29,25 @@ inline unsigned grid_1d(int64_t work, const DeviceInfo& dev) {
   return unsigned(std::max<int64_t>(1, std::min(blocks, cap)));
 }
 
+// How the row-major lookup reads a row's codes: 16 per 16-byte load (C % 16 == 0 and codes 16-byte aligned, so every
+// row and chunk start is), 4 per 32-bit load (C % 4 == 0, 4-byte aligned), or one by one.
+enum CodeLoad : int { kCodeBytes = 0, kCodeWords = 1, kCodeVectors = 2 };
+
+inline int code_load(int32_t C, const void* codes) {
+  const auto address = reinterpret_cast<uintptr_t>(codes);
+  if (C % 16 == 0 && address % 16 == 0) return kCodeVectors;
+  if (C % 4 == 0 && address % 4 == 0) return kCodeWords;
+  return kCodeBytes;
+}
+
+// Whether every pq slice bound (bounds[0..C], so D too) is a multiple of 4: the row encoder can then read X 4 floats
+// per load (when X is 16-byte aligned).
+inline bool slices_of_4(const int64_t* bounds, int32_t C) {
+  for (int32_t c = 0; c <= C; ++c)
+    if (bounds[c] % 4 != 0) return false;
+  return true;
+}
+
 struct LookupPlan {
   int threads = kThreads;    // blockDim.x
   int tile_m = 4;            // output columns per block (multiple of 4: each thread owns 4)

@@ -1,6 +1,5 @@
 #include "cuda_ops.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -184,6 +183,7 @@ CudaEncodePqKernel::CudaEncodePqKernel(const OrtApi* api, const OrtKernelInfo* i
   vectors_t_ = upload(packed_->vectors_t, "'vectors'");
   biases_ = upload(packed_->biases, "'biases'");
   bounds_ = upload(packed_->bounds, "the slice bounds");
+  slices_of_4_ = cuda::slices_of_4(packed_->bounds.data(), int32_t(packed_->C));
 }
 
 void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
@@ -193,9 +193,8 @@ void CudaEncodePqKernel::Compute(OrtKernelContext* ctx) {
   uint8_t* codes = static_cast<uint8_t*>(row_output(ctx, 0, X, pq.C));
   const int64_t N = X.rows();
   if (N == 0) return;
-  const bool slices_of_4 = std::all_of(pq.bounds.begin(), pq.bounds.end(), [](int64_t b) { return b % 4 == 0; });
   const cuda::PqWeights w{vectors_t_.as<float>(), biases_.as<float>(), bounds_.as<int64_t>(), int32_t(pq.C), pq.D,
-                          slices_of_4};
+                          slices_of_4_};
   cuda_check(cuda::encode_pq(dev_, X.as<float>(), N, w, codes, stream(ctx)), "the encode_pq launch");
 }
 

@@ -87,6 +87,7 @@ class CudaEncodePqKernel : public CudaKernel<EncodePqKernel> {
 
  private:
   DeviceBuffer vectors_t_, biases_, bounds_;
+  bool slices_of_4_ = false;  // of the constant bounds, decided once
 };
 
 class CudaLookupKernel : public CudaKernel<LookupKernel> {
