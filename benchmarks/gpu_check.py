@@ -486,6 +486,37 @@ def _median_run(fn, warmup=2, reps=10) -> float:
 NOMINAL_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, SXM parts
 
 
+def _time_copies(run: Runner, name: str, first_name: str, value, device: str):
+    """Seconds per node of speed model ``name`` (SPEED_K parallel copies on one device-resident input), and its
+    binding (outputs out0..)."""
+    sess = run.session(run.folder / "speed" / f"{name}.onnx", optimize=False)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(first_name, value)
+    for k in range(SPEED_K):
+        binding.bind_output(f"out{k}", device)
+    return _median_run(lambda: sess.run_with_iobinding(binding)) / SPEED_K, binding
+
+
+def _torch_times(torch, set_tf32, fn, *operands) -> dict:
+    """cuBLAS / cuDNN seconds of fn(*operands) in fp32, TF32 and bf16; set_tf32(flag) is the library's TF32 switch."""
+    times = {}
+    for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                               ("bf16", torch.bfloat16, False)):
+        set_tf32(tf32)
+        cast = [o.to(dtype) for o in operands]
+        times[label] = _cuda_time(torch, lambda: fn(*cast))
+    set_tf32(False)
+    return times
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1e3:.3f}"
+
+
+def _ratio(reference_times: dict, times: dict, key: str, kind: str) -> str:
+    return f"{reference_times[key] / times[kind]:.2f}x" if key in reference_times else "-"
+
+
 def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
     """Per-layer times (onnxruntime CUDA provider vs cuBLAS through torch) and kernel bandwidth fractions."""
     ort = run.ort
@@ -523,12 +554,7 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
             times = {}
             outputs = {}
             for kind in ("tree", "pq"):
-                sess = run.session(run.folder / "speed" / f"layer_{kind}_{D}x{M}.onnx", optimize=False)
-                binding = sess.io_binding()
-                binding.bind_ortvalue_input("X", x_dev)
-                for k in range(SPEED_K):
-                    binding.bind_output(f"out{k}", device)
-                times[kind] = _median_run(lambda: sess.run_with_iobinding(binding)) / SPEED_K
+                times[kind], binding = _time_copies(run, f"layer_{kind}_{D}x{M}", "X", x_dev, device)
                 outputs[kind] = binding.get_outputs()[0].numpy()[:256]
                 # Bit-exact on the first rows against the reference (the whole output is too slow in numpy).
                 w = dict(np.load(run.folder / "speed" / f"layer_{kind}_{D}x{M}.npz"))
@@ -539,36 +565,17 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
                     failures += 1
                     print(f"MISMATCH speed layer {kind} N={N} {D}x{M}: first 256 rows differ from the reference")
                 # Kernels alone: encode, then lookup on device-resident codes.
-                enc = run.session(run.folder / "speed" / f"enc_{kind}_{D}x{M}.onnx", optimize=False)
-                eb = enc.io_binding()
-                eb.bind_ortvalue_input("X", x_dev)
-                for k in range(SPEED_K):
-                    eb.bind_output(f"out{k}", device)
-                times[f"enc_{kind}"] = _median_run(lambda: enc.run_with_iobinding(eb)) / SPEED_K
+                times[f"enc_{kind}"], eb = _time_copies(run, f"enc_{kind}_{D}x{M}", "X", x_dev, device)
                 if kind == "tree":
-                    codes_dev = eb.get_outputs()[0]
-                    lk = run.session(run.folder / "speed" / f"lookup_{D}x{M}.onnx", optimize=False)
-                    lb = lk.io_binding()
-                    lb.bind_ortvalue_input("codes", codes_dev)
-                    for k in range(SPEED_K):
-                        lb.bind_output(f"out{k}", device)
-                    times["lookup"] = _median_run(lambda: lk.run_with_iobinding(lb)) / SPEED_K
+                    times["lookup"], _ = _time_copies(run, f"lookup_{D}x{M}", "codes", eb.get_outputs()[0], device)
             blas = {}
             if torch is not None and gpu:
-                xt = torch.from_numpy(X).cuda()
-                wt = torch.randn(D, M, device="cuda")
-                for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
-                                           ("bf16", torch.bfloat16, False)):
-                    torch.backends.cuda.matmul.allow_tf32 = tf32
-                    a, b = xt.to(dtype), wt.to(dtype)
-                    blas[label] = _cuda_time(torch, lambda: a @ b)
-                torch.backends.cuda.matmul.allow_tf32 = False
-            ms = lambda t: f"{t * 1e3:.3f}"  # noqa: E731
-            ratio = lambda k, kind: f"{blas[k] / times[kind]:.2f}x" if k in blas else "-"  # noqa: E731
-            layer_rows.append([N, f"{D}x{M}", C, ms(times["tree"]), ms(times["pq"]),
-                               *(ms(blas[k]) if k in blas else "-" for k in ("fp32", "tf32", "bf16")),
-                               ratio("fp32", "tree"), ratio("tf32", "tree"), ratio("bf16", "tree"),
-                               ratio("bf16", "pq")])
+                blas = _torch_times(torch, lambda on: setattr(torch.backends.cuda.matmul, "allow_tf32", on),
+                                    lambda a, b: a @ b, torch.from_numpy(X).cuda(), torch.randn(D, M, device="cuda"))
+            layer_rows.append([N, f"{D}x{M}", C, _ms(times["tree"]), _ms(times["pq"]),
+                               *(_ms(blas[k]) if k in blas else "-" for k in ("fp32", "tf32", "bf16")),
+                               *(_ratio(blas, times, k, kind) for k, kind in (("fp32", "tree"), ("tf32", "tree"),
+                                                                              ("bf16", "tree"), ("bf16", "pq")))])
             moved = {"enc_tree": N * D * 4 + N * C, "enc_pq": N * D * 4 + N * C, "lookup": N * C + N * M * 4}
             for kernel, nbytes in moved.items():
                 rate = nbytes / times[kernel]
@@ -577,7 +584,7 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
                 target = ""
                 if kernel == "lookup" and N == 65536 and peak:
                     target = "target met" if rate / peak >= 0.7 else "below 70% target"
-                kernel_rows.append([kernel, N, f"{D}x{M}", ms(times[kernel]), f"{nbytes / 2**20:.1f}",
+                kernel_rows.append([kernel, N, f"{D}x{M}", _ms(times[kernel]), f"{nbytes / 2**20:.1f}",
                                     f"{rate / 1e9:.0f}", frac, of_copy, target])
     conv_rows = []
     for g in manifest.get("speed_conv", []):
@@ -587,12 +594,7 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
         times = {}
         for kind in ("tree", "pq"):
             name = f"conv_{kind}_{k}x{k}_{Cin}"
-            sess = run.session(run.folder / "speed" / f"{name}.onnx", optimize=False)
-            binding = sess.io_binding()
-            binding.bind_ortvalue_input("X", x_dev)
-            for j in range(SPEED_K):
-                binding.bind_output(f"out{j}", device)
-            times[kind] = _median_run(lambda: sess.run_with_iobinding(binding)) / SPEED_K
+            times[kind], binding = _time_copies(run, name, "X", x_dev, device)
             # Bit-exact on the first image against the reference.
             w = dict(np.load(run.folder / "speed" / f"{name}.npz"))
             geo = dict(kernel_shape=(k, k), pads=(k // 2,) * 4)
@@ -604,19 +606,13 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
                 print(f"MISMATCH conv speed layer {kind} {g['label']}: the first image differs from the reference")
         dnn = {}
         if torch is not None and gpu:
-            xt = torch.from_numpy(X).cuda()
-            wt = torch.randn(M, Cin, k, k, device="cuda")
-            for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
-                                       ("bf16", torch.bfloat16, False)):
-                torch.backends.cudnn.allow_tf32 = tf32
-                a, b = xt.to(dtype), wt.to(dtype)
-                dnn[label] = _cuda_time(torch, lambda: torch.nn.functional.conv2d(a, b, padding=k // 2))
-            torch.backends.cudnn.allow_tf32 = False
-        ms = lambda t: f"{t * 1e3:.3f}"  # noqa: E731
-        ratio = lambda key, kind: f"{dnn[key] / times[kind]:.2f}x" if key in dnn else "-"  # noqa: E731
-        conv_rows.append([g["label"], C, ms(times["tree"]), ms(times["pq"]),
-                          *(ms(dnn[key]) if key in dnn else "-" for key in ("fp32", "tf32", "bf16")),
-                          ratio("fp32", "tree"), ratio("tf32", "tree"), ratio("bf16", "tree"), ratio("tf32", "pq")])
+            dnn = _torch_times(torch, lambda on: setattr(torch.backends.cudnn, "allow_tf32", on),
+                               lambda a, b: torch.nn.functional.conv2d(a, b, padding=k // 2),
+                               torch.from_numpy(X).cuda(), torch.randn(M, Cin, k, k, device="cuda"))
+        conv_rows.append([g["label"], C, _ms(times["tree"]), _ms(times["pq"]),
+                          *(_ms(dnn[key]) if key in dnn else "-" for key in ("fp32", "tf32", "bf16")),
+                          *(_ratio(dnn, times, key, kind) for key, kind in (("fp32", "tree"), ("tf32", "tree"),
+                                                                            ("bf16", "tree"), ("tf32", "pq")))])
     return layer_rows, kernel_rows, conv_rows, failures
 
 

@@ -145,10 +145,9 @@ LOOKUP_CASES = [(0, 8, 16), (1, 8, 33), (17, 16, 7), (130, 32, 64), (66, 12, 40)
                 (20, 96, 300), (33, 1500, 36)]
 
 
-@pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
-@pytest.mark.parametrize("N,C,M", LOOKUP_CASES)
-def test_lookup(emu, rng, N, C, M, smem):
-    codes = rng.integers(0, 256, size=(N, C), dtype=np.uint8)
+def _check_lookup(emu, rng, codes, M, smem):
+    """The emulated row-major lookup of ``codes`` with random tables, bit for bit against the reference."""
+    N, C = codes.shape
     w = lookup_weights(rng, M, C)
     lut, scale, offset, m_pad = lut_device(w)
     Y = np.full((N, M), np.nan, np.float32)
@@ -157,18 +156,18 @@ def test_lookup(emu, rng, N, C, M, smem):
     np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
 
 
+@pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
+@pytest.mark.parametrize("N,C,M", LOOKUP_CASES)
+def test_lookup(emu, rng, N, C, M, smem):
+    _check_lookup(emu, rng, rng.integers(0, 256, size=(N, C), dtype=np.uint8), M, smem)
+
+
 def test_lookup_unaligned_codes(emu, rng):
     """Codes one byte past a 16-byte boundary: the kernel must fall back from 16-byte and 32-bit code loads."""
-    N, C, M = 37, 32, 48
-    buffer = rng.integers(0, 256, size=N * C + 1, dtype=np.uint8)
-    codes = buffer[1:].reshape(N, C)
+    N, C = 37, 32
+    codes = rng.integers(0, 256, size=N * C + 1, dtype=np.uint8)[1:].reshape(N, C)
     assert codes.ctypes.data % 4 != 0
-    w = lookup_weights(rng, M, C)
-    lut, scale, offset, m_pad = lut_device(w)
-    Y = np.full((N, M), np.nan, np.float32)
-    emu.emu_lookup(ptr(codes), N, ptr(lut), ptr(scale), ptr(offset), M, C, m_pad, ptr(Y), H100_SMEM)
-    expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
-    np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
+    _check_lookup(emu, rng, codes, 48, H100_SMEM)
 
 
 def test_lookup_extreme_tables(emu, rng):
