@@ -353,7 +353,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     if len(held.rows):
         W32 = cand.weight.astype(np.float32)
         b32 = np.zeros(cand.M, np.float32) if cand.bias is None else cand.bias.astype(np.float32)
-        sse = heldout_errors(held.rows, layer.encode(held.rows), W32, b32, layer.lut, layer.lut_bias, layer)
+        sse = heldout_errors(held.rows, layer.encode(held.rows), W32, b32, None, None, layer)  # int8 only
         row.file_nmse = sse["int8"] / sse["ss"] if sse["ss"] > 0 else float("nan")
     single = rewrite_model(evaluator.work, [LayerRewrite(cand, layer, f"analysis: {setting.key}")])
     values = evaluator.compare(single, sensitivity_files).values()

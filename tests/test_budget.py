@@ -148,6 +148,19 @@ def test_output_comparison_against_numpy(rng):
     assert labels.agreement == 0.75 and math.isclose(labels.nmse, 0.25)
 
 
+def test_output_comparison_zero_samples_and_half_precision(rng):
+    # a sample that is zero in both models agrees fully (cosine 1), one that is zero in one of them not at all
+    ref = rng.standard_normal((3, 4)).astype(np.float16)
+    conv = ref.copy()
+    ref[0], conv[0] = 0, 0
+    conv[1] = 0
+    cmp = OutputComparison()
+    cmp.add(ref, conv)
+    assert cmp.cosine == pytest.approx((1.0 + 0.0 + 1.0) / 3, rel=1e-12)
+    r64, c64 = ref.astype(np.float64), conv.astype(np.float64)
+    assert cmp.nmse == pytest.approx(np.sum((c64 - r64) ** 2) / np.sum(r64**2), rel=1e-12)
+
+
 
 
 

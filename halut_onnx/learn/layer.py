@@ -167,7 +167,8 @@ def _nmse(err: float, ss: float) -> float:
 
 
 def heldout_errors(A, codes, W32, b32, lut, lut_bias, q, chunk_elems: int = 1 << 24) -> dict[str, float]:
-    """Squared errors of the float and int8 lookups against ``A W + b`` (and ``||Y||^2``), in row chunks.
+    """Squared errors of the float and int8 lookups against ``A W + b`` (and ``||Y||^2``), in row chunks; with
+    ``lut`` None the float lookup is not measured (0).
 
     The lookups are the bit-exact numba twins of ``reference.lookup_float`` / ``reference.lookup`` (tested equal):
     wide layers (a classifier with 18k outputs) would take minutes through the numpy reference.
@@ -178,7 +179,8 @@ def heldout_errors(A, codes, W32, b32, lut, lut_bias, q, chunk_elems: int = 1 <<
         Y = A[i : i + step] @ W32 + b32
         c = codes[i : i + step]
         out["ss"] += float(np.sum(np.square(Y, dtype=np.float64)))
-        out["float"] += float(np.sum(np.square(lookup_float(c, lut, lut_bias) - Y, dtype=np.float64)))
+        if lut is not None:
+            out["float"] += float(np.sum(np.square(lookup_float(c, lut, lut_bias) - Y, dtype=np.float64)))
         out["int8"] += float(np.sum(np.square(lookup_int8(c, q.lut_q, q.scale, q.offset) - Y, dtype=np.float64)))
     return out
 
