@@ -86,6 +86,19 @@ def test_det_map_agreement(ppocr):
     assert scores["f1"] == pytest.approx(0.5)
 
 
+def test_det_hmean_matches_boxes_by_iou(ppocr):
+    square = np.array([[0, 0], [9, 0], [9, 9], [0, 9]], np.int32)  # 10 x 10 pixels
+    assert ppocr.quad_iou(square, square) == 1.0
+    assert ppocr.quad_iou(square, square + [5, 0]) == pytest.approx(50 / 150)
+    assert ppocr.quad_iou(square, square + [20, 0]) == 0.0
+    reference = [[square, square + [40, 0]]]
+    # one box moved by 1 pixel (IoU 90/110, matched), one moved by 5 (IoU 1/3, not), one spurious box
+    candidate = [[square + [41, 0], square + [5, 0], square + [80, 80]]]
+    scores = ppocr.det_hmean(reference, candidate)
+    assert scores["recall"] == 0.5 and scores["precision"] == pytest.approx(1 / 3)
+    assert scores["hmean"] == pytest.approx(0.4) and scores["boxes"] == 2
+
+
 # ---------------------------------------------------------------------- preprocessing equals rapidocr's
 def test_rec_preprocessing_equals_rapidocr(ppocr):
     from rapidocr.ch_ppocr_rec.main import TextRecognizer
@@ -155,6 +168,15 @@ def test_original_det_model_finds_the_rendered_lines(ppocr):
     prob = example_tools.session(model).run(None, {ppocr.input_name(model): pages[0]})[0]
     assert prob.shape[2:] == pages[0].shape[2:]
     assert ppocr.det_box_recall(prob, boxes[0], scales[0]) >= 0.9
+    # rapidocr's post-processing gives one box per line: each line's centre lies in exactly one box (the boxes are
+    # grown around the glyphs, so an IoU with the glyphs' tight box says little)
+    import cv2
+
+    found = ppocr.det_boxes(prob)
+    (sy, sx) = scales[0]
+    centres = [((x0 + x1) / 2 * sx, (y0 + y1) / 2 * sy) for x0, y0, x1, y1 in boxes[0]]
+    inside = [[cv2.pointPolygonTest(box.astype(np.float32), c, False) >= 0 for box in found] for c in centres]
+    assert len(found) == len(boxes[0]) and all(sum(row) == 1 for row in inside)
 
 
 def test_digits_export_matches_scikit_learn(tmp_path):
