@@ -199,7 +199,8 @@ def subset(calibration: CalibrationSet, files: list) -> CalibrationSet:
     return out
 
 
-def _session(model: onnx.ModelProto, threads: int | None = None):
+def model_session(model: onnx.ModelProto, threads: int | None = None):
+    """A CPU onnxruntime session of an in-memory model, with the Halut custom-op library when it loads."""
     import onnxruntime as ort
 
     from .library import session_options
@@ -223,13 +224,13 @@ class HeldoutEvaluator:
         self.work = work
         self.output = output
         self.feeds = [feed for _, feed in heldout]
-        session = _session(work)
+        session = model_session(work)
         self.reference = [session.run([output], feed)[0] for feed in self.feeds]
         first = next(iter(self.feeds[0].values()))
         self.samples = sum(int(next(iter(f.values())).shape[0]) if first.ndim else 1 for f in self.feeds)
 
     def compare(self, model: onnx.ModelProto, limit: int = 0) -> OutputComparison:
-        session = _session(model)
+        session = model_session(model)
         out = OutputComparison()
         pairs = list(zip(self.feeds, self.reference))
         for feed, ref in pairs[:limit] if limit else pairs:
@@ -247,7 +248,7 @@ def _outputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, int | N
 
 
 def _model_ms(work: onnx.ModelProto, feed: dict) -> float:
-    session = _session(work, threads=1)
+    session = model_session(work, threads=1)
     session.run(None, feed)
     times = []
     for _ in range(5):

@@ -84,10 +84,13 @@ def bench(original: str | os.PathLike, converted: str | os.PathLike, threads: in
         feed = random_feed(inputs, batch, dims or {}, np.random.default_rng(seed))
     ref_session, _ = make_session(original, threads)
     conv_session, loaded = make_session(converted, threads, halut=True)
-    # Interleave the two so that a slow phase of the machine hits both.
+    ref_ms, conv_ms = latencies(ref_session, conv_session, feed, runs, warmup)
+    return BenchResult(ref_ms, conv_ms, runs, threads, loaded, {k: list(v.shape) for k, v in feed.items()})
+
+
+def latencies(ref_session, conv_session, feed: dict, runs: int, warmup: int) -> tuple[float, float]:
+    """Median latency (ms) of two onnxruntime sessions on ``feed``, measured interleaved twice and the better of
+    each kept, so that a slow phase of the machine hits both."""
     ref_ms = _median_ms(ref_session, feed, runs, warmup)
     conv_ms = _median_ms(conv_session, feed, runs, warmup)
-    ref_ms2 = _median_ms(ref_session, feed, runs, 0)
-    conv_ms2 = _median_ms(conv_session, feed, runs, 0)
-    return BenchResult(min(ref_ms, ref_ms2), min(conv_ms, conv_ms2), runs, threads, loaded,
-                       {k: list(v.shape) for k, v in feed.items()})
+    return min(ref_ms, _median_ms(ref_session, feed, runs, 0)), min(conv_ms, _median_ms(conv_session, feed, runs, 0))

@@ -227,3 +227,37 @@ def _saving(choice: dict[str, Option]) -> float:
 
 def _key(choice: dict[str, Option]) -> tuple:
     return tuple(sorted((name, o.setting) for name, o in choice.items()))
+
+
+def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
+          measure: Callable[[dict[str, Option]], float],
+          tried: Callable[[dict[str, Option]], bool] = lambda c: False) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+    """Greedy additions to a choice that meets the budget: each layer left out is tried once, with its most
+    efficient setting (saving per unit of single-layer loss), most efficient first, and kept when the combined
+    model still meets the budget once measured.
+
+    The knapsack adds up single-layer losses; measured, a combination can lose much less (errors cancel, or a
+    layer that flips frames changes no decoded text), and the knapsack's search can stop short of what fits
+    (``select_within``). Each trial is one measurement of the combined model. ``tried(choice)`` skips choices
+    measured already. Returns the final choice and the history of the trials.
+    """
+    best = dict(choice)
+    history: list[tuple[str, float]] = []
+    candidates = []
+    for layer in {o.layer for o in options} - set(best):
+        usable = [o for o in options if o.layer == layer and o.saving > 0 and math.isfinite(o.loss)]
+        if usable:
+            candidates.append(max(usable, key=_efficiency))
+    for opt in sorted(candidates, key=lambda o: (-_efficiency(o), o.layer)):
+        trial = {**best, opt.layer: opt}
+        if tried(trial):
+            continue
+        value = measure(trial)
+        history.append((f"added {opt.layer} ({opt.setting})", value))
+        if budget.met_by(value):
+            best = trial
+    return best, history
+
+
+def _efficiency(o: Option) -> float:
+    return o.saving / max(o.loss, 1e-12)

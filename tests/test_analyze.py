@@ -18,6 +18,7 @@ from halut_onnx.analyze import AnalyzeOptions, analyze, codebook_grid
 from halut_onnx.budget_convert import convert_under_budget
 from halut_onnx.cli import main
 from halut_onnx.convert import convert_model
+from halut_onnx.kernel_timing import library_available
 from halut_onnx.learn import LearnOptions, learn_layer
 from halut_onnx.options import ConvertOptions
 from halut_onnx.runtime import make_session
@@ -215,6 +216,9 @@ def test_convert_cli_budget_report(case):
     line = next(x for x in out.splitlines() if x.startswith("Budget cosine=0.9: predicted "))
     measured = float(line.split("measured ")[1].split()[0])
     assert measured >= 0.9 and "of the eligible layers' multiply-adds converted" in line
+    if library_available():  # the written model is timed against the original
+        speedup = float(line.split("; speedup ")[1].split("x measured on one held-out file (1 thread)")[0])
+        assert 0 < speedup < 100
     table = out.split("chosen layer")[1].split("verifications:")[0]
     chosen = [x.split()[0] for x in table.splitlines()[2:] if x.strip()]
     assert chosen and all(name in ("fc1", "fc2", "fc3") for name in chosen)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from halut_onnx.budget import Budget, Option, back_off, choose, parse_budget, select_within, split_files
+from halut_onnx.budget import Budget, Option, back_off, choose, climb, parse_budget, select_within, split_files
 from halut_onnx.metrics import OutputComparison
 
 
@@ -161,9 +161,6 @@ def test_output_comparison_zero_samples_and_half_precision(rng):
     assert cmp.nmse == pytest.approx(np.sum((c64 - r64) ** 2) / np.sum(r64**2), rel=1e-12)
 
 
-
-
-
 def test_select_within_rescales_for_compounding_before_backing_off():
     # Five equal layers; measured loss = 2 x the summed single-layer losses. Within 0.01 the knapsack takes all
     # five cheap settings (0.002 each); the rescaled budget (0.005) then fits the accurate ones.
@@ -205,6 +202,26 @@ def test_select_within_bisects_between_a_pass_and_a_miss():
     assert [v for _, v in history] == [pytest.approx(0.005), 1.0, pytest.approx(0.007), 1.0]
     assert history[2][0] == "knapsack within a loss of 0.0141 (between a pass and a miss)"
     assert len(chosen) == 7
+
+
+def test_climb_adds_layers_by_efficiency_while_the_measured_model_meets_the_budget():
+    # Measured loss: the single-layer losses of a, b, c add up; d costs 0.02 whatever else is there (never fits).
+    options = [Option("a", "C=4", 0.004, 8), Option("a", "C=16", 0.001, 4),  # a's efficient setting: C=16
+               Option("b", "C=8", 0.003, 9), Option("c", "C=8", 0.005, 5), Option("d", "C=8", 0.0001, 1),
+               Option("e", "C=8", 0.001, 0)]  # saves nothing: never tried
+    budget = parse_budget("nmse=0.01")
+    measure = lambda choice: sum(0.02 if n == "d" else o.loss for n, o in choice.items())  # noqa: E731
+    chosen, history = climb({"b": options[2]}, options, budget, measure)
+    # tried by saving per loss: d (10000), a C=16 (4000), c (1000); d misses, a fits (0.004), c fits (0.009)
+    assert [what for what, _ in history] == ["added d (C=8)", "added a (C=16)", "added c (C=8)"]
+    assert [v for _, v in history] == [pytest.approx(0.023), pytest.approx(0.004), pytest.approx(0.009)]
+    assert chosen == {"b": options[2], "a": options[1], "c": options[3]}
+    # choices measured before are not measured again; an empty start climbs too
+    seen = {("b", "d")}
+    chosen, history = climb({"b": options[2]}, options, budget, measure, tried=lambda c: tuple(sorted(c)) in seen)
+    assert [what for what, _ in history] == ["added a (C=16)", "added c (C=8)"]
+    chosen, history = climb({}, options, budget, measure)
+    assert set(chosen) == {"a", "b", "c"} and len(history) == 4
 
 
 def _total(choice):
