@@ -229,17 +229,20 @@ def _key(choice: dict[str, Option]) -> tuple:
     return tuple(sorted((name, o.setting) for name, o in choice.items()))
 
 
+
 def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
-          measure: Callable[[dict[str, Option]], float],
+          measure: Callable[[dict[str, Option]], tuple[float, float]],
           tried: Callable[[dict[str, Option]], bool] = lambda c: False) -> tuple[dict[str, Option], list[tuple[str, float]]]:
     """Greedy additions to a choice that meets the budget: each layer left out is tried once, with its most
     efficient setting (saving per unit of single-layer loss), most efficient first, and kept when the combined
-    model still meets the budget once measured.
+    model meets the budget by at least one standard error of the measurement.
 
     The knapsack adds up single-layer losses; measured, a combination can lose much less (errors cancel, or a
     layer that flips frames changes no decoded text), and the knapsack's search can stop short of what fits
-    (``select_within``). Each trial is one measurement of the combined model. ``tried(choice)`` skips choices
-    measured already. Returns the final choice and the history of the trials.
+    (``select_within``). ``measure(choice)`` is (the budget metric of the combined model, its standard error over
+    the held-out samples). Without the margin, dozens of trials keep whichever happen to pass by the noise of the
+    held-out files: on PP-OCR rec a climb that met ctc=0.99 on them lost 1.27 % of the characters on other lines.
+    ``tried(choice)`` skips choices measured already. Returns the final choice and the history of the trials.
     """
     best = dict(choice)
     history: list[tuple[str, float]] = []
@@ -252,9 +255,9 @@ def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
         trial = {**best, opt.layer: opt}
         if tried(trial):
             continue
-        value = measure(trial)
+        value, se = measure(trial)
         history.append((f"added {opt.layer} ({opt.setting})", value))
-        if budget.met_by(value):
+        if budget.met_by(value + se if budget.metric == "nmse" else value - se):
             best = trial
     return best, history
 

@@ -16,7 +16,7 @@ NMSE. ``--budget METRIC=VALUE`` and ``halut-onnx analyze`` read them as a loss (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,18 +54,16 @@ def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
     return int(previous[-1])
 
 
+# What OutputComparison keeps per sample, one column each; every metric is a function of the columns' sums.
+_SAME, _ROWS, _COS, _SQ_ERR, _SQ_REF, _CTC_ERRORS, _CTC_LENGTH = range(7)
+
+
 @dataclass
 class OutputComparison:
-    """Running sums for one output of the original (``ref``) and the converted (``conv``) model."""
+    """Per-sample statistics of one output of the original (``ref``) and the converted (``conv``) model, summed
+    into the metrics, and their standard errors over the samples (``standard_error``)."""
 
-    same: int = 0
-    rows: int = 0
-    cos_sum: float = 0.0
-    samples: int = 0
-    sq_err: float = 0.0
-    sq_ref: float = 0.0
-    ctc_errors: int = 0
-    ctc_length: int = 0
+    blocks: list = field(default_factory=list)  # one [samples, 7] float64 array per add(): the columns above
     ctc_shape: tuple | None = None  # (dtype, shape) of the first output added; ctc needs float [N, T, classes > 1]
 
     def add(self, ref: np.ndarray, conv: np.ndarray) -> None:
@@ -74,27 +72,27 @@ class OutputComparison:
             raise ValueError(f"the original output has shape {list(ref.shape)}, the converted {list(conv.shape)}")
         if self.ctc_shape is None:
             self.ctc_shape = (str(ref.dtype), list(ref.shape))
-        if ref.dtype.kind not in "fc":
-            self.same += int(np.count_nonzero(ref == conv))
-            self.rows += int(ref.size)
-            self.samples += int(ref.size)
-            self.cos_sum += float(np.count_nonzero(ref == conv))
-            self.sq_err += float(np.count_nonzero(ref != conv))
-            self.sq_ref += float(ref.size)
+        if ref.dtype.kind not in "fc":  # labels: each element is a sample, right or wrong
+            equal = (ref == conv).ravel().astype(np.float64)
+            block = np.zeros((equal.size, 7))
+            block[:, _SAME] = block[:, _COS] = equal
+            block[:, _ROWS] = block[:, _SQ_REF] = 1.0
+            block[:, _SQ_ERR] = 1.0 - equal
+            self.blocks.append(block)
             return
         if ref.dtype.kind == "c":  # as float64 casting does: the real parts
             ref, conv = ref.real, conv.real
-        classes = ref.ndim >= 2 and ref.shape[-1] > 1
-        if classes:
-            top_ref, top_conv = np.argmax(ref, axis=-1), np.argmax(conv, axis=-1)
-            self.same += int(np.count_nonzero(top_ref == top_conv))
-            self.rows += top_ref.size
-            if ref.ndim == 3:
-                for ref_frames, conv_frames in zip(top_ref, top_conv):
-                    ref_text = ctc_decode(ref_frames)
-                    self.ctc_errors += edit_distance(ref_text, ctc_decode(conv_frames))
-                    self.ctc_length += len(ref_text)
         n = ref.shape[0] if ref.ndim >= 1 and ref.size else 1
+        block = np.zeros((n, 7))
+        if ref.ndim >= 2 and ref.shape[-1] > 1:  # classes on the last axis
+            top_ref, top_conv = np.argmax(ref, axis=-1), np.argmax(conv, axis=-1)
+            block[:, _SAME] = (top_ref == top_conv).reshape(n, -1).sum(axis=1)
+            block[:, _ROWS] = top_ref.size // n
+            if ref.ndim == 3:
+                for i, (ref_frames, conv_frames) in enumerate(zip(top_ref, top_conv)):
+                    ref_text = ctc_decode(ref_frames)
+                    block[i, _CTC_ERRORS] = edit_distance(ref_text, ctc_decode(conv_frames))
+                    block[i, _CTC_LENGTH] = len(ref_text)
         r, c = ref.reshape(n, -1), conv.reshape(n, -1)
         # Products and sums in float64 without float64 copies of the outputs (a CTC output of 18k classes is
         # tens of MB per file, and the copies cost ten times the arithmetic)
@@ -102,33 +100,41 @@ class OutputComparison:
         rr, cc, rc, dd = (np.einsum("ij,ij->i", a, b, dtype=np.float64) for a, b in ((r, r), (c, c), (r, c), (d, d)))
         norms = np.sqrt(rr * cc)
         both_zero = (norms == 0) & (dd == 0)
-        cos = np.where(norms > 0, rc / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
-        self.cos_sum += float(np.sum(cos))
-        self.samples += n
-        self.sq_err += float(np.sum(dd))
-        self.sq_ref += float(np.sum(rr))
+        block[:, _COS] = np.where(norms > 0, rc / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+        block[:, _SQ_ERR], block[:, _SQ_REF] = dd, rr
+        self.blocks.append(block)
+
+    @property
+    def samples(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    def _stats(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 7))
 
     @property
     def agreement(self) -> float | None:
-        return self.same / self.rows if self.rows else None
+        return _metric("agreement", self._stats().sum(axis=0), self.samples)
 
     @property
     def ctc(self) -> float | None:
         """1 - the converted decodes' edit distance per character of the original's (None: not a CTC output)."""
-        if self.ctc_shape is None:
+        if not self._is_ctc():
             return None
-        dtype, shape = self.ctc_shape
-        if np.dtype(dtype).kind not in "fc" or len(shape) != 3 or shape[-1] <= 1:
-            return None
-        return 1.0 - self.ctc_errors / max(self.ctc_length, 1)
+        return _metric("ctc", self._stats().sum(axis=0), self.samples)
 
     @property
     def cosine(self) -> float:
-        return self.cos_sum / self.samples if self.samples else 1.0
+        return _metric("cosine", self._stats().sum(axis=0), self.samples)
 
     @property
     def nmse(self) -> float:
-        return self.sq_err / self.sq_ref if self.sq_ref > 0 else (0.0 if self.sq_err == 0 else math.inf)
+        return _metric("nmse", self._stats().sum(axis=0), self.samples)
+
+    def _is_ctc(self) -> bool:
+        if self.ctc_shape is None:
+            return False
+        dtype, shape = self.ctc_shape
+        return np.dtype(dtype).kind in "fc" and len(shape) == 3 and shape[-1] > 1
 
     def value(self, metric: str) -> float:
         if metric == "agreement":
@@ -148,8 +154,38 @@ class OutputComparison:
             return self.ctc
         raise ValueError(f"unknown metric {metric!r} (expected {', '.join(METRICS)})")
 
+    def standard_error(self, metric: str) -> float:
+        """The jackknife standard error of ``value(metric)`` over the samples: how much the metric would move on
+        other held-out data of the same kind. Infinite with fewer than 2 samples."""
+        self.value(metric)  # the same errors for a metric this output does not have
+        stats = self._stats()
+        n = len(stats)
+        if n < 2:
+            return math.inf
+        total = stats.sum(axis=0)
+        loo = np.array([_metric(metric, total - row, n - 1) for row in stats], dtype=np.float64)
+        loo = loo[np.isfinite(loo)]
+        if len(loo) < 2:
+            return math.inf
+        return float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+
     def values(self) -> dict[str, float | None]:
         return {"agreement": self.agreement, "cosine": self.cosine, "nmse": self.nmse, "ctc": self.ctc}
+
+
+def _metric(metric: str, total: np.ndarray, samples: int) -> float | None:
+    """A metric from the summed per-sample columns (None: agreement without rows)."""
+    if metric == "agreement":
+        return float(total[_SAME] / total[_ROWS]) if total[_ROWS] else None
+    if metric == "cosine":
+        return float(total[_COS] / samples) if samples else 1.0
+    if metric == "nmse":
+        if total[_SQ_REF] > 0:
+            return float(total[_SQ_ERR] / total[_SQ_REF])
+        return 0.0 if total[_SQ_ERR] == 0 else math.inf
+    if metric == "ctc":
+        return float(1.0 - total[_CTC_ERRORS] / max(total[_CTC_LENGTH], 1))
+    raise ValueError(f"unknown metric {metric!r} (expected {', '.join(METRICS)})")
 
 
 def loss(metric: str, value: float) -> float:

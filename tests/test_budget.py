@@ -205,23 +205,49 @@ def test_select_within_bisects_between_a_pass_and_a_miss():
 
 
 def test_climb_adds_layers_by_efficiency_while_the_measured_model_meets_the_budget():
-    # Measured loss: the single-layer losses of a, b, c add up; d costs 0.02 whatever else is there (never fits).
+    # Measured loss: the single-layer losses of a, b, c, f add up, with a standard error of 0.0005; d costs 0.02
+    # whatever else is there (never fits).
     options = [Option("a", "C=4", 0.004, 8), Option("a", "C=16", 0.001, 4),  # a's efficient setting: C=16
                Option("b", "C=8", 0.003, 9), Option("c", "C=8", 0.005, 5), Option("d", "C=8", 0.0001, 1),
-               Option("e", "C=8", 0.001, 0)]  # saves nothing: never tried
+               Option("e", "C=8", 0.001, 0),  # saves nothing: never tried
+               Option("f", "C=8", 0.0008, 0.5)]
     budget = parse_budget("nmse=0.01")
-    measure = lambda choice: sum(0.02 if n == "d" else o.loss for n, o in choice.items())  # noqa: E731
+    measure = lambda choice: (sum(0.02 if n == "d" else o.loss for n, o in choice.items()), 0.0005)  # noqa: E731
     chosen, history = climb({"b": options[2]}, options, budget, measure)
-    # tried by saving per loss: d (10000), a C=16 (4000), c (1000); d misses, a fits (0.004), c fits (0.009)
-    assert [what for what, _ in history] == ["added d (C=8)", "added a (C=16)", "added c (C=8)"]
-    assert [v for _, v in history] == [pytest.approx(0.023), pytest.approx(0.004), pytest.approx(0.009)]
+    # tried by saving per loss: d (10000), a C=16 (4000), c (1000), f (625); d misses, a fits (0.004), c fits
+    # (0.009 + 0.0005); f measures 0.0098, within the budget but not by a standard error: not kept
+    assert [what for what, _ in history] == ["added d (C=8)", "added a (C=16)", "added c (C=8)", "added f (C=8)"]
+    assert [v for _, v in history] == pytest.approx([0.023, 0.004, 0.009, 0.0098])
     assert chosen == {"b": options[2], "a": options[1], "c": options[3]}
     # choices measured before are not measured again; an empty start climbs too
     seen = {("b", "d")}
     chosen, history = climb({"b": options[2]}, options, budget, measure, tried=lambda c: tuple(sorted(c)) in seen)
-    assert [what for what, _ in history] == ["added a (C=16)", "added c (C=8)"]
+    assert [what for what, _ in history] == ["added a (C=16)", "added c (C=8)", "added f (C=8)"]
     chosen, history = climb({}, options, budget, measure)
-    assert set(chosen) == {"a", "b", "c"} and len(history) == 4
+    assert set(chosen) == {"a", "b", "c"} and len(history) == 5
+
+
+def test_standard_error_is_the_jackknife_over_samples(rng):
+    # agreement with one row per sample: the jackknife standard error of a proportion is sqrt(p (1 - p) / (n - 1))
+    ref = rng.standard_normal((200, 5)).astype(np.float32)
+    conv = ref + 0.5 * rng.standard_normal(ref.shape).astype(np.float32)
+    cmp = OutputComparison()
+    cmp.add(ref[:120], conv[:120])
+    cmp.add(ref[120:], conv[120:])
+    p = np.mean(ref.argmax(1) == conv.argmax(1))
+    assert 0.5 < p < 1 and cmp.standard_error("agreement") == pytest.approx(np.sqrt(p * (1 - p) / 199), rel=1e-9)
+    # cosine is a mean over samples: its standard error is the samples' standard deviation / sqrt(n)
+    cos = np.sum(ref * conv, 1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(conv, axis=1)
+    assert cmp.standard_error("cosine") == pytest.approx(np.std(cos, ddof=1) / np.sqrt(200), rel=1e-6)
+    # nmse, a ratio of sums: against leave-one-out recomputed in numpy
+    e, r = np.sum((conv - ref).astype(np.float64) ** 2, 1), np.sum(ref.astype(np.float64) ** 2, 1)
+    loo = (e.sum() - e) / (r.sum() - r)
+    assert cmp.standard_error("nmse") == pytest.approx(np.sqrt(199 / 200 * np.sum((loo - loo.mean()) ** 2)), rel=1e-6)
+    one = OutputComparison()
+    one.add(ref[:1], conv[:1])
+    assert one.standard_error("cosine") == math.inf
+    with pytest.raises(ValueError, match=r"^ctc needs a float output \[samples, time, classes\]"):
+        cmp.standard_error("ctc")
 
 
 def _total(choice):
