@@ -62,12 +62,12 @@ def with_c64(analysis, model, calib, options: AnalyzeOptions, path: Path) -> Non
     analysis.seconds += extra.seconds
 
 
-HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric (predicted)", "end metric",
+HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
            "speedup measured", "speedup expected"]
 
 
 def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data,
-                 bench_runs=20, heldout_files=0.25, objective="macs"):
+                 bench_runs=20, heldout_files=0.25, objective=None):
     rows = []
     for budget in budgets:
         for sequential in sequential_modes:
@@ -85,7 +85,7 @@ def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_row
             timing = bench(model, path, threads=1, runs=bench_runs, warmup=2, data_dir=bench_data)
             rows.append([
                 budget, "yes" if sequential else "no", f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
-                f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ({report.predicted:.4f})", end_metric(path),
+                f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ± {report.measured_se:.4f} ({report.predicted:.4f})", end_metric(path),
                 f"{timing.speedup:.2f}x", "-" if report.expected_speedup is None else f"{report.expected_speedup:.2f}x",
             ])
             print(f"{budget} sequential={sequential}: {len(result.converted)} layers in {seconds:.0f} s; "
@@ -122,7 +122,7 @@ def digits(out: Path, quick: bool, max_rows: int) -> None:
 
 
 def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        heldout_files: float = 0.25, sequential: bool = False, objective: str = "macs") -> None:
+        heldout_files: float = 0.25, sequential: bool = False, objective: str | None = None) -> None:
     import ppocr_data
     from ppocr_rec import top1_agreement
 
@@ -203,7 +203,7 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
 
 
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str = "macs") -> None:
+        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str | None = None) -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
     output: the hmean of the text boxes rapidocr's post-processing finds (matched to the original's at IoU >= 0.5),
     the F1 and IoU of the binarised map; and the line recall on the evaluation pages (examples/ppocr_data.py)."""
@@ -312,8 +312,8 @@ def main(argv=None) -> None:
     parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
-    parser.add_argument("--objective", choices=["macs", "time"], default="macs",
-                        help="rec, det: what a budget maximises (convert --objective)")
+    parser.add_argument("--objective", choices=["macs", "time"], default=None,
+                        help="rec, det: what a budget maximises (convert --objective; default: convert's)")
     args = parser.parse_args(argv)
     print(f"Halut custom-op library: {tools.library_status()}")
     with tempfile.TemporaryDirectory() as tmp:

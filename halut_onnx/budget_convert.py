@@ -32,6 +32,9 @@ from .sequential import learn_sequential
 
 log = logging.getLogger(__name__)
 
+#: held-out samples below which the budget search does not climb (budget.climb): its margin is a standard error
+CLIMB_MIN_SAMPLES = 10
+
 
 @dataclass
 class BudgetReport:
@@ -39,6 +42,8 @@ class BudgetReport:
     chosen: list[tuple[str, str, float]]  # (layer, setting, single-layer loss) in graph order
     predicted: float  # the budget metric if single-layer losses added up
     measured: float  # the budget metric of the written model on the held-out files
+    measured_se: float  # its standard error over the held-out samples (jackknife)
+    objective: str  # what the choice maximised: "macs" or "time"
     measured_all: dict  # agreement, cosine, nmse, ctc of the written model on the held-out files
     history: list[tuple[str, float]]  # each verification: what was tried, measured value
     macs_share: float  # multiply-adds of the converted layers / of all eligible layers
@@ -135,13 +140,13 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         return learn_sequential(work, analysis.learn_set, [(c, learn_options(options, s)) for c, s in plan],
                                 analysis.learn_rows, options.max_rows, options.seed, reuse)
 
-    def measure(choice: dict[str, Option]) -> float:
+    def measure_se(choice: dict[str, Option]) -> tuple[float, float]:
         layers = build(choice)
         rewrites = [LayerRewrite(c, layers[c.name], "") for c, _ in plan_of(choice)]
         comparison = evaluator.compare(rewrite_model(work, rewrites))
-        key = tuple(sorted((n, o.setting) for n, o in choice.items()))
-        measured[key] = (layers, comparison.values())
-        return comparison.value(budget.metric)
+        value, se = comparison.value(budget.metric), comparison.standard_error(budget.metric)
+        measured[_key(choice)] = (layers, comparison.values(), se)
+        return value, se
 
     if budget.metric == "agreement" and all(r.agreement is None for r in analysis.rows if r.error is None):
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} has no classes to agree on "
@@ -151,18 +156,23 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} is not a CTC sequence output "
                               "(ctc needs a float output [samples, time, classes] with more than one class); "
                               "use agreement=..., cosine=... or nmse=..., or --metric-output")
-    options_list = analysis.options(budget.metric, options.objective)
-    chosen, history = select_within(options_list, budget, measure)
-    if not options.sequential:  # a sequential verification relearns the layers: minutes, not seconds
-        chosen, added = climb(chosen, options_list, budget, measure,
-                              tried=lambda c: tuple(sorted((n, o.setting) for n, o in c.items())) in measured)
+    objective = options.objective or ("time" if analysis.timed else "macs")
+    options_list = analysis.options(budget.metric, objective)
+    chosen, history = select_within(options_list, budget, lambda choice: measure_se(choice)[0])
+    # a sequential verification relearns the layers (minutes, not seconds); a standard error needs samples
+    if not options.sequential and analysis.samples_heldout >= CLIMB_MIN_SAMPLES:
+        chosen, added = climb(chosen, options_list, budget, measure_se, tried=lambda c: _key(c) in measured)
         history += added
     if not chosen:
-        best = min(options_list, key=lambda o: o.loss, default=None)
+        savers = [o for o in options_list if o.saving is not None and o.saving > 0]
+        if not savers and objective == "time":
+            raise ConversionError(f"no layer can be converted within --budget {budget}: in the kernel timings no "
+                                  "setting of any layer runs faster than the original layer (1 thread); "
+                                  "--objective macs converts by multiply-adds removed instead")
+        best = min(savers, key=lambda o: o.loss, default=None)
         hint = f"; the best single layer is {best.layer} ({best.setting}) with a loss of {best.loss:.4g}" if best else ""
         raise ConversionError(f"no layer can be converted within --budget {budget}{hint}")
-    key = tuple(sorted((n, o.setting) for n, o in chosen.items()))
-    layers, values = measured[key]
+    layers, values, se = measured[_key(chosen)]
     plan = plan_of(chosen)
     total_loss = sum(max(o.loss, 0.0) for o in chosen.values())
     predicted = total_loss if budget.metric == "nmse" else 1.0 - total_loss
@@ -176,7 +186,8 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
             log.warning("the chosen layers' kernel timings save %.3g ms of a %.3g ms model: no expected speedup",
                         saved, analysis.model_ms)
     report = BudgetReport(
-        budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], values,
+        budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], se, objective,
+        values,
         history, macs / analysis.total_macs if analysis.total_macs else 0.0, speedup, None, analysis,
     )
     reason = f"not chosen under --budget {budget}"
@@ -198,6 +209,10 @@ class _Skip:
     name: str
     op_type: str
     reason: str
+
+
+def _key(choice: dict[str, Option]) -> tuple:
+    return tuple(sorted((name, o.setting) for name, o in choice.items()))
 
 
 def _setting(key: str) -> Setting:

@@ -45,7 +45,7 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
         from .budget import choose, parse_budget
 
         b = parse_budget(budget)
-        chosen = choose(analysis.options(b.metric), b.max_loss)
+        chosen = choose(analysis.options(b.metric, "time" if analysis.timed else "macs"), b.max_loss)
         share = sum(analysis.row(n, o.setting).macs for n, o in chosen.items()) / max(analysis.total_macs, 1)
         picks = ", ".join(f"{n} ({o.setting})" for n, o in chosen.items()) or "none"
         lines.append(f"Within --budget {b} (single-layer losses added, before verification): {picks}; "
@@ -79,10 +79,13 @@ def budget_summary(report) -> str:
     rows = [[name, key, loss, a.row(name, key).macs] for name, key, loss in report.chosen]
     lines = [format_table(["chosen layer", "setting", f"single-layer loss ({report.budget.metric})", "MACs/sample"],
                           rows)]
-    lines.append("verifications: " + "; ".join(f"{what}: {fmt_number(v)}" for what, v in report.history))
+    saving = "measured kernel time saved" if report.objective == "time" else "multiply-adds removed"
+    lines.append(f"objective: {report.objective} ({saving}); verifications: "
+                 + "; ".join(f"{what}: {fmt_number(v)}" for what, v in report.history))
     m = report.measured_all
     lines.append(
         f"Budget {report.budget}: predicted {fmt_number(report.predicted)}, measured {fmt_number(report.measured)} "
+        f"(standard error {fmt_number(report.measured_se)} over {a.samples_heldout} samples) "
         f"on {len(a.heldout_files)} held-out files (agreement {fmt_number(m['agreement'])}, cosine "
         f"{fmt_number(m['cosine'])}, NMSE {fmt_number(m['nmse'])}"
         + (f", ctc {fmt_number(m['ctc'])}" if m.get("ctc") is not None else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -111,6 +113,28 @@ def test_tight_budget_converts_fewer_layers_and_meets_it(case):
     assert 1 <= converted[0.95] < converted[0.85]
 
 
+def test_time_objective_converts_only_layers_that_run_faster(case):
+    # The same analysis with made-up kernel timings: only fc2's settings run faster than its MatMul.
+    folder, _, analysis = case
+    timed = copy.copy(analysis)
+    timed.timed = True
+    timed.rows = [dataclasses.replace(r, matmul_ms=1.0, halut_ms=0.5 if r.layer == "fc2" else 2.0)
+                  for r in analysis.rows]
+    result = convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                                  ConvertOptions(progress=False, budget="cosine=0.5"), timed)
+    assert result.budget.objective == "time" and [name for name, _, _ in result.budget.chosen] == ["fc2"]
+    macs = convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                                ConvertOptions(progress=False, budget="cosine=0.5", objective="macs"), timed)
+    assert macs.budget.objective == "macs" and len(macs.budget.chosen) > 1
+    slower = copy.copy(timed)
+    slower.rows = [dataclasses.replace(r, halut_ms=2.0) for r in timed.rows]
+    with pytest.raises(ValueError, match=r"^no layer can be converted within --budget cosine=0\.5: in the kernel "
+                                         r"timings no setting of any layer runs faster than the original layer \(1 "
+                                         r"thread\); --objective macs converts by multiply-adds removed instead$"):
+        convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                             ConvertOptions(progress=False, budget="cosine=0.5"), slower)
+
+
 def test_ctc_budget_needs_a_sequence_output(case):
     folder, _, analysis = case
     assert all(r.ctc is None for r in analysis.rows)
@@ -208,18 +232,19 @@ def test_sequential_two_layers(tmp_path, rng):
 def test_convert_cli_budget_report(case):
     folder, _, _ = case
     args = ["convert", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "-o", str(folder / "cli.onnx"),
-            "-C", "4", "--budget", "cosine=0.9", "--no-progress"]
+            "-C", "4", "--budget", "cosine=0.9", "--objective", "macs", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "chosen layer" in out and "verifications: knapsack choice: " in out
+    assert "objective: macs (multiply-adds removed); verifications: " in out
     line = next(x for x in out.splitlines() if x.startswith("Budget cosine=0.9: predicted "))
     measured = float(line.split("measured ")[1].split()[0])
     assert measured >= 0.9 and "of the eligible layers' multiply-adds converted" in line
     if library_available():  # the written model is timed against the original
         speedup = float(line.split("; speedup ")[1].split("x measured on one held-out file (1 thread)")[0])
         assert 0 < speedup < 100
-    table = out.split("chosen layer")[1].split("verifications:")[0]
+    table = out.split("chosen layer")[1].split("objective:")[0]
     chosen = [x.split()[0] for x in table.splitlines()[2:] if x.strip()]
     assert chosen and all(name in ("fc1", "fc2", "fc3") for name in chosen)
     assert all(f"{name}  " in out.split("skipped layer")[1] for name in {"fc1", "fc2", "fc3"} - set(chosen))
