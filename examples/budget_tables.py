@@ -93,7 +93,7 @@ def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_row
     return rows
 
 
-def digits(out: Path, quick: bool, max_rows: int) -> None:
+def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None) -> None:
     import digits_mlp
 
     model, x_train, x_test, _, y_test = digits_mlp.train()
@@ -117,7 +117,7 @@ def digits(out: Path, quick: bool, max_rows: int) -> None:
     budgets = ["agreement=0.99"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98",
                                                  "agreement=0.95"]
     rows = _budget_rows(original, calib, out, analysis, budgets, (False,) if quick else (False, True), max_rows,
-                        end_metric, out / "test")
+                        end_metric, out / "test", objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -313,14 +313,14 @@ def main(argv=None) -> None:
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
     parser.add_argument("--objective", choices=["macs", "time"], default=None,
-                        help="rec, det: what a budget maximises (convert --objective; default: convert's)")
+                        help="what a budget maximises (convert --objective; default: convert's)")
     args = parser.parse_args(argv)
     print(f"Halut custom-op library: {tools.library_status()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         if args.model == "digits":
-            digits(out, args.quick, args.max_rows)
+            digits(out, args.quick, args.max_rows, args.objective)
         elif args.model == "rec-layers":
             rec_layers(out, args.calib, args.eval)
         elif args.model == "det":
