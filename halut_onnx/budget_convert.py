@@ -22,6 +22,7 @@ from .budget import Budget, Option, climb, parse_budget, select_within
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .convert import ConvertResult, _check, _doc_string
 from .errors import ConversionError
+from .metrics import MIN_SE_SAMPLES
 from .learn import HalutLayer
 from .model_io import EXTERNAL_DATA_THRESHOLD, same_file, save_model_atomic
 from .options import ConvertOptions
@@ -31,9 +32,6 @@ from .selection import SelectedLayer, select_layers
 from .sequential import learn_sequential
 
 log = logging.getLogger(__name__)
-
-#: held-out samples below which the budget search does not climb (budget.climb): its margin is a standard error
-CLIMB_MIN_SAMPLES = 10
 
 
 @dataclass
@@ -159,8 +157,9 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     objective = options.objective or ("time" if analysis.timed else "macs")
     options_list = analysis.options(budget.metric, objective)
     chosen, history = select_within(options_list, budget, lambda choice: measure_se(choice)[0])
-    # a sequential verification relearns the layers (minutes, not seconds); a standard error needs samples
-    if not options.sequential and analysis.samples_heldout >= CLIMB_MIN_SAMPLES:
+    # a sequential verification relearns the layers (minutes, not seconds); the climb's margin, a standard error,
+    # needs held-out samples
+    if not options.sequential and analysis.samples_heldout >= MIN_SE_SAMPLES:
         chosen, added = climb(chosen, options_list, budget, measure_se, tried=lambda c: _key(c) in measured)
         history += added
     if not chosen:

@@ -85,8 +85,9 @@ def budget_summary(report) -> str:
     m = report.measured_all
     lines.append(
         f"Budget {report.budget}: predicted {fmt_number(report.predicted)}, measured {fmt_number(report.measured)} "
-        f"(standard error {fmt_number(report.measured_se)} over {a.samples_heldout} samples) "
-        f"on {len(a.heldout_files)} held-out files (agreement {fmt_number(m['agreement'])}, cosine "
+        + (f"(standard error {fmt_number(report.measured_se)} over {a.samples_heldout} samples) "
+           if math.isfinite(report.measured_se) else f"(no standard error: {a.samples_heldout} samples) ")
+        + f"on {len(a.heldout_files)} held-out files (agreement {fmt_number(m['agreement'])}, cosine "
         f"{fmt_number(m['cosine'])}, NMSE {fmt_number(m['nmse'])}"
         + (f", ctc {fmt_number(m['ctc'])}" if m.get("ctc") is not None else "")
         + f"); {100 * report.macs_share:.1f} % of the eligible "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METRICS = ("agreement", "cosine", "nmse", "ctc")
+MIN_SE_SAMPLES = 10  # samples below which standard_error is infinite
 CTC_BLANK = 0  # the blank class of a CTC output (PaddleOCR, torchaudio, wav2vec2 put it first)
 
 
@@ -156,11 +157,12 @@ class OutputComparison:
 
     def standard_error(self, metric: str) -> float:
         """The jackknife standard error of ``value(metric)`` over the samples: how much the metric would move on
-        other held-out data of the same kind. Infinite with fewer than 2 samples."""
+        other held-out data of the same kind. Infinite with fewer than MIN_SE_SAMPLES samples, where a jackknife
+        says little (two pages of a detector give a number, not an error bar)."""
         self.value(metric)  # the same errors for a metric this output does not have
         stats = self._stats()
         n = len(stats)
-        if n < 2:
+        if n < MIN_SE_SAMPLES:
             return math.inf
         total = stats.sum(axis=0)
         loo = np.array([_metric(metric, total - row, n - 1) for row in stats], dtype=np.float64)
