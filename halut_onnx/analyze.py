@@ -115,8 +115,9 @@ class SensitivityRow:
     ctc: float | None = None  # only for a [samples, time, classes] output (metrics.py)
     macs: int = 0  # multiply-adds of the original layer per sample
     macs_removed: int = 0  # per sample: macs minus what the encode + lookup costs
-    matmul_ms: float | None = None  # kernel timing for the rows of one held-out file
+    matmul_ms: float | None = None  # kernel timing for the rows of one held-out file (the layer alone)
     halut_ms: float | None = None
+    in_model_ms: float | None = None  # the original layer inside the model on one held-out file (model_timing.py)
     learn_s: float | None = None
     error: str | None = None  # why this setting could not be learned
 
@@ -125,12 +126,12 @@ class SensitivityRow:
         return Setting(self.encoder, self.C)
 
     def saving(self, objective: str = "macs") -> float | None:
-        """What converting saves: multiply-adds per sample ("macs"), or measured ms per held-out file ("time";
-        None when not timed)."""
+        """What converting saves: multiply-adds per sample ("macs"), or measured ms per held-out file ("time":
+        the layer's time inside the model, else alone, minus the Halut ops' time; None when not timed)."""
         if objective == "time":
             if self.matmul_ms is None or self.halut_ms is None:
                 return None
-            return self.matmul_ms - self.halut_ms
+            return (self.matmul_ms if self.in_model_ms is None else self.in_model_ms) - self.halut_ms
         return float(self.macs_removed)
 
     def to_json(self) -> dict:
@@ -293,6 +294,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     from tqdm.auto import tqdm
 
     from .kernel_timing import library_available, time_candidate
+    from .model_timing import layer_times_in_model
 
     options.validate()
     conv = options.convert
@@ -312,6 +314,8 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     if options.timing and not timed:
         log.warning("custom-op library not loadable: savings are multiply-adds, not measured kernel times")
     model_ms = _model_ms(work, evaluator.feeds[0]) if timed else None
+    in_model = layer_times_in_model(work, evaluator.feeds[0], {c.name: c.weight_name for c in candidates}) \
+        if timed else {}
 
     rows: list[SensitivityRow] = []
     learned: dict[tuple[str, str], HalutLayer] = {}
@@ -320,9 +324,10 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
         for cand, setting in plan:
             bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
-            rows.append(_measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv,
-                                 learned, len(heldout_files), time_candidate if timed else None,
-                                 options.sensitivity_files))
+            row = _measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv, learned,
+                           len(heldout_files), time_candidate if timed else None, options.sensitivity_files)
+            row.in_model_ms = in_model.get(cand.name) if row.error is None else None
+            rows.append(row)
             bar.update(1)
     total = sum(r.macs for r in {r.layer: r for r in rows}.values())
     return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,

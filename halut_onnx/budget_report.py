@@ -11,13 +11,14 @@ from .analyze import Analysis, SensitivityRow
 from .tables import fmt_number, format_table
 
 HEADERS = ["layer", "op", "D", "M", "encoder", "C", "rows/sample", "train rows", "train NMSE", "held-out NMSE",
-           "file NMSE", "agreement", "cosine", "NMSE", "ctc", "MACs/sample", "MACs removed", "MatMul ms", "Halut ms"]
+           "file NMSE", "agreement", "cosine", "NMSE", "ctc", "MACs/sample", "MACs removed", "MatMul ms", "in model ms",
+           "Halut ms"]
 
 
 def _row(r: SensitivityRow) -> list:
     return [r.layer, r.op_type, r.D, r.M, r.encoder, r.C, r.rows_per_sample, r.rows_train, r.train_nmse,
             r.heldout_nmse, r.file_nmse, r.agreement, r.cosine, r.nmse, r.ctc, r.macs, r.macs_removed, r.matmul_ms,
-            r.halut_ms]
+            r.in_model_ms, r.halut_ms]
 
 
 def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
@@ -35,7 +36,8 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
         f"{len(analysis.heldout_files)} held-out calibration files ({analysis.samples_heldout} samples); learned on "
         f"the other {len(analysis.learn_files)} files. train / held-out NMSE: the layer's output on the learn files' "
         "rows (held-out: rows set aside there); file NMSE: on the held-out files' rows. MACs per sample; "
-        f"MatMul / Halut ms: one held-out file's rows through onnxruntime's MatMul / encode + lookup (1 thread)."
+        "MatMul / Halut ms: one held-out file's rows through onnxruntime's MatMul (or Conv) alone / encode + lookup; "
+        "in model ms: the layer's node inside the original model on that file (1 thread)."
     )
     if analysis.model_ms:
         lines.append(f"Original model: {analysis.model_ms:.3g} ms per held-out file (1 thread).")

@@ -296,3 +296,34 @@ def test_ctc_budget_on_a_sequence_model(tmp_path):
             length += len(text)
     assert report.measured == pytest.approx(1 - errors / length) and report.measured >= 0.8
     assert report.measured_all["ctc"] == report.measured and report.budget.metric == "ctc"
+
+
+def test_layer_times_in_model_find_each_layer_by_its_weight(rng):
+    # a Conv (run by onnxruntime in its blocked layout, weights reordered and padded) and the MatMuls of mlp3
+    from onnx import TensorProto, helper, numpy_helper
+
+    from halut_onnx.model_timing import layer_times_in_model
+
+    w = numpy_helper.from_array(rng.standard_normal((12, 3, 3, 3)).astype(np.float32), "wc")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    conv = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    times = layer_times_in_model(conv, {"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)},
+                                 {"conv": "wc", "gone": "no such weight"})
+    assert set(times) == {"conv"} and times["conv"] > 0
+    model = mlp3(rng)
+    times = layer_times_in_model(model, {"x": rng.standard_normal((64, 32)).astype(np.float32)},
+                                 {"fc1": "w1", "fc2": "w2", "fc3": "w3"})
+    assert set(times) == {"fc1", "fc2", "fc3"} and all(t > 0 for t in times.values())
+
+
+def test_time_saving_is_the_layer_in_the_model_when_found():
+    from halut_onnx.analyze import SensitivityRow
+
+    row = SensitivityRow("fc", "MatMul", 32, 32, "pq", 8, 1.0, matmul_ms=3.0, halut_ms=1.0)
+    assert row.saving("time") == 2.0
+    row.in_model_ms = 1.5  # fused in the model: cheaper than alone
+    assert row.saving("time") == 0.5
