@@ -115,7 +115,7 @@ class SensitivityRow:
     ctc: float | None = None  # only for a [samples, time, classes] output (metrics.py)
     macs: int = 0  # multiply-adds of the original layer per sample
     macs_removed: int = 0  # per sample: macs minus what the encode + lookup costs
-    matmul_ms: float | None = None  # kernel timing for the rows of one held-out file (the layer alone)
+    matmul_ms: float | None = None  # kernel timing for the rows of the first held-out file (the layer alone)
     halut_ms: float | None = None
     in_model_ms: float | None = None  # the original layer inside the model on one held-out file (model_timing.py)
     learn_s: float | None = None
@@ -365,7 +365,8 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     values = evaluator.compare(single, sensitivity_files).values()
     row.agreement, row.cosine, row.nmse, row.ctc = values["agreement"], values["cosine"], values["nmse"], values["ctc"]
     if timer is not None:
-        n = max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
+        # the first held-out file, as the model is timed on (model_ms, in_model_ms)
+        n = held.first_file_rows or max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
         t = timer(n, cand, held.image_shape, setting.codebooks, setting.encoder)
         row.matmul_ms, row.halut_ms = t.matmul_ms, t.halut_ms
     learned[(cand.name, setting.key)] = layer

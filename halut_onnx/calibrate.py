@@ -219,7 +219,9 @@ class CollectedRows:
     rows_seen: int
     rows_dropped: int  # rows with non-finite values, left out of the sample
     problem: str | None = None  # why this layer cannot be learned from the data (e.g. its input was not 2-D+)
-    image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the last file (for timing)
+    # for timing the layer on the first file as it is, which the analysis also times the model on
+    image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the first file
+    first_file_rows: int | None = None  # rows (a Conv: output positions) the first file gave
 
 
 def patch_extractor(X: np.ndarray, geometry):
@@ -305,6 +307,7 @@ def collect_rows(
     dropped = dict.fromkeys(targets, 0)
     problems: dict[str, str] = {}
     image_shapes: dict[str, tuple[int, int, int]] = {}
+    first_rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         session = _session(augmented, tmpdir)
         for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress,
@@ -319,13 +322,15 @@ def collect_rows(
                 if layer in problems:
                     continue
                 value = np.asarray(values[tensor])
+                before = samplers[layer].seen + dropped[layer]
                 if conv and conv[0] is not None:
                     problem = _add_patches(samplers[layer], value, conv[0], D)
                     if problem:
                         problems[layer] = f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on " \
                                           f"{path.name}; {problem}"
                     else:
-                        image_shapes[layer] = tuple(int(v) for v in value.shape[1:])
+                        image_shapes.setdefault(layer, tuple(int(v) for v in value.shape[1:]))
+                        first_rows.setdefault(layer, samplers[layer].seen - before)
                     continue
                 if value.ndim < 2 or value.shape[-1] != D or value.dtype != np.float32:
                     problems[layer] = (
@@ -339,6 +344,7 @@ def collect_rows(
                     dropped[layer] += int((~finite).sum())
                     rows = rows[finite]
                 samplers[layer].add(rows)
+                first_rows.setdefault(layer, samplers[layer].seen + dropped[layer] - before)
     out = {}
     for layer, sampler in samplers.items():
         if targets[layer][2:] and targets[layer][2] is not None:
@@ -352,7 +358,7 @@ def collect_rows(
         D = targets[layer][1]
         rows = sampler.rows() if sampler.seen else np.empty((0, D), np.float32)
         out[layer] = CollectedRows(np.ascontiguousarray(rows), sampler.seen + dropped[layer], dropped[layer],
-                                   problems.get(layer), image_shapes.get(layer))
+                                   problems.get(layer), image_shapes.get(layer), first_rows.get(layer))
         if dropped[layer]:
             log.warning("layer %s: %d calibration rows with non-finite values left out", layer, dropped[layer])
     return out

@@ -87,13 +87,15 @@ def test_candidates_dispatch_by_kind(captured):
 def test_collect_rows_records_a_convs_input_size(tmp_path):
     rng = np.random.default_rng(3)
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, 11, 9])],
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, None, None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(rng.standard_normal((7, 6, 3, 3)).astype(np.float32), "w")])
     model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
-    for i in range(2):
-        np.savez(tmp_path / f"{i}.npz", x=rng.standard_normal((2, 6, 11, 9)).astype(np.float32))
+    # files of different sizes: the first file's size and positions are kept (the model is timed on it)
+    np.savez(tmp_path / "0.npz", x=rng.standard_normal((2, 6, 11, 9)).astype(np.float32))
+    np.savez(tmp_path / "1.npz", x=rng.standard_normal((3, 6, 11, 13)).astype(np.float32))
     cand = LayerCandidate("conv", "Conv", "x", "y", np.zeros((54, 7), np.float32), None, "w", conv=GEOMETRY)
     rows = collect_rows(model, CalibrationSet(tmp_path, model_inputs(model)), {"conv": target(cand)}, 1000,
                         progress=False)["conv"]
-    assert rows.image_shape == (6, 11, 9) and rows.rows_seen == 2 * 2 * 30
+    assert rows.image_shape == (6, 11, 9) and rows.first_file_rows == 2 * 30
+    assert rows.rows_seen == 2 * 30 + 3 * 6 * 7
