@@ -197,8 +197,9 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                      budget=report)
     if analysis.timed:  # the kernels' sum overstates or understates what the model gains: time the model itself
         feed = evaluator.feeds[0]
+        runs = int(min(1000, max(10, 200 / max(analysis.model_ms or 1.0, 1e-3))))  # about 0.2 s of each model
         ref_ms, conv_ms = latencies(model_session(work, threads=1), model_session(result.model, threads=1), feed,
-                                    runs=10, warmup=2)
+                                    runs=runs, warmup=2)
         report.measured_speedup = ref_ms / conv_ms
     return result
 

@@ -81,7 +81,7 @@ def budget_summary(report) -> str:
     rows = [[name, key, loss, a.row(name, key).macs] for name, key, loss in report.chosen]
     lines = [format_table(["chosen layer", "setting", f"single-layer loss ({report.budget.metric})", "MACs/sample"],
                           rows)]
-    saving = "measured kernel time saved" if report.objective == "time" else "multiply-adds removed"
+    saving = "measured time saved in the model" if report.objective == "time" else "multiply-adds removed"
     lines.append(f"objective: {report.objective} ({saving}); verifications: "
                  + "; ".join(f"{what}: {fmt_number(v)}" for what, v in report.history))
     m = report.measured_all
