@@ -175,7 +175,7 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
         history.append((action, value))
         measured_loss = loss(budget.metric, value)
         met = budget.met_by(value)
-        tried[_key(chosen)] = met
+        tried[choice_key(chosen)] = met
         if met:
             if best is None or _saving(chosen) > _saving(best):
                 best = chosen
@@ -189,7 +189,7 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
                 grows -= 1
                 max_loss *= min(4.0, budget.max_loss / max(measured_loss, budget.max_loss / 4))
                 nxt, action = choose(options, max_loss), f"knapsack within a loss of {max_loss:.3g} (room left)"
-                if _key(nxt) in tried or _saving(nxt) <= _saving(best):
+                if choice_key(nxt) in tried or _saving(nxt) <= _saving(best):
                     break
             else:
                 nxt = None
@@ -197,8 +197,9 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
                     refines -= 1
                     max_loss = math.sqrt(passed_at * missed_at)
                     nxt = choose(options, max_loss)
-                    if _key(nxt) in tried:  # the middle gives a choice already measured: narrow without measuring
-                        passed_at, missed_at = (max_loss, missed_at) if tried[_key(nxt)] else (passed_at, max_loss)
+                    if choice_key(nxt) in tried:  # the middle gives a choice already measured: narrow without measuring
+                        met_there = tried[choice_key(nxt)]
+                        passed_at, missed_at = (max_loss, missed_at) if met_there else (passed_at, max_loss)
                         nxt = None
                 if nxt is None or _saving(nxt) <= _saving(best):
                     break
@@ -214,7 +215,7 @@ def select_within(options: Sequence[Option], budget: Budget, measure: Callable[[
             rescales -= 1
             max_loss *= budget.max_loss / measured_loss
             rescaled = choose(options, max_loss)
-            if rescaled and _key(rescaled) not in tried:
+            if rescaled and choice_key(rescaled) not in tried:
                 chosen, action = rescaled, f"knapsack within a loss of {max_loss:.3g} (compounding seen)"
                 continue
         chosen, action = back_off(chosen, options)
@@ -225,14 +226,16 @@ def _saving(choice: dict[str, Option]) -> float:
     return sum(o.saving for o in choice.values())
 
 
-def _key(choice: dict[str, Option]) -> tuple:
+def choice_key(choice: dict[str, Option]) -> tuple:
+    """A hashable identity of a choice: its (layer, setting) pairs, sorted."""
     return tuple(sorted((name, o.setting) for name, o in choice.items()))
 
 
 
 def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
           measure: Callable[[dict[str, Option]], tuple[float, float]],
-          tried: Callable[[dict[str, Option]], bool] = lambda c: False) -> tuple[dict[str, Option], list[tuple[str, float]]]:
+          tried: Callable[[dict[str, Option]], bool] = lambda c: False,
+          ) -> tuple[dict[str, Option], list[tuple[str, float]]]:
     """Greedy additions to a choice that meets the budget: each layer left out is tried once, with its most
     efficient setting (saving per unit of single-layer loss), most efficient first, and kept when the combined
     model meets the budget by at least one standard error of the measurement.

@@ -18,12 +18,12 @@ import onnx
 from . import __version__
 from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
 from .bench import latencies
-from .budget import Budget, Option, climb, parse_budget, select_within
+from .budget import Budget, Option, choice_key, climb, parse_budget, select_within
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .convert import ConvertResult, _check, _doc_string
 from .errors import ConversionError
-from .metrics import MIN_SE_SAMPLES
 from .learn import HalutLayer
+from .metrics import MIN_SE_SAMPLES
 from .model_io import EXTERNAL_DATA_THRESHOLD, same_file, save_model_atomic
 from .options import ConvertOptions
 from .passes import LayerCandidate, LayerRewrite, rewrite_model
@@ -143,7 +143,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         rewrites = [LayerRewrite(c, layers[c.name], "") for c, _ in plan_of(choice)]
         comparison = evaluator.compare(rewrite_model(work, rewrites))
         value, se = comparison.value(budget.metric), comparison.standard_error(budget.metric)
-        measured[_key(choice)] = (layers, comparison.values(), se)
+        measured[choice_key(choice)] = (layers, comparison.values(), se)
         return value, se
 
     if budget.metric == "agreement" and all(r.agreement is None for r in analysis.rows if r.error is None):
@@ -160,7 +160,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     # a sequential verification relearns the layers (minutes, not seconds); the climb's margin, a standard error,
     # needs held-out samples
     if not options.sequential and analysis.samples_heldout >= MIN_SE_SAMPLES:
-        chosen, added = climb(chosen, options_list, budget, measure_se, tried=lambda c: _key(c) in measured)
+        chosen, added = climb(chosen, options_list, budget, measure_se, tried=lambda c: choice_key(c) in measured)
         history += added
     if not chosen:
         savers = [o for o in options_list if o.saving is not None and o.saving > 0]
@@ -171,7 +171,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         best = min(savers, key=lambda o: o.loss, default=None)
         hint = f"; the best single layer is {best.layer} ({best.setting}) with a loss of {best.loss:.4g}" if best else ""
         raise ConversionError(f"no layer can be converted within --budget {budget}{hint}")
-    layers, values, se = measured[_key(chosen)]
+    layers, values, se = measured[choice_key(chosen)]
     plan = plan_of(chosen)
     total_loss = sum(max(o.loss, 0.0) for o in chosen.values())
     predicted = total_loss if budget.metric == "nmse" else 1.0 - total_loss
@@ -185,9 +185,9 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
             log.warning("the chosen layers' kernel timings save %.3g ms of a %.3g ms model: no expected speedup",
                         saved, analysis.model_ms)
     report = BudgetReport(
-        budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], se, objective,
-        values,
-        history, macs / analysis.total_macs if analysis.total_macs else 0.0, speedup, None, analysis,
+        budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], se,
+        objective, values, history, macs / analysis.total_macs if analysis.total_macs else 0.0, speedup, None,
+        analysis,
     )
     reason = f"not chosen under --budget {budget}"
     skipped = skipped + [_Skip(n, by_name[n].op_type, reason) for n in order if n not in chosen]
@@ -209,10 +209,6 @@ class _Skip:
     name: str
     op_type: str
     reason: str
-
-
-def _key(choice: dict[str, Option]) -> tuple:
-    return tuple(sorted((name, o.setting) for name, o in choice.items()))
 
 
 def _setting(key: str) -> Setting:
