@@ -248,17 +248,6 @@ def _outputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype | None, int | N
     return out
 
 
-def _model_ms(work: onnx.ModelProto, feed: dict) -> float:
-    session = model_session(work, threads=1)
-    session.run(None, feed)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def prepare(model, options: ConvertOptions):
     """(work model with named nodes, eligible candidates in graph order, skipped layers)."""
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
@@ -293,6 +282,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     """Measure every (eligible layer, setting) converted alone; see the module doc."""
     from tqdm.auto import tqdm
 
+    from .bench import median_ms
     from .kernel_timing import library_available, time_candidate
     from .model_timing import layer_times_in_model
 
@@ -313,7 +303,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     timed = options.timing and library_available()
     if options.timing and not timed:
         log.warning("custom-op library not loadable: savings are multiply-adds, not measured kernel times")
-    model_ms = _model_ms(work, evaluator.feeds[0]) if timed else None
+    model_ms = median_ms(model_session(work, threads=1), evaluator.feeds[0], runs=5, warmup=1) if timed else None
     in_model = {}
     if timed:
         try:

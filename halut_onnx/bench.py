@@ -57,7 +57,8 @@ def random_feed(inputs: list[InputSpec], batch: int, dims: dict[str, int], rng: 
     return feed
 
 
-def _median_ms(session, feed: dict, runs: int, warmup: int) -> float:
+def median_ms(session, feed: dict, runs: int, warmup: int) -> float:
+    """Median latency (ms) of ``runs`` runs of an onnxruntime session on ``feed``, after ``warmup`` runs."""
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -91,6 +92,6 @@ def bench(original: str | os.PathLike, converted: str | os.PathLike, threads: in
 def latencies(ref_session, conv_session, feed: dict, runs: int, warmup: int) -> tuple[float, float]:
     """Median latency (ms) of two onnxruntime sessions on ``feed``, measured interleaved twice and the better of
     each kept, so that a slow phase of the machine hits both."""
-    ref_ms = _median_ms(ref_session, feed, runs, warmup)
-    conv_ms = _median_ms(conv_session, feed, runs, warmup)
-    return min(ref_ms, _median_ms(ref_session, feed, runs, 0)), min(conv_ms, _median_ms(conv_session, feed, runs, 0))
+    ref_ms = median_ms(ref_session, feed, runs, warmup)
+    conv_ms = median_ms(conv_session, feed, runs, warmup)
+    return min(ref_ms, median_ms(ref_session, feed, runs, 0)), min(conv_ms, median_ms(conv_session, feed, runs, 0))

@@ -11,7 +11,6 @@ is faster than a MatMul over materialised patches.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,16 +46,6 @@ def _model(nodes, D: int, M: int, inits: dict, halut: bool, image: bool = False)
     return helper.make_model(graph, ir_version=10, opset_imports=opsets).SerializeToString()
 
 
-def _median_ms(session, feed: dict) -> float:
-    session.run(None, feed)
-    times = []
-    for _ in range(_RUNS):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def library_available() -> bool:
     from .library import session_options
 
@@ -86,6 +75,7 @@ def _time_pair(original: bytes, halut: bytes, X: np.ndarray) -> tuple[float, flo
     """Median ms of the original and the Halut model on X, 1 thread each."""
     import onnxruntime as ort
 
+    from .bench import latencies
     from .library import session_options
 
     plain = ort.SessionOptions()
@@ -96,11 +86,7 @@ def _time_pair(original: bytes, halut: bytes, X: np.ndarray) -> tuple[float, flo
     options.log_severity_level = 3
     s_o = ort.InferenceSession(original, plain, providers=["CPUExecutionProvider"])
     s_h = ort.InferenceSession(halut, options, providers=["CPUExecutionProvider"])
-    feed = {"X": X}
-    # interleaved twice, the better median of each kept: a slow phase of a shared machine hits both
-    t_o = min(_median_ms(s_o, feed), _median_ms(s_o, feed))
-    t_h = min(_median_ms(s_h, feed), _median_ms(s_h, feed))
-    return t_o, t_h
+    return latencies(s_o, s_h, {"X": X}, runs=_RUNS, warmup=1)
 
 
 @functools.lru_cache(maxsize=None)
