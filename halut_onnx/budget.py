@@ -231,7 +231,6 @@ def choice_key(choice: dict[str, Option]) -> tuple:
     return tuple(sorted((name, o.setting) for name, o in choice.items()))
 
 
-
 def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
           measure: Callable[[dict[str, Option]], tuple[float, float]],
           tried: Callable[[dict[str, Option]], bool] = lambda c: False,
@@ -260,7 +259,7 @@ def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
             continue
         value, se = measure(trial)
         history.append((f"added {opt.layer} ({opt.setting})", value))
-        if budget.met_by(value + se if budget.metric == "nmse" else value - se):
+        if loss(budget.metric, value) + se <= budget.max_loss:
             best = trial
     return best, history
 

@@ -112,24 +112,27 @@ class OutputComparison:
     def _stats(self) -> np.ndarray:
         return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 7))
 
+    def _value(self, metric: str) -> float | None:
+        return _metric(metric, self._stats().sum(axis=0), self.samples)
+
     @property
     def agreement(self) -> float | None:
-        return _metric("agreement", self._stats().sum(axis=0), self.samples)
+        return self._value("agreement")
 
     @property
     def ctc(self) -> float | None:
         """1 - the converted decodes' edit distance per character of the original's (None: not a CTC output)."""
         if not self._is_ctc():
             return None
-        return _metric("ctc", self._stats().sum(axis=0), self.samples)
+        return self._value("ctc")
 
     @property
     def cosine(self) -> float:
-        return _metric("cosine", self._stats().sum(axis=0), self.samples)
+        return self._value("cosine")
 
     @property
     def nmse(self) -> float:
-        return _metric("nmse", self._stats().sum(axis=0), self.samples)
+        return self._value("nmse")
 
     def _is_ctc(self) -> bool:
         if self.ctc_shape is None:
