@@ -36,8 +36,8 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
         f"{len(analysis.heldout_files)} held-out calibration files ({analysis.samples_heldout} samples); learned on "
         f"the other {len(analysis.learn_files)} files. train / held-out NMSE: the layer's output on the learn files' "
         "rows (held-out: rows set aside there); file NMSE: on the held-out files' rows. MACs per sample; "
-        "MatMul / Halut ms: one held-out file's rows through onnxruntime's MatMul (or Conv) alone / encode + lookup; "
-        "in model ms: the layer's node inside the original model on that file (1 thread)."
+        "MatMul / Halut ms: the first held-out file's rows through onnxruntime's MatMul (or Conv) alone / encode + "
+        "lookup; in model ms: the layer's node inside the original model on that file (1 thread)."
     )
     if analysis.model_ms:
         lines.append(f"Original model: {analysis.model_ms:.3g} ms per held-out file (1 thread).")
@@ -96,7 +96,7 @@ def budget_summary(report) -> str:
         "layers' multiply-adds converted"
         + (f"; speedup {report.measured_speedup:.3g}x measured on one held-out file (1 thread)"
            if report.measured_speedup else "")
-        + (f", {report.expected_speedup:.3g}x expected from the kernel timings" if report.expected_speedup else "")
+        + (f", {report.expected_speedup:.3g}x expected from the layer timings" if report.expected_speedup else "")
         + "."
     )
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +73,16 @@ def layer_times_in_model(model: onnx.ModelProto, feed: dict, weights: dict[str, 
             t = opt_inits.get(name)
             if t is not None and len(t.dims) >= 2:
                 fingerprints[node.name].append(_fingerprint(onnx.numpy_helper.to_array(t)))
-    holders: dict[str, list[str]] = {}
+    holder: dict[str, str] = {}  # layer -> the one optimised node that holds its weight
     for layer, weight in weights.items():
         if weight not in inits:
             continue
         fp = _fingerprint(onnx.numpy_helper.to_array(inits[weight]))
         found = [node for node, fps in fingerprints.items() if any(_same(fp, other) for other in fps)]
         if len(found) == 1 and found[0] in node_ms:
-            holders[layer] = found
-    share = defaultdict(int)
-    for nodes in holders.values():
-        share[nodes[0]] += 1
-    out = {layer: node_ms[nodes[0]] / share[nodes[0]] for layer, nodes in holders.items()}
+            holder[layer] = found[0]
+    share = Counter(holder.values())
+    out = {layer: node_ms[node] / share[node] for layer, node in holder.items()}
     missing = sorted(set(weights) - set(out))
     if missing:
         log.info("no node of onnxruntime's optimised graph holds the weight of %s: timed alone", ", ".join(missing))

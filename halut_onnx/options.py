@@ -39,8 +39,9 @@ class ConvertOptions:
     budget: str | None = None  # --budget METRIC=VALUE: convert the layers and settings that save most within it
     sequential: bool = False  # --sequential: learn each layer on the inputs the converted layers before it produce
     heldout_files: float = 0.25  # --heldout-files: calibration files held out to measure the budget metric
-    # --objective: what a budget maximises: "time", the measured kernel time saved, or "macs", the multiply-adds
-    # removed (deterministic); None: "time" when the custom-op library loads (the kernels can be timed), else "macs"
+    # --objective: what a budget maximises: "time", the measured time saved in the model, or "macs", the
+    # multiply-adds removed (deterministic); None: "time" when the custom-op library loads (the kernels can be
+    # timed), else "macs"
     objective: str | None = None
     metric_output: str | None = None  # --metric-output: the output the budget metric compares (default: first float)
 
