@@ -62,6 +62,16 @@ def with_c64(analysis, model, calib, options: AnalyzeOptions, path: Path) -> Non
     analysis.seconds += extra.seconds
 
 
+def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions, quick: bool):
+    """The analysis of ``model`` on ``out/calib``, pickled in ``out`` as ``stem``_analysis.pkl (quick: with C = 64
+    added, ``with_c64``), and the line that says what it covered and cost."""
+    analysis = cached_analysis(out / f"{stem}_analysis.pkl", model, out / "calib", options)
+    if quick:
+        with_c64(analysis, model, out / "calib", options, out / f"{stem}_analysis_c64.pkl")
+    return analysis, (f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers "
+                      f"in {analysis.seconds:.0f} s")
+
+
 HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
            "speedup measured", "on a held-out file", "speedup expected"]
 
@@ -139,12 +149,8 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     base = ppocr_data.cer(evaluation.references, texts)
     convert = ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files)
     options = AnalyzeOptions(convert, encoders=("pq",), divisors=(2,) if quick else (4, 2))
-    analysis = cached_analysis(out / "rec_analysis.pkl", model, out / "calib", options)
-    if quick:
-        with_c64(analysis, model, out / "calib", options, out / "rec_analysis_c64.pkl")
-    print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
-          f"{analysis.seconds:.0f} s; {n_calib} calibration lines, {n_eval} evaluation lines, original CER "
-          f"{100 * base:.2f} %")
+    analysis, covered = model_analysis(out, "rec", model, options, quick)
+    print(f"{covered}; {n_calib} calibration lines, {n_eval} evaluation lines, original CER {100 * base:.2f} %")
 
     def end_metric(path):
         conv_texts, conv_frames = ppocr_data.run_rec(tools.session(path, halut=True), evaluation.batches, charset)
@@ -227,11 +233,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     # row) costs about as much as the layer and only the tree encoder (4 C comparisons) saves
     options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=encoders,
                              divisors=(2,) if quick else (4, 2), sensitivity_files=0)
-    analysis = cached_analysis(out / "det_analysis.pkl", model, out / "calib", options)
-    if quick:
-        with_c64(analysis, model, out / "calib", options, out / "det_analysis_c64.pkl")
-    print(f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers in "
-          f"{analysis.seconds:.0f} s; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
+    analysis, covered = model_analysis(out, "det", model, options, quick)
+    print(f"{covered}; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
           f"{100 * base_recall:.1f} %")
 
     def end_metric(path):
