@@ -72,39 +72,45 @@ def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions, quick: 
                       f"in {analysis.seconds:.0f} s")
 
 
-HEADERS = ["budget", "sequential", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
+HEADERS = ["budget", "mode", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
            "speedup measured", "on a held-out file", "speedup expected"]
 
 
-def _budget_rows(model, calib, out, analysis, budgets, sequential_modes, max_rows, end_metric, bench_data,
+def modes(sequential: bool, finetune: bool) -> list[str]:
+    """The ways each budget is converted: independent learning, and --sequential / --finetune when asked for."""
+    return ["independent"] + ["sequential"] * sequential + ["finetune"] * finetune
+
+
+def _budget_rows(model, calib, out, analysis, budgets, mode_names, max_rows, end_metric, bench_data,
                  bench_runs=20, heldout_files=0.25, objective=None):
     rows = []
     for budget in budgets:
-        for sequential in sequential_modes:
-            path = out / f"{model.stem}.{budget.replace('=', '')}{'.seq' if sequential else ''}.onnx"
-            options = ConvertOptions(progress=False, budget=budget, sequential=sequential, max_rows=max_rows,
-                                     heldout_files=heldout_files, objective=objective)
+        for mode in mode_names:
+            path = out / f"{model.stem}.{budget.replace('=', '')}{'' if mode == 'independent' else '.' + mode}.onnx"
+            options = ConvertOptions(progress=mode == "finetune", budget=budget, sequential=mode == "sequential",
+                                     finetune=mode == "finetune", max_rows=max_rows, heldout_files=heldout_files,
+                                     objective=objective)
             start = time.perf_counter()
             try:
                 result = convert_under_budget(model, calib, path, options, analysis)
             except ValueError as exc:
-                rows.append([budget, "yes" if sequential else "no", 0, "0.0", f"({exc})", "-", "-", "-", "-"])
+                rows.append([budget, mode, 0, "0.0", f"({exc})", "-", "-", "-", "-"])
                 continue
             seconds = time.perf_counter() - start
             report = result.budget
             timing = bench(model, path, threads=1, runs=bench_runs, warmup=2, data_dir=bench_data)
             rows.append([
-                budget, "yes" if sequential else "no", f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
+                budget, mode, f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
                 f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ± {report.measured_se:.4f} ({report.predicted:.4f})", end_metric(path),
                 f"{timing.speedup:.2f}x", "-" if report.measured_speedup is None else f"{report.measured_speedup:.2f}x",
                 "-" if report.expected_speedup is None else f"{report.expected_speedup:.2f}x",
             ])
-            print(f"{budget} sequential={sequential}: {len(result.converted)} layers in {seconds:.0f} s; "
+            print(f"{budget} {mode}: {len(result.converted)} layers in {seconds:.0f} s; "
                   f"{[(n, k) for n, k, _ in report.chosen]}; verifications {report.history}", file=sys.stderr)
     return rows
 
 
-def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None) -> None:
+def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None, finetune: bool = False) -> None:
     import digits_mlp
 
     model, x_train, x_test, _, y_test = digits_mlp.train()
@@ -127,13 +133,14 @@ def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None) 
 
     budgets = ["agreement=0.99"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98",
                                                  "agreement=0.95"]
-    rows = _budget_rows(original, calib, out, analysis, budgets, (False,) if quick else (False, True), max_rows,
+    rows = _budget_rows(original, calib, out, analysis, budgets, modes(not quick, finetune), max_rows,
                         end_metric, out / "test", objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
 def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        heldout_files: float = 0.25, sequential: bool = False, objective: str | None = None) -> None:
+        heldout_files: float = 0.25, sequential: bool = False, objective: str | None = None,
+        finetune: bool = False) -> None:
     import ppocr_data
     from ppocr_rec import top1_agreement
 
@@ -158,7 +165,7 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
                 f"{100 * top1_agreement(frames, conv_frames):.2f} %")
 
     budgets = budgets or ["ctc=0.99", "ctc=0.98", "agreement=0.99"]
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False, True) if sequential else (False,),
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune),
                         max_rows, end_metric, out / "eval", bench_runs=5, heldout_files=heldout_files,
                         objective=objective)
     print(tools.format_table(HEADERS, rows))
@@ -210,7 +217,8 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
 
 
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
-        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str | None = None) -> None:
+        encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str | None = None,
+        finetune: bool = False) -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
     output: the hmean of the text boxes rapidocr's post-processing finds (matched to the original's at IoU >= 0.5),
     the F1 and IoU of the binarised map; and the line recall on the evaluation pages (examples/ppocr_data.py)."""
@@ -248,7 +256,7 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
                 f"%, line recall {100 * recall:.1f} %")
 
     budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, (False, True) if sequential else (False,),
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune),
                         max_rows, end_metric, out / "eval", bench_runs=3, objective=objective)
     print(tools.format_table(HEADERS, rows))
 
@@ -316,6 +324,7 @@ def main(argv=None) -> None:
     parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
+    parser.add_argument("--finetune", action="store_true", help="each budget also with --finetune")
     parser.add_argument("--objective", choices=["macs", "time"], default=None,
                         help="what a budget maximises (convert --objective; default: convert's)")
     args = parser.parse_args(argv)
@@ -324,19 +333,19 @@ def main(argv=None) -> None:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         if args.model == "digits":
-            digits(out, args.quick, args.max_rows, args.objective)
+            digits(out, args.quick, args.max_rows, args.objective, args.finetune)
         elif args.model == "rec-layers":
             rec_layers(out, args.calib, args.eval)
         elif args.model == "det":
             det(out, args.quick, args.max_rows, args.calib, args.eval,
                 args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")), args.sequential,
-                args.objective)
+                args.objective, args.finetune)
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
             rec(out, args.quick, args.max_rows, args.calib, args.eval,
                 args.budgets.split(",") if args.budgets else None, args.heldout_files, args.sequential,
-                args.objective)
+                args.objective, args.finetune)
 
 
 if __name__ == "__main__":

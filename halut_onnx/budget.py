@@ -32,6 +32,12 @@ class Budget:
         """The largest loss (metrics.loss) within the budget."""
         return loss(self.metric, self.value)
 
+    def widened(self, factor: float) -> "Budget":
+        """The budget whose largest loss is ``factor`` times this one's."""
+        if self.metric == "nmse":
+            return Budget(self.metric, self.value * factor)
+        return Budget(self.metric, max(1e-9, 1.0 - (1.0 - self.value) * factor))
+
     def met_by(self, value: float) -> bool:
         return value <= self.value if self.metric == "nmse" else value >= self.value
 
@@ -266,3 +272,33 @@ def climb(choice: dict[str, Option], options: Sequence[Option], budget: Budget,
 
 def _efficiency(o: Option) -> float:
     return o.saving / max(o.loss, 1e-12)
+
+
+#: the widenings of the budget ``widen`` searches within, in turn, when the layers are fine-tuned
+WIDENINGS = (1, 2, 3, 4)
+
+
+def widen(chosen: dict[str, Option], budget: Budget, search: Callable[[Budget], dict[str, Option]],
+          tune: Callable[[dict[str, Option]], tuple[float, float, object]], widenings: Sequence[float] = WIDENINGS,
+          ) -> tuple[tuple[dict[str, Option], object] | None, list[tuple[str, float]]]:
+    """Fine-tuning (finetune.py) lowers a choice's loss, which leaves room within the budget: for each factor in
+    turn, the search's choice within the budget widened by it (``search(budget)``; ``chosen`` for 1) is fine-tuned
+    (``tune(choice)``: measured value, its standard error, what to keep) and kept when it meets the budget by one
+    standard error (by the value alone when there are too few samples for one). The widening stops at the first
+    miss: the next factor's choice holds more layers and loses more. Returns the largest kept (choice, what
+    ``tune`` gave), or None, and the history of the measurements."""
+    best = None
+    history: list[tuple[str, float]] = []
+    seen = set()
+    for factor in widenings:
+        wider = budget.widened(factor)
+        choice = chosen if factor == 1 else search(wider)
+        if not choice or choice_key(choice) in seen or (best and _saving(choice) <= _saving(best[0])):
+            continue
+        seen.add(choice_key(choice))
+        value, se, kept = tune(choice)
+        history.append((f"fine-tuned the choice within {wider} ({len(choice)} layers)", value))
+        if loss(budget.metric, value) + (se if math.isfinite(se) else 0.0) > budget.max_loss:
+            break
+        best = (choice, kept)
+    return best, history

@@ -18,7 +18,7 @@ import onnx
 from . import __version__
 from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
 from .bench import latencies
-from .budget import Budget, Option, choice_key, climb, parse_budget, select_within
+from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .convert import ConvertResult, _check, _doc_string
 from .errors import ConversionError
@@ -48,6 +48,7 @@ class BudgetReport:
     expected_speedup: float | None  # from the kernel timings and the original model's time
     measured_speedup: float | None  # the written model against the original on one held-out file, 1 thread
     analysis: Analysis = field(repr=False)
+    finetune: "FinetuneReport | None" = None  # with --finetune: the kept choice's fine-tuning
 
 
 @dataclass
@@ -156,12 +157,27 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                               "use agreement=..., cosine=... or nmse=..., or --metric-output")
     objective = options.objective or ("time" if analysis.timed else "macs")
     options_list = analysis.options(budget.metric, objective)
-    chosen, history = select_within(options_list, budget, lambda choice: measure_se(choice)[0])
-    # a sequential verification relearns the layers (minutes, not seconds); the climb's margin, a standard error,
-    # needs held-out samples
-    if not options.sequential and analysis.samples_heldout >= MIN_SE_SAMPLES:
-        chosen, added = climb(chosen, options_list, budget, measure_se, tried=lambda c: choice_key(c) in measured)
-        history += added
+
+    def search(within: Budget) -> dict[str, Option]:
+        choice, tried = select_within(options_list, within, lambda c: measure_se(c)[0])
+        history.extend(tried)
+        # a sequential verification relearns the layers (minutes, not seconds); the climb's margin, a standard
+        # error, needs held-out samples
+        if not options.sequential and analysis.samples_heldout >= MIN_SE_SAMPLES:
+            choice, added = climb(choice, options_list, within, measure_se, tried=lambda c: choice_key(c) in measured)
+            history.extend(added)
+        return choice
+
+    history: list[tuple[str, float]] = []
+    chosen = search(budget)
+    finetuned = None
+    if options.finetune and chosen:
+        kept, tuned_history = widen(chosen, budget, search, lambda c: _finetuned(c, build(c), plan_of(c), analysis,
+                                                                               budget, options))
+        history += tuned_history
+        if kept is not None:
+            chosen, (layers, values, se, finetuned) = kept
+            measured[choice_key(chosen)] = (layers, values, se)
     if not chosen:
         savers = [o for o in options_list if o.saving is not None and o.saving > 0]
         if not savers and objective == "time":
@@ -187,7 +203,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     report = BudgetReport(
         budget, [(c.name, s.key, chosen[c.name].loss) for c, s in plan], predicted, values[budget.metric], se,
         objective, values, history, macs / analysis.total_macs if analysis.total_macs else 0.0, speedup, None,
-        analysis,
+        analysis, finetuned,
     )
     reason = f"not chosen under --budget {budget}"
     skipped = skipped + [_Skip(n, by_name[n].op_type, reason) for n in order if n not in chosen]
@@ -202,6 +218,23 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                                     runs=runs, warmup=2)
         report.measured_speedup = ref_ms / conv_ms
     return result
+
+
+def _finetuned(choice, layers, plan, analysis: Analysis, budget: Budget, options: ConvertOptions):
+    """``choice``'s layers fine-tuned together (finetune.py) and measured on the held-out files:
+    (value, standard error, (layers, all metric values, standard error, FinetuneReport))."""
+    from .finetune import FinetuneOptions, finetune
+
+    evaluator = analysis.evaluator
+    tuned, report = finetune(analysis.work, [c for c, _ in plan], layers, [feed for _, feed in analysis.learn_set],
+                             evaluator.feeds, evaluator.reference, analysis.metric_output, budget.metric,
+                             FinetuneOptions(seed=options.seed, progress=options.progress))
+    rewrites = [LayerRewrite(c, tuned[c.name], "") for c, _ in plan]
+    comparison = evaluator.compare(rewrite_model(analysis.work, rewrites))
+    value, se = comparison.value(budget.metric), comparison.standard_error(budget.metric)
+    log.info("fine-tuned %d layers: held-out %s %.4f -> %.4f (float LUTs), %.4f written", len(plan), budget.metric,
+             report.before, report.after, value)
+    return value, se, (tuned, comparison.values(), se, report)
 
 
 @dataclass

@@ -99,4 +99,11 @@ def budget_summary(report) -> str:
         + (f", {report.expected_speedup:.3g}x expected from the layer timings" if report.expected_speedup else "")
         + "."
     )
+    f = report.finetune
+    if f is not None:
+        lines.append(
+            f"Fine-tuned: held-out {f.metric} {fmt_number(f.before)} as learned -> {fmt_number(f.after)} after epoch "
+            f"{f.best_epoch} of {len(f.history) - 1} (float LUTs; the measured value above is the int8 model), "
+            f"{f.seconds:.0f} s. Train loss per epoch: "
+            + ", ".join(fmt_number(loss) for _, loss, _ in f.history[1:]) + ".")
     return "\n".join(lines)

@@ -90,6 +90,9 @@ _DEFAULTS = ConvertOptions()
 @click.option("--metric-output", default=_DEFAULTS.metric_output, metavar="NAME",
               help="With --budget: the model output the metric compares (default: the first float output of "
                    "rank >= 2).")
+@click.option("--finetune/--no-finetune", default=_DEFAULTS.finetune, show_default=True,
+              help="With --budget: fine-tune the chosen layers' LUTs together, distilling the original model's "
+                   "output, and search again within wider budgets (needs torch; minutes per fine-tuning).")
 @_user_errors
 def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     """Convert MODEL's eligible MatMul / Gemm / Conv layers, learned on the --calib data, and write -o OUTPUT."""

@@ -44,6 +44,7 @@ class ConvertOptions:
     # timed), else "macs"
     objective: str | None = None
     metric_output: str | None = None  # --metric-output: the output the budget metric compares (default: first float)
+    finetune: bool = False  # --finetune: with --budget, fine-tune the chosen layers' LUTs together (needs torch)
 
     def validate(self) -> None:
         if self.codebooks is not None and self.codebooks < 1:
@@ -70,6 +71,8 @@ class ConvertOptions:
             parse_budget(self.budget)
         if self.objective not in (None, "macs", "time"):
             raise ValueError(f"--objective must be 'macs' or 'time', got {self.objective!r}")
+        if self.finetune and self.budget is None:
+            raise ValueError("--finetune needs --budget: the fine-tuned model is scored on the budget's held-out files")
         if not 0 < self.heldout_files < 1:
             raise ValueError(f"--heldout-files must be in (0, 1), got {self.heldout_files}")
 

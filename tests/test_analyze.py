@@ -250,6 +250,28 @@ def test_convert_cli_budget_report(case):
     assert all(f"{name}  " in out.split("skipped layer")[1] for name in {"fc1", "fc2", "fc3"} - set(chosen))
 
 
+def test_convert_cli_finetune(case):
+    pytest.importorskip("torch", reason="fine-tuning needs torch: pip install -e '.[test]'")
+    folder, _, _ = case
+    base = ["convert", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "-o", str(folder / "ft.onnx"),
+            "-C", "4", "--objective", "macs", "--no-progress", "--finetune"]
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: --finetune needs --budget: the fine-tuned model is scored on the "
+                                     "budget's held-out files")
+    assert not (folder / "ft.onnx").exists()
+    result = CliRunner().invoke(main, base + ["--budget", "cosine=0.9"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "fine-tuned the choice within cosine=0.9 (" in out
+    line = next(x for x in out.splitlines() if x.startswith("Budget cosine=0.9: predicted "))
+    assert float(line.split("measured ")[1].split()[0]) >= 0.9
+    tuned = [x for x in out.splitlines() if x.startswith("Fine-tuned: held-out cosine ")]
+    if tuned:  # a fine-tuned choice was kept: it scored at least as well as learned
+        before, after = (float(v) for v in tuned[0].split("cosine ")[1].split(" after")[0].split(" as learned -> "))
+        assert after >= before
+
+
 def _ctc_text(frames):
     return [k for k, _ in itertools.groupby(frames.tolist()) if k != 0]
 
