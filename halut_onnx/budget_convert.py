@@ -119,6 +119,10 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     options.validate()
     budget = parse_budget(options.budget)
     _check_paths(model, output_path)
+    if options.finetune:  # before the analysis's minutes
+        from .finetune import require_torch
+
+        require_torch()
     fixed = (options.codebooks,) if options.codebooks else ()
     if analysis is None:
         analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed))

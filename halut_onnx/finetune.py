@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .errors import ConversionError
 from .learn.layer import HalutLayer
 from .learn.lut import RidgeFit, _code_gram, quantize_lut
 from .metrics import OutputComparison
@@ -63,11 +64,13 @@ class FinetuneReport:
         return self.history[self.best_epoch][2]
 
 
-def require_torch():
+def require_torch() -> None:
+    """A ConversionError (one line for the CLI) when torch is not installed."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise ImportError("fine-tuning needs torch: pip install 'halut-onnx[finetune]' (or any torch >= 2.1)") from None
+        raise ConversionError("--finetune needs torch: pip install 'halut-onnx[finetune]' (or any torch >= 2.1)") \
+            from None
 
 
 def _layer_module(candidate, layer: HalutLayer):

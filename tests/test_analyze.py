@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,17 @@ def test_convert_cli_budget_report(case):
     chosen = [x.split()[0] for x in table.splitlines()[2:] if x.strip()]
     assert chosen and all(name in ("fc1", "fc2", "fc3") for name in chosen)
     assert all(f"{name}  " in out.split("skipped layer")[1] for name in {"fc1", "fc2", "fc3"} - set(chosen))
+
+
+def test_convert_cli_finetune_without_torch(case, monkeypatch):
+    folder, _, _ = case
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    result = CliRunner().invoke(main, ["convert", str(folder / "m.onnx"), "--calib", str(folder / "calib"), "-o",
+                                       str(folder / "nt.onnx"), "--budget", "cosine=0.9", "--finetune"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: --finetune needs torch: pip install 'halut-onnx[finetune]' "
+                                     "(or any torch >= 2.1)")
+    assert not (folder / "nt.onnx").exists()
 
 
 def test_convert_cli_finetune(case):
