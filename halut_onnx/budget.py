@@ -275,27 +275,26 @@ def _efficiency(o: Option) -> float:
 
 
 #: the widenings of the budget ``widen`` searches within, in turn, when the layers are fine-tuned
-WIDENINGS = (1, 2, 3, 4)
+WIDENINGS = (1.5, 2, 3, 4)
 
 
 def widen(chosen: dict[str, Option], budget: Budget, search: Callable[[Budget], dict[str, Option]],
           tune: Callable[[dict[str, Option]], tuple[float, float, object]], widenings: Sequence[float] = WIDENINGS,
           ) -> tuple[tuple[dict[str, Option], object] | None, list[tuple[str, float]]]:
     """Fine-tuning (finetune.py) lowers a choice's loss, which leaves room within the budget: for each factor in
-    turn, the search's choice within the budget widened by it (``search(budget)``; ``chosen`` for 1) is fine-tuned
-    (``tune(choice)``: measured value, its standard error, what to keep) and kept when it meets the budget by one
-    standard error (by the value alone when there are too few samples for one). The widening stops at the first
-    miss: the next factor's choice holds more layers and loses more. Returns the largest kept (choice, what
-    ``tune`` gave), or None, and the history of the measurements."""
+    turn, the search's choice within the budget widened by it (``search(budget)``) is fine-tuned (``tune(choice)``:
+    measured value, its standard error, what to keep) and kept when it meets the budget by one standard error (by
+    the value alone when there are too few samples for one). A choice that saves no more than ``chosen`` (the
+    search's choice within the budget itself, which meets it as learned) or than one kept is skipped. The widening
+    stops at the first miss: the next factor's choice holds more layers and loses more. Returns the largest kept
+    (choice, what ``tune`` gave), or None, and the history of the measurements."""
     best = None
     history: list[tuple[str, float]] = []
-    seen = set()
     for factor in widenings:
         wider = budget.widened(factor)
-        choice = chosen if factor == 1 else search(wider)
-        if not choice or choice_key(choice) in seen or (best and _saving(choice) <= _saving(best[0])):
+        choice = search(wider)
+        if _saving(choice) <= _saving(best[0] if best else chosen):
             continue
-        seen.add(choice_key(choice))
         value, se, kept = tune(choice)
         history.append((f"fine-tuned the choice within {wider} ({len(choice)} layers)", value))
         if loss(budget.metric, value) + (se if math.isfinite(se) else 0.0) > budget.max_loss:

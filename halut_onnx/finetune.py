@@ -53,6 +53,7 @@ class FinetuneReport:
     metric: str
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, mean train loss, held-out)
     best_epoch: int = 0
+    after_int8: float | None = None  # the kept epoch's held-out value with its int8 tables (None: epoch 0 kept)
     seconds: float = 0.0
 
     @property
@@ -224,14 +225,18 @@ def finetune(work: onnx.ModelProto, plan, layers: dict[str, HalutLayer], learn_f
             log.info("fine-tuning epoch %d: loss %.4g, held-out %s %.4f", epoch, total / len(as_torch), metric, value)
             if better(value, best_value):
                 best_value, best_state, report.best_epoch = value, state(), epoch
-    tuned = {}
+    tuned = dict(layers)
     if report.best_epoch:
         codes = _codes_seen(student, modules, as_torch, options.max_rows, rng)
         for name, module in modules.items():
             lut, bias = best_state[name]
             tuned[name] = _requantize(layers[name], lut.numpy(), bias.numpy(), codes[name])
-    else:
-        tuned = dict(layers)
+            with torch.no_grad():  # the int8 tables, dequantized, to score what the written model computes
+                q = tuned[name]
+                module.lut.copy_(torch.from_numpy(
+                    (q.lut_q.astype(np.float32) * q.scale[:, None, None]).transpose(1, 2, 0).reshape(-1, q.M)))
+                module.bias.copy_(torch.from_numpy(q.offset))
+        report.after_int8 = score()
     report.seconds = time.perf_counter() - start
     return tuned, report
 

@@ -201,7 +201,8 @@ _OPS: dict[str, Callable] = {
     "Flatten": lambda x, axis=1: x.reshape(int(np.prod(x.shape[:axis])), -1),
     "Squeeze": lambda x, *r, opset, **a: _squeeze(x, _axes(a, [x, *r], 1)),
     "Unsqueeze": lambda x, *r, opset, **a: _unsqueeze(x, _axes(a, [x, *r], 1)),
-    "Slice": lambda x, *r, opset, **a: _slice(x, *r) if r else _slice(x, *(torch.tensor(a[k]) if k in a else None for k in ("starts", "ends", "axes"))),
+    "Slice": lambda x, *r, opset, **a: _slice(x, *r) if r else _slice(  # before opset 10: attributes
+        x, *(torch.tensor(a[k]) if k in a else None for k in ("starts", "ends", "axes"))),
     "Shape": lambda x, start=0, end=None: torch.tensor(x.shape[start:end], dtype=torch.int64),
     "Gather": _gather, "Cast": lambda x, to: x.to(_DTYPES[to]), "Constant": _constant, "Resize": _resize,
     "Expand": lambda x, shape: x * torch.ones(_ints(shape), dtype=x.dtype),

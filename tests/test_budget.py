@@ -237,9 +237,8 @@ def test_widened_budget_scales_the_largest_loss():
 
 def test_widen_keeps_the_largest_fine_tuned_choice_that_meets_the_budget():
     a, b, c, d = (Option(n, "C=8", 0.004, s) for n, s in zip("abcd", (4, 3, 2, 1)))
-    chosen = {"a": a}
-    wider = {1.5: {"a": a}, 2: {"a": a, "b": b}, 3: {"a": a, "b": b, "c": c}, 4: {"a": a, "b": b, "c": c, "d": d}}
-    wider[5] = wider[4]
+    wider = {1.5: {"a": a}, 2: {"a": a, "b": b}, 3: {"a": a, "b": b, "c": c}, 4: {"a": a, "b": b, "c": c, "d": d},
+             5: {"a": a, "b": b, "c": c, "d": d}}
     searched = []
 
     def search(budget):
@@ -249,29 +248,29 @@ def test_widen_keeps_the_largest_fine_tuned_choice_that_meets_the_budget():
 
     # fine-tuning halves each layer's loss (0.002 per layer), with a standard error of 0.001
     tune = lambda choice: (1 - 0.002 * len(choice), 0.001, f"tuned {sorted(choice)}")  # noqa: E731
-    kept, history = widen(chosen, parse_budget("ctc=0.99"), search, tune, widenings=(1, 1.5, 2, 3, 4, 5))
-    # 1: 0.998; 1.5: the same choice again, not fine-tuned twice; 2: 0.996; 3: 0.994; 4: 0.992 with a loss of
-    # 0.008 + 0.001 within 0.01: kept; 5: the same choice as 4 again
+    kept, history = widen({"a": a}, parse_budget("ctc=0.99"), search, tune, widenings=(1.5, 2, 3, 4, 5))
+    # 1.5: the search's own choice again, not fine-tuned; 2: 0.996; 3: 0.994; 4: 0.992, a loss of 0.008 + 0.001
+    # within 0.01: kept; 5: the same choice as 4, not fine-tuned twice
     assert searched == [1.5, 2, 3, 4, 5]
     assert kept == (wider[4], "tuned ['a', 'b', 'c', 'd']")
-    assert [v for _, v in history] == pytest.approx([0.998, 0.996, 0.994, 0.992])
-    assert history[1][0] == "fine-tuned the choice within ctc=0.98 (2 layers)"
+    assert [v for _, v in history] == pytest.approx([0.996, 0.994, 0.992])
+    assert history[0][0] == "fine-tuned the choice within ctc=0.98 (2 layers)"
 
 
 def test_widen_stops_at_the_first_fine_tuned_choice_that_misses():
     options = {n: Option(n, "C=8", 0.004, 1) for n in "abcd"}
-    chains = {2: "ab", 3: "abc", 4: "abcd"}
-    search = lambda budget: {n: options[n] for n in chains[round((1 - budget.value) / 0.01)]}  # noqa: E731
-    # a 3-layer choice misses by its standard error: 0.991 - 0.002 < 0.99
-    values = {1: 0.999, 2: 0.995, 3: 0.991, 4: 0.999}
+    chains = {1.5: "ab", 2: "abc", 3: "abcd", 4: "abcd"}
+    search = lambda budget: {n: options[n] for n in chains[round((1 - budget.value) / 0.01, 6)]}  # noqa: E731
+    # the 3-layer choice misses by its standard error: 0.991 - 0.002 < 0.99
+    values = {2: 0.995, 3: 0.991, 4: 0.999}
     tune = lambda choice: (values[len(choice)], 0.002, len(choice))  # noqa: E731
     kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune)
-    assert kept == ({n: options[n] for n in "ab"}, 2) and len(history) == 3
+    assert kept == ({n: options[n] for n in "ab"}, 2) and len(history) == 2
     # no standard error (too few samples): the value alone decides
     tune = lambda choice: (values[len(choice)], math.inf, len(choice))  # noqa: E731
     kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune)
-    assert kept[1] == 4 and len(history) == 4
-    # the first (the search's own choice) missing once fine-tuned: nothing kept
+    assert kept[1] == 4 and len(history) == 3
+    # the first widened choice missing once fine-tuned: nothing kept, nothing more tried
     kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search,
                           lambda choice: (0.985, 0.001, None))
     assert kept is None and len(history) == 1

@@ -143,6 +143,7 @@ def test_finetune_lowers_the_error_of_a_chain_on_held_out_files(chain):
     assert report.after < 0.95 * report.before
     assert after < 0.95 * before  # the int8 model as written, same files
     assert abs(after - report.after) < 0.1 * report.after  # int8 costs little against the float LUTs
+    assert report.after_int8 == pytest.approx(after, rel=0.02)  # the dequantized int8 tables score as written
     for c in plan:  # the encoders are kept
         np.testing.assert_array_equal(tuned[c.name].pq_vectors, layers[c.name].pq_vectors)
 
@@ -152,5 +153,5 @@ def test_finetune_keeps_the_layers_when_no_epoch_scores_better(chain):
     tuned, report = finetune(analysis.work, plan, layers, [f for _, f in analysis.learn_set],
                              analysis.evaluator.feeds, analysis.evaluator.reference, analysis.metric_output, "nmse",
                              FinetuneOptions(epochs=1, lr=50.0, progress=False))  # a step that ruins the tables
-    assert report.best_epoch == 0 and report.after == report.before
+    assert report.best_epoch == 0 and report.after == report.before and report.after_int8 is None
     assert all(tuned[c.name] is layers[c.name] for c in plan)
