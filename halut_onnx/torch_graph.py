@@ -135,9 +135,6 @@ def _resize(x, roi=None, scales=None, sizes=None, mode="nearest", coordinate_tra
         size = [int(math.floor(d * s)) for d, s in zip(x.shape[2:], scales.reshape(-1).tolist()[2:])]
     if mode == "nearest" and coordinate_transformation_mode == "asymmetric" and nearest_mode == "floor":
         return F.interpolate(x, size=size, mode="nearest")
-    if mode == "linear" and x.dim() == 4 and coordinate_transformation_mode in ("half_pixel", "align_corners"):
-        return F.interpolate(x, size=size, mode="bilinear",
-                             align_corners=coordinate_transformation_mode == "align_corners")
     raise ValueError(f"Resize mode={mode}, coordinate_transformation_mode={coordinate_transformation_mode}, "
                      f"nearest_mode={nearest_mode} has no torch form here")
 

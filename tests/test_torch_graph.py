@@ -124,6 +124,33 @@ def test_mlp_ops_match_onnxruntime(rng):
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
 
 
+def test_remaining_ops_match_onnxruntime(rng):
+    """Elementwise ops, HardSwish, LayerNormalization, Expand, Constant, GlobalMaxPool, a padded AveragePool that
+    does not count the pads, Dropout at inference, and ai.onnx.ml's Scaler, at opset 17."""
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {"g": 1 + f(5), "b": f(5), "shape": np.array([2, 3, 4, 5], np.int64)}
+    n = helper.make_node
+    nodes = [
+        n("Scaler", ["x"], ["sc"], domain="ai.onnx.ml", offset=[0.5], scale=[2.0]),
+        n("Abs", ["sc"], ["ab"]), n("Log", ["ab"], ["lg"]), n("Exp", ["lg"], ["ex"]), n("Neg", ["ex"], ["ng"]),
+        n("Reciprocal", ["ex"], ["rc"]), n("HardSwish", ["ng"], ["hw"]), n("Add", ["hw", "rc"], ["s0"]),
+        n("Dropout", ["s0"], ["dr"]),
+        n("LayerNormalization", ["dr", "g", "b"], ["ln"], axis=-1, epsilon=1e-5),
+        n("Constant", [], ["k"], value=numpy_helper.from_array(np.array([0.25], np.float32))),
+        n("Mul", ["ln", "k"], ["lk"]), n("Expand", ["lk", "shape"], ["e"]),
+        n("AveragePool", ["e"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0),
+        n("GlobalMaxPool", ["ap"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 5])
+    outs = [helper.make_empty_tensor_value_info(name) for name in ("ap", "y")]
+    graph = helper.make_graph(nodes, "g", [x], outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    ref, ours = _both(model, {"x": f(3, 4, 5)}, ["ap", "y"])
+    for r, o in zip(ref, ours):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+
+
 def test_replaced_tensor_is_computed_by_the_module_and_its_node_skipped(rng):
     w = rng.standard_normal((4, 3)).astype(np.float32)
     n = helper.make_node
