@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 class FinetuneOptions:
     epochs: int = 4
     lr: float = 5e-4  # the Adam step at its peak, relative to each layer's LUT spread (standard deviation)
+    fake_quant: bool = False  # train through the int8 rounding (straight-through), as the written model computes
     seed: int = 0
     max_rows: int = 65536  # code rows per layer that weight the int8 quantization
     progress: bool = True
@@ -74,7 +75,7 @@ def require_torch() -> None:
             from None
 
 
-def _layer_module(candidate, layer: HalutLayer):
+def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
     """One converted layer as a torch module: input tensor -> its output, with a trainable float LUT."""
     import torch
     import torch.nn.functional as F
@@ -103,6 +104,7 @@ def _layer_module(candidate, layer: HalutLayer):
                 self.register_buffer("split_dims", torch.from_numpy(layer.split_dims.astype(np.int64)))
                 self.register_buffer("thresholds", torch.from_numpy(layer.thresholds.astype(np.float32)))
             self.pq = layer.encoder == "pq"
+            self.fake_quant = fake_quant
             self.last_codes = None
 
         def codes(self, rows):
@@ -117,10 +119,22 @@ def _layer_module(candidate, layer: HalutLayer):
                     node = 2 * node + (x > t).long()
                 return node
 
+        def table(self):
+            """The LUT as the lookup uses it: with ``fake_quant``, rounded as int8 with one step per output column
+            (each table centred on its midrange first, as ``quantize_lut`` does) and the gradient passed
+            straight through the rounding."""
+            if not self.fake_quant:
+                return self.lut
+            T = self.lut.view(self.C, NUM_CODES, -1)
+            mid = 0.5 * (T.amax(1, keepdim=True) + T.amin(1, keepdim=True))
+            step = ((T - mid).abs().amax(dim=(0, 1)) / 127).clamp_min(1e-12)
+            rounded = (torch.round((T - mid) / step) * step + mid).view_as(self.lut)
+            return self.lut + (rounded - self.lut).detach()
+
         def lookup(self, rows):
             codes = self.codes(rows)
             self.last_codes = codes
-            return F.embedding_bag(codes + self.offsets, self.lut, mode="sum") + self.bias
+            return F.embedding_bag(codes + self.offsets, self.table(), mode="sum") + self.bias
 
         def forward(self, x):
             if self.geometry is None:
@@ -178,7 +192,7 @@ def finetune(work: onnx.ModelProto, plan, layers: dict[str, HalutLayer], learn_f
     start = time.perf_counter()
     torch.manual_seed(options.seed)
     target, kind = _distillation(work, metric_output)
-    modules = {c.name: _layer_module(c, layers[c.name]) for c in plan}
+    modules = {c.name: _layer_module(c, layers[c.name], options.fake_quant) for c in plan}
     replaced = {c.output_name: (c.input_name, modules[c.name]) for c in plan}
     teacher = TorchGraph(work, [target])
     student = TorchGraph(work, [target, metric_output], replaced)
@@ -231,6 +245,7 @@ def finetune(work: onnx.ModelProto, plan, layers: dict[str, HalutLayer], learn_f
         for name, module in modules.items():
             lut, bias = best_state[name]
             tuned[name] = _requantize(layers[name], lut.numpy(), bias.numpy(), codes[name])
+            module.fake_quant = False
             with torch.no_grad():  # the int8 tables, dequantized, to score what the written model computes
                 q = tuned[name]
                 module.lut.copy_(torch.from_numpy(

@@ -91,6 +91,23 @@ def test_gradient_reaches_the_input_straight_through_the_original_layer(rng, kin
     np.testing.assert_allclose(module.lut.grad.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_fake_quant_rounds_each_column_to_an_int8_grid_and_passes_the_gradient(rng):
+    layer, cand, X, rows = _layer(rng, "pq", None)
+    plain, rounded = _layer_module(cand, layer), _layer_module(cand, layer, fake_quant=True)
+    T = rounded.table().detach().numpy().reshape(layer.C, 16, layer.M)
+    L = layer.lut.transpose(1, 2, 0)  # (C, 16, M) as the module holds it
+    mid = 0.5 * (L.max(axis=1, keepdims=True) + L.min(axis=1, keepdims=True))
+    step = np.abs(L - mid).max(axis=(0, 1)) / 127
+    units = (T - mid) / step
+    np.testing.assert_allclose(units, np.round(units), atol=1e-3)  # on the grid
+    assert np.abs(units).max() <= 127 + 1e-3 and np.abs(T - L).max() <= 0.5 * step.max() * (1 + 1e-5)
+    x = torch.from_numpy(X)
+    g = torch.from_numpy(rng.standard_normal((len(X), layer.M)).astype(np.float32))
+    for module in (plain, rounded):
+        (module(x) * g).sum().backward()
+    np.testing.assert_allclose(rounded.lut.grad.numpy(), plain.lut.grad.numpy(), rtol=1e-6)
+
+
 def test_requantize_keeps_the_float_lut_within_int8_error(rng):
     layer, cand, X, rows = _layer(rng, "pq", None)
     lut_rows = layer.lut.transpose(1, 2, 0).reshape(layer.C * 16, layer.M) * 1.5 + 0.1  # a changed table
