@@ -143,12 +143,13 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         return learn_sequential(work, analysis.learn_set, [(c, learn_options(options, s)) for c, s in plan],
                                 analysis.learn_rows, options.max_rows, options.seed, reuse)
 
-    def measure_se(choice: dict[str, Option]) -> tuple[float, float]:
-        layers = build(choice)
+    def measure_se(choice: dict[str, Option], tuned: dict[str, HalutLayer] | None = None,
+                   store: dict[tuple, tuple] = measured) -> tuple[float, float]:
+        layers = {**build(choice), **(tuned or {})}  # fine-tuned layers in place of their learned forms
         rewrites = [LayerRewrite(c, layers[c.name], "") for c, _ in plan_of(choice)]
         comparison = evaluator.compare(rewrite_model(work, rewrites))
         value, se = comparison.value(budget.metric), comparison.standard_error(budget.metric)
-        measured[choice_key(choice)] = (layers, comparison.values(), se)
+        store[choice_key(choice)] = (layers, comparison.values(), se)
         return value, se
 
     if budget.metric == "agreement" and all(r.agreement is None for r in analysis.rows if r.error is None):
@@ -180,8 +181,15 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                                                                                budget, options))
         history += tuned_history
         if kept is not None:
-            chosen, (layers, values, se, finetuned) = kept
-            measured[choice_key(chosen)] = (layers, values, se)
+            chosen, (tuned, values, se, finetuned) = kept
+            # the fine-tuned model may have room left for more layers, as learned: climb from it
+            after_tuning = {choice_key(chosen): (tuned, values, se)}
+            if analysis.samples_heldout >= MIN_SE_SAMPLES:
+                chosen, added = climb(chosen, options_list, budget,
+                                      lambda c: measure_se(c, tuned, after_tuning),
+                                      tried=lambda c: choice_key(c) in after_tuning)
+                history += added
+            measured[choice_key(chosen)] = after_tuning[choice_key(chosen)]
     if not chosen:
         savers = [o for o in options_list if o.saving is not None and o.saving > 0]
         if not savers and objective == "time":
