@@ -241,6 +241,10 @@ def finetune(work: onnx.ModelProto, plan, layers: dict[str, HalutLayer], learn_f
                 best_value, best_state, report.best_epoch = value, state(), epoch
     tuned = dict(layers)
     if report.best_epoch:
+        with torch.no_grad():  # the kept epoch's tables, which the codes of the layers after them depend on
+            for name, module in modules.items():
+                module.lut.copy_(best_state[name][0])
+                module.bias.copy_(best_state[name][1])
         codes = _codes_seen(student, modules, as_torch, options.max_rows, rng)
         for name, module in modules.items():
             lut, bias = best_state[name]
