@@ -173,17 +173,32 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
             history.extend(added)
         return choice
 
+    def tune(choice: dict[str, Option]):
+        """``choice``'s layers fine-tuned together, measured as written: (value, standard error, (what
+        ``measure_se`` stores for it, FinetuneReport))."""
+        from .finetune import FinetuneOptions, finetune
+
+        tuned, report = finetune(work, [c for c, _ in plan_of(choice)], build(choice),
+                                 [feed for _, feed in analysis.learn_set], evaluator.feeds, evaluator.reference,
+                                 analysis.metric_output, budget.metric,
+                                 FinetuneOptions(seed=options.seed, progress=options.progress))
+        store: dict[tuple, tuple] = {}
+        value, se = measure_se(choice, tuned, store)
+        log.info("fine-tuned %d layers: held-out %s %.4f -> %.4f (int8 %s), %.4f written", len(choice), budget.metric,
+                 report.before, report.after, report.after_int8, value)
+        return value, se, (store[choice_key(choice)], report)
+
     history: list[tuple[str, float]] = []
     chosen = search(budget)
     finetuned = None
     if options.finetune and chosen:
-        kept, tuned_history = widen(chosen, budget, search, lambda c: _finetuned(c, build(c), plan_of(c), analysis,
-                                                                               budget, options))
+        kept, tuned_history = widen(chosen, budget, search, tune)
         history += tuned_history
         if kept is not None:
-            chosen, (tuned, values, se, finetuned) = kept
+            chosen, (entry, finetuned) = kept
+            tuned = entry[0]
             # the fine-tuned model may have room left for more layers, as learned: climb from it
-            after_tuning = {choice_key(chosen): (tuned, values, se)}
+            after_tuning = {choice_key(chosen): entry}
             if analysis.samples_heldout >= MIN_SE_SAMPLES:
                 chosen, added = climb(chosen, options_list, budget,
                                       lambda c: measure_se(c, tuned, after_tuning),
@@ -230,23 +245,6 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                                     runs=runs, warmup=2)
         report.measured_speedup = ref_ms / conv_ms
     return result
-
-
-def _finetuned(choice, layers, plan, analysis: Analysis, budget: Budget, options: ConvertOptions):
-    """``choice``'s layers fine-tuned together (finetune.py) and measured on the held-out files:
-    (value, standard error, (layers, all metric values, standard error, FinetuneReport))."""
-    from .finetune import FinetuneOptions, finetune
-
-    evaluator = analysis.evaluator
-    tuned, report = finetune(analysis.work, [c for c, _ in plan], layers, [feed for _, feed in analysis.learn_set],
-                             evaluator.feeds, evaluator.reference, analysis.metric_output, budget.metric,
-                             FinetuneOptions(seed=options.seed, progress=options.progress))
-    rewrites = [LayerRewrite(c, tuned[c.name], "") for c, _ in plan]
-    comparison = evaluator.compare(rewrite_model(analysis.work, rewrites))
-    value, se = comparison.value(budget.metric), comparison.standard_error(budget.metric)
-    log.info("fine-tuned %d layers: held-out %s %.4f -> %.4f (float LUTs), %.4f written", len(plan), budget.metric,
-             report.before, report.after, value)
-    return value, se, (tuned, comparison.values(), se, report)
 
 
 @dataclass
