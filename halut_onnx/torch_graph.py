@@ -140,7 +140,7 @@ def _resize(x, roi=None, scales=None, sizes=None, mode="nearest", coordinate_tra
 
 
 def _reduce(fn):
-    def run(x, *rest, opset, keepdims=1, noop_with_empty_axes=0, **a):
+    def run(x, *rest, keepdims=1, noop_with_empty_axes=0, **a):
         axes = _axes(a, [x, *rest], 1)
         if not axes:
             return x if noop_with_empty_axes else fn(x, dim=tuple(range(x.dim())), keepdim=bool(keepdims))
@@ -196,15 +196,15 @@ _OPS: dict[str, Callable] = {
     "Concat": lambda *xs, axis: torch.cat(xs, dim=axis),
     "Reshape": _reshape, "Transpose": lambda x, perm=None: x.permute(*(perm or range(x.dim() - 1, -1, -1))),
     "Flatten": lambda x, axis=1: x.reshape(int(np.prod(x.shape[:axis])), -1),
-    "Squeeze": lambda x, *r, opset, **a: _squeeze(x, _axes(a, [x, *r], 1)),
-    "Unsqueeze": lambda x, *r, opset, **a: _unsqueeze(x, _axes(a, [x, *r], 1)),
-    "Slice": lambda x, *r, opset, **a: _slice(x, *r) if r else _slice(  # before opset 10: attributes
+    "Squeeze": lambda x, *r, **a: _squeeze(x, _axes(a, [x, *r], 1)),
+    "Unsqueeze": lambda x, *r, **a: _unsqueeze(x, _axes(a, [x, *r], 1)),
+    "Slice": lambda x, *r, **a: _slice(x, *r) if r else _slice(  # before opset 10: attributes
         x, *(torch.tensor(a[k]) if k in a else None for k in ("starts", "ends", "axes"))),
     "Shape": lambda x, start=0, end=None: torch.tensor(x.shape[start:end], dtype=torch.int64),
     "Gather": _gather, "Cast": lambda x, to: x.to(_DTYPES[to]), "Constant": _constant, "Resize": _resize,
     "Expand": lambda x, shape: x * torch.ones(_ints(shape), dtype=x.dtype),
 }
-_TAKE_OPSET = {"Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "Squeeze", "Unsqueeze", "Slice"}
+_TAKE_OPSET = {"Softmax", "LogSoftmax"}  # their axis semantics changed at opset 13
 
 
 def _squeeze(x, axes):
