@@ -1,14 +1,16 @@
 """Accuracy budgets on real models: for each budget, the layers `convert --budget` chose, the share of the eligible
 multiply-adds converted, the measured end metric and the measured speedup (docs/budget.md).
 
-    python examples/budget_tables.py digits [--out DIR] [--quick]
+    python examples/budget_tables.py digits [--out DIR] [--quick] [--finetune]
     python examples/budget_tables.py rec [--out DIR] [--calib 96] [--eval 48] [--max-rows 8192] [--quick]
-        [--heldout-files 0.25] [--budgets ctc=0.99,...] [--sequential]
+        [--heldout-files 0.25] [--budgets ctc=0.99,...] [--sequential] [--finetune]
     python examples/budget_tables.py rec-layers --out DIR [--calib 96] [--eval 48]   # after `rec --out DIR`
     python examples/budget_tables.py det [--out DIR] [--calib 8] [--eval 4] [--quick] [--budgets cosine=0.99,...]
+        [--finetune]
     python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
-One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model is written,
+One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model (as learned,
+and with --sequential / --finetune when asked for) is written,
 measured on the held-out calibration files (the budget metric), on separate evaluation data (digits: test accuracy;
 rec: CER and top-1 agreement on non-blank frames; det: F1 and IoU of the binarised map against the original's, and
 line recall) and timed against the original (halut_onnx.bench, 1 thread). The analysis is pickled in --out and
