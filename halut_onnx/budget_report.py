@@ -103,7 +103,7 @@ def budget_summary(report) -> str:
     if f is not None:
         lines.append(
             f"Fine-tuned: held-out {f.metric} {fmt_number(f.before)} as learned -> {fmt_number(f.after)} after epoch "
-            f"{f.best_epoch} of {len(f.history) - 1} with float LUTs, {fmt_number(f.after_int8)} with the int8 LUTs "
+            f"{f.best_epoch} of {len(f.history) - 1} as trained, {fmt_number(f.after_int8)} with the int8 LUTs "
             f"written, {f.seconds:.0f} s. Train loss per epoch: "
             + ", ".join(fmt_number(loss) for _, loss, _ in f.history[1:]) + ".")
     return "\n".join(lines)
