@@ -32,9 +32,9 @@ import onnx
 
 from .errors import ConversionError
 from .learn.layer import HalutLayer
-from .learn.lut import RidgeFit, _code_gram, quantize_lut
+from .learn.lut import code_weights, quantize_table
 from .metrics import OutputComparison
-from .ops import NUM_CODES
+from .ops import NUM_CODES, TREE_DEPTH
 from .reference import conv_pads, slice_bounds
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
                     return (rows @ self.block + self.pq_biases).view(len(rows), self.C, NUM_CODES).argmin(-1)
                 node = torch.zeros(len(rows), self.C, dtype=torch.int64)
                 cols = torch.arange(self.C)
-                for level in range(4):
+                for level in range(TREE_DEPTH):
                     x = rows[:, self.split_dims[:, level]]
                     t = self.thresholds[cols[None, :], (1 << level) - 1 + node]
                     node = 2 * node + (x > t).long()
@@ -282,14 +282,7 @@ def _codes_seen(student, modules, feeds, max_rows: int, rng) -> dict[str, np.nda
 def _requantize(layer: HalutLayer, lut_rows: np.ndarray, bias: np.ndarray, codes: np.ndarray) -> HalutLayer:
     """``layer`` with the float LUT ``lut_rows`` (16C x M) and ``bias``, quantized to int8 as learning does."""
     C, M = layer.C, layer.M
-    G = np.zeros((C * NUM_CODES, C * NUM_CODES), dtype=np.float64)
-    _code_gram(codes, G)
-    counts = np.diag(G).copy()
-    centred = G - np.outer(counts, counts) / max(len(codes), 1)
-    fit = RidgeFit(lut=lut_rows.astype(np.float64), intercept=bias.astype(np.float64), ridge=math.nan,
-                   train_sse=math.nan, heldout_sse=math.nan, train_ss=math.nan, heldout_ss=math.nan,
-                   counts=counts, centred_gram=centred)
-    q = quantize_lut(fit, C)
+    q = quantize_table(lut_rows.astype(np.float64), bias.astype(np.float64), *code_weights(codes), C)
     lut = np.ascontiguousarray(lut_rows.reshape(C, NUM_CODES, M).transpose(2, 0, 1), dtype=np.float32)
     return dataclasses.replace(layer, lut=lut, lut_bias=bias.astype(np.float32), lut_q=q.lut_q, scale=q.scale,
                                offset=q.offset)

@@ -168,7 +168,7 @@ def fit_ridge(train: CodeStats, heldout: CodeStats | None, ridges: np.ndarray, W
     N = float(train.rows)
     phibar = train.counts / N
     t0 = train.tsum / N
-    Gc = train.gram - np.outer(train.counts, train.counts) / N
+    Gc = _centred_gram(train.gram, train.counts, N)
     Pc = train.phi_t - np.outer(train.counts, t0)
     syy = _centred_ss(train, t0, K)
     evals, Q = np.linalg.eigh(Gc)
@@ -278,7 +278,29 @@ class QuantizedLUT:
 
 
 def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> QuantizedLUT:
-    """int8 LUT with one scale per output column, ``y = scale * sum_c lut_q[c, code_c] + offset``.
+    """``quantize_table`` for a ridge fit's LUT, weighted by its training codes."""
+    return quantize_table(fit.lut, fit.intercept, fit.counts, fit.centred_gram, C, exact_limit)
+
+
+def code_weights(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows per (codebook, code), Gram of the centred one-hot matrix) of codes (uint8, N x C): what
+    ``quantize_table`` weighs a table's errors by."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    G = np.zeros((codes.shape[1] * NUM_CODES, codes.shape[1] * NUM_CODES), dtype=np.float64)
+    _code_gram(codes, G)
+    counts = np.diag(G).copy()
+    return counts, _centred_gram(G, counts, len(codes))
+
+
+def _centred_gram(gram: np.ndarray, counts: np.ndarray, rows: float) -> np.ndarray:
+    return gram - np.outer(counts, counts) / max(rows, 1)
+
+
+def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, centred_gram: np.ndarray, C: int,
+                   exact_limit: int = 1 << 30) -> QuantizedLUT:
+    """int8 form of a float LUT (16C x M; ``intercept`` (M,)) with one scale per output column,
+    ``y = scale * sum_c lut_q[c, code_c] + offset``, its errors weighted by the codes' ``counts`` and
+    ``centred_gram`` (``code_weights``).
 
     1. Each (m, c) table is centred on its midrange (centres fold into ``offset``), so int8 covers the spread only.
     2. For a few candidate scales per column (the widest table fitting -127..127, and smaller ones that clip it),
@@ -292,9 +314,9 @@ def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> Quantized
     For very wide layers (16C x 16C x M beyond ``exact_limit``) the block diagonal of Gc stands in for it in step 2
     (codebooks' errors taken as uncorrelated) and step 3 is skipped.
     """
-    L = fit.lut  # (16C, M)
+    L = lut  # (16C, M)
     p, M = L.shape
-    phibar = fit.counts * (C / fit.counts.sum())  # fraction of rows per (codebook, code)
+    phibar = counts * (C / counts.sum())  # fraction of rows per (codebook, code)
     weights = phibar.reshape(C, NUM_CODES, 1)
     T = L.reshape(C, NUM_CODES, M)
     mid = 0.5 * (T.max(axis=1) + T.min(axis=1))  # (C, M)
@@ -303,7 +325,7 @@ def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> Quantized
     s0 = np.where(half > 0, half / 127.0, 1.0)
     exact = p * p * M <= exact_limit
     if not exact:
-        blocks = fit.centred_gram.reshape(C, NUM_CODES, C, NUM_CODES)[np.arange(C), :, np.arange(C), :]  # (C,16,16)
+        blocks = centred_gram.reshape(C, NUM_CODES, C, NUM_CODES)[np.arange(C), :, np.arange(C), :]  # (C,16,16)
     best_err = np.full(M, np.inf)
     best_q = np.zeros((p, M), dtype=np.int64)
     best_s = np.ones(M, dtype=np.float32)
@@ -325,7 +347,7 @@ def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> Quantized
         q = q.reshape(p, M)
         E = q * s.astype(np.float64) - L  # against the float tables; per-table constants are free (Gc's null space)
         if exact:
-            err = np.sum(E * (fit.centred_gram @ E), axis=0)
+            err = np.sum(E * (centred_gram @ E), axis=0)
         else:
             Eb = E.reshape(C, NUM_CODES, M)
             err = np.einsum("ckm,ckj,cjm->m", Eb, blocks, Eb, optimize=True)
@@ -335,9 +357,9 @@ def quantize_lut(fit: RidgeFit, C: int, exact_limit: int = 1 << 30) -> Quantized
         best_s[better] = s[better]
     E = best_q * best_s.astype(np.float64) - L
     if exact:
-        _refine(np.ascontiguousarray(fit.centred_gram), best_q, best_s.astype(np.float64), E, _REFINE_SWEEPS)
+        _refine(np.ascontiguousarray(centred_gram), best_q, best_s.astype(np.float64), E, _REFINE_SWEEPS)
     # Quantized minus float output is sum_c E[c, code_c] + (offset - intercept): zero mean on the training codes.
-    offset = fit.intercept - phibar @ E
+    offset = intercept - phibar @ E
     lut_q = np.ascontiguousarray(best_q.reshape(C, NUM_CODES, M).transpose(2, 0, 1).astype(np.int8))
     return QuantizedLUT(lut_q=lut_q, scale=best_s, offset=offset.astype(np.float32))
 
