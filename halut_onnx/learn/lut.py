@@ -270,6 +270,39 @@ def _refine(Gc, q, scale, E, sweeps):
                 break
 
 
+@njit("void(float64[:, :, ::1], float64[:, ::1], float64[:, :, ::1])", parallel=True, cache=True)
+def _shifted_grids(X, weights, q):
+    """q[c, :, m]: table (c, m) of X (in units of the step) rounded on the best of _GRID_SHIFTS integer grids shifted
+    by j / _GRID_SHIFTS - 1/2, clipped to -128..127; best = lowest count-weighted variance of the rounding error (its
+    mean is a constant that the column's offset absorbs). Ties keep the first shift."""
+    C, K, M = X.shape
+    for c in prange(C):  # task c owns q[c]; the inner loops run along m, contiguous
+        w_sum = 0.0
+        for k in range(K):
+            w_sum += weights[c, k]
+        w_sum = max(w_sum, 1e-300)
+        best = np.full(M, np.inf)
+        s1 = np.empty(M)
+        s2 = np.empty(M)
+        for j in range(_GRID_SHIFTS):
+            shift = j / _GRID_SHIFTS - 0.5
+            s1[:] = 0.0
+            s2[:] = 0.0
+            for k in range(K):
+                w = weights[c, k]
+                for m in range(M):
+                    qj = min(max(np.rint(X[c, k, m] + shift), -128.0), 127.0)
+                    e = qj - shift - X[c, k, m]
+                    s2[m] += w * e * e
+                    s1[m] += w * e
+            for m in range(M):
+                err = s2[m] - s1[m] ** 2 / w_sum
+                if err < best[m]:
+                    best[m] = err
+                    for k in range(K):
+                        q[c, k, m] = min(max(np.rint(X[c, k, m] + shift), -128.0), 127.0)
+
+
 @dataclass
 class QuantizedLUT:
     lut_q: np.ndarray  # int8 (M, C, 16)
@@ -317,7 +350,7 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
     L = lut  # (16C, M)
     p, M = L.shape
     phibar = counts * (C / counts.sum())  # fraction of rows per (codebook, code)
-    weights = phibar.reshape(C, NUM_CODES, 1)
+    weights = np.ascontiguousarray(phibar.reshape(C, NUM_CODES))
     T = L.reshape(C, NUM_CODES, M)
     mid = 0.5 * (T.max(axis=1) + T.min(axis=1))  # (C, M)
     Rr = T - mid[:, None, :]
@@ -332,25 +365,15 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
     for frac in _SCALE_FRACTIONS:
         s = (s0 * frac).astype(np.float32)
         X = Rr / s.astype(np.float64)  # tables in units of the step
-        q = np.zeros_like(X)
-        q_err = np.full((C, M), np.inf)
-        for j in range(_GRID_SHIFTS):
-            shift = j / _GRID_SHIFTS - 0.5
-            qj = np.clip(np.rint(X + shift), -128, 127)
-            e = qj - shift - X
-            # count-weighted variance of the table's error: its mean is a constant that offset absorbs
-            w_sum = np.maximum(weights.sum(axis=1), 1e-300)
-            err = (weights * e * e).sum(axis=1) - (weights * e).sum(axis=1) ** 2 / w_sum
-            better = err < q_err
-            q_err[better] = err[better]
-            q = np.where(better[:, None, :], qj, q)
+        q = np.empty_like(X)
+        _shifted_grids(X, weights, q)
         q = q.reshape(p, M)
         E = q * s.astype(np.float64) - L  # against the float tables; per-table constants are free (Gc's null space)
         if exact:
             err = np.sum(E * (centred_gram @ E), axis=0)
         else:
             Eb = E.reshape(C, NUM_CODES, M)
-            err = np.einsum("ckm,ckj,cjm->m", Eb, blocks, Eb, optimize=True)
+            err = np.sum(Eb * (blocks @ Eb), axis=(0, 1))
         better = err < best_err
         best_err[better] = err[better]
         best_q[:, better] = q[:, better].astype(np.int64)
@@ -364,28 +387,45 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
     return QuantizedLUT(lut_q=lut_q, scale=best_s, offset=offset.astype(np.float32))
 
 
+# The lookups run over tiles of (rows x output columns): a row visits all M x C tables, 16 entries each, so a
+# wide layer's LUT (6 MB at M = 768, C = 128 in float) would stream from memory once per row; a tile's tables stay
+# in cache for all its rows. Each output is still summed codebook by codebook, so the results are unchanged.
+_TILE_ROWS = 256
+_TILE_COLS = 32
+
+
 @njit("void(uint8[:, ::1], int8[:, :, ::1], float32[::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
 def _lookup_int8(codes, lut_q, scale, offset, out):
     N, C = codes.shape
     M = lut_q.shape[0]
-    for n in prange(N):
-        for m in range(M):
-            S = np.int32(0)
-            for c in range(C):
-                S += np.int32(lut_q[m, c, codes[n, c] & 15])
-            out[n, m] = np.float32(scale[m] * np.float32(S)) + offset[m]
+    row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
+    col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
+    for t in prange(row_tiles * col_tiles):
+        m0 = (t % col_tiles) * _TILE_COLS
+        n0 = (t // col_tiles) * _TILE_ROWS
+        for n in range(n0, min(N, n0 + _TILE_ROWS)):
+            for m in range(m0, min(M, m0 + _TILE_COLS)):
+                S = np.int32(0)
+                for c in range(C):
+                    S += np.int32(lut_q[m, c, codes[n, c] & 15])
+                out[n, m] = np.float32(scale[m] * np.float32(S)) + offset[m]
 
 
 @njit("void(uint8[:, ::1], float32[:, :, ::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
 def _lookup_float(codes, lut, bias, out):
     N, C = codes.shape
     M = lut.shape[0]
-    for n in prange(N):
-        for m in range(M):
-            y = np.float32(0.0)
-            for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
-                y = y + lut[m, c, codes[n, c]]
-            out[n, m] = y + bias[m]
+    row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
+    col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
+    for t in prange(row_tiles * col_tiles):
+        m0 = (t % col_tiles) * _TILE_COLS
+        n0 = (t // col_tiles) * _TILE_ROWS
+        for n in range(n0, min(N, n0 + _TILE_ROWS)):
+            for m in range(m0, min(M, m0 + _TILE_COLS)):
+                y = np.float32(0.0)
+                for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
+                    y = y + lut[m, c, codes[n, c]]
+                out[n, m] = y + bias[m]
 
 
 def lookup_int8(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:

@@ -174,7 +174,10 @@ def _kmeans(X, bounds, grams, iters, uniforms, centroids):
         d = bounds[c + 1] - bounds[c]
         G = np.ascontiguousarray(grams[c, :d, :d])
         z = np.zeros((NUM_CODES, d), dtype=np.float64)
-        _kmeans_one(X, bounds[c], G, iters, uniforms[c], z)
+        # Every Lloyd pass reads the slice's d columns of all rows: strided in X, that is a cache line per row for
+        # a few bytes (3x slower at d = 3); a contiguous copy of the slice is read at memory speed.
+        Xc = np.ascontiguousarray(X[:, bounds[c] : bounds[c + 1]])
+        _kmeans_one(Xc, 0, G, iters, uniforms[c], z)
         centroids[c, :, :d] = z
 
 
