@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit, prange
 
 METRICS = ("agreement", "cosine", "nmse", "ctc")
 MIN_SE_SAMPLES = 10  # samples below which standard_error is infinite
@@ -55,6 +56,39 @@ def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
     return int(previous[-1])
 
 
+@njit(parallel=True, cache=True)
+def _compare(ref, conv, sums, top_ref, top_conv):
+    """One pass over [samples, rows, classes] outputs: per sample the float64 sums of ref^2, conv^2, ref conv and
+    (conv - ref)^2 (``sums`` columns 0..3), and per row the arg-max of each (first maximum; a NaN wins, as in
+    np.argmax). Fused because a CTC output of 18k classes is tens of MB per file and numpy's separate passes
+    (and float64 temporaries) took several times the model's own run."""
+    n, rows, classes = ref.shape
+    for i in prange(n):
+        rr = cc = rc = dd = 0.0
+        for t in range(rows):
+            br = bc = 0
+            nan_r = nan_c = False
+            for k in range(classes):
+                x = np.float64(ref[i, t, k])
+                y = np.float64(conv[i, t, k])
+                rr += x * x
+                cc += y * y
+                rc += x * y
+                dd += (y - x) * (y - x)
+                if not nan_r and (x != x or x > ref[i, t, br]):
+                    br = k
+                    nan_r = x != x
+                if not nan_c and (y != y or y > conv[i, t, bc]):
+                    bc = k
+                    nan_c = y != y
+            top_ref[i, t] = br
+            top_conv[i, t] = bc
+        sums[i, 0] = rr
+        sums[i, 1] = cc
+        sums[i, 2] = rc
+        sums[i, 3] = dd
+
+
 # What OutputComparison keeps per sample, one column each; every metric is a function of the columns' sums.
 _SAME, _ROWS, _COS, _SQ_ERR, _SQ_REF, _CTC_ERRORS, _CTC_LENGTH = range(7)
 
@@ -85,20 +119,22 @@ class OutputComparison:
             ref, conv = ref.real, conv.real
         n = ref.shape[0] if ref.ndim >= 1 and ref.size else 1
         block = np.zeros((n, 7))
-        if ref.ndim >= 2 and ref.shape[-1] > 1:  # classes on the last axis
-            top_ref, top_conv = np.argmax(ref, axis=-1), np.argmax(conv, axis=-1)
-            block[:, _SAME] = (top_ref == top_conv).reshape(n, -1).sum(axis=1)
-            block[:, _ROWS] = top_ref.size // n
+        classes = ref.shape[-1] if ref.ndim >= 2 else 1
+        dtype = np.float64 if ref.dtype.itemsize >= 8 else np.float32
+        r, c = (np.ascontiguousarray(a, dtype=dtype).reshape(n, -1, max(classes, 1)) for a in (ref, conv))
+        sums = np.zeros((n, 4))
+        top_ref = np.zeros(r.shape[:2], np.int64)
+        top_conv = np.zeros(r.shape[:2], np.int64)
+        _compare(r, c, sums, top_ref, top_conv)
+        if classes > 1:  # classes on the last axis
+            block[:, _SAME] = (top_ref == top_conv).sum(axis=1)
+            block[:, _ROWS] = top_ref.shape[1]
             if ref.ndim == 3:
                 for i, (ref_frames, conv_frames) in enumerate(zip(top_ref, top_conv)):
                     ref_text = ctc_decode(ref_frames)
                     block[i, _CTC_ERRORS] = edit_distance(ref_text, ctc_decode(conv_frames))
                     block[i, _CTC_LENGTH] = len(ref_text)
-        r, c = ref.reshape(n, -1), conv.reshape(n, -1)
-        # Products and sums in float64 without float64 copies of the outputs (a CTC output of 18k classes is
-        # tens of MB per file, and the copies cost ten times the arithmetic)
-        d = c - r if ref.dtype.itemsize >= 8 else np.subtract(c, r, dtype=np.float64)
-        rr, cc, rc, dd = (np.einsum("ij,ij->i", a, b, dtype=np.float64) for a, b in ((r, r), (c, c), (r, c), (d, d)))
+        rr, cc, rc, dd = sums.T
         norms = np.sqrt(rr * cc)
         both_zero = (norms == 0) & (dd == 0)
         block[:, _COS] = np.where(norms > 0, rc / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))

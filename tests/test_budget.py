@@ -149,6 +149,24 @@ def test_output_comparison_against_numpy(rng):
     assert labels.agreement == 0.75 and math.isclose(labels.nmse, 0.25)
 
 
+def test_output_comparison_argmax_ties_nan_and_rank4_like_numpy(rng):
+    # the fused pass (metrics._compare) must pick numpy's arg-max: the first maximum, and a NaN over any number
+    ref = rng.integers(0, 3, (4, 2, 3, 5)).astype(np.float64)  # small integers: many tied maxima
+    conv = rng.integers(0, 3, ref.shape).astype(np.float64)
+    conv[1, 0, 2, 3] = np.nan
+    ref[2, 1, 0, 1] = np.nan
+    cmp = OutputComparison()
+    cmp.add(ref, conv)
+    assert cmp.agreement == np.mean(ref.reshape(-1, 5).argmax(1) == conv.reshape(-1, 5).argmax(1))
+    fine = [s for s in range(4) if s not in (1, 2)]
+    part = OutputComparison()
+    part.add(ref[fine], conv[fine])
+    r, c = ref[fine].reshape(2, -1), conv[fine].reshape(2, -1)
+    assert part.cosine == pytest.approx(np.mean(np.sum(r * c, 1) / np.linalg.norm(r, axis=1) /
+                                                np.linalg.norm(c, axis=1)), rel=1e-12)
+    assert part.nmse == pytest.approx(np.sum((c - r) ** 2) / np.sum(r**2), rel=1e-12)
+
+
 def test_output_comparison_zero_samples_and_half_precision(rng):
     # a sample that is zero in both models agrees fully (cosine 1), one that is zero in one of them not at all
     ref = rng.standard_normal((3, 4)).astype(np.float16)
