@@ -234,23 +234,20 @@ _GRID_SHIFTS = 8  # offsets of the integer grid tried per (output, codebook) tab
 _REFINE_SWEEPS = 4
 
 
-@njit("void(float64[:, ::1], int64[:, ::1], float64[::1], float64[:, ::1], int64)", parallel=True, cache=True)
-def _refine(Gc, q, scale, E, sweeps):
+@njit("void(float64[:, ::1], int64[:, ::1], float64[::1], float64[:, ::1], float64[:, ::1], int64)", parallel=True,
+      cache=True)
+def _refine(Gc, q, scale, E, GE, sweeps):
     """Coordinate descent on the integer tables: move single entries by +-1 while ``E^T Gc E`` drops.
 
-    q (16C x M) integers in -128..127, E = scale * q - L (updated in place); column m is independent of the others.
+    q (16C x M) integers in -128..127, E = scale * q - L and GE = Gc @ E (both updated in place; the product comes
+    from BLAS, which computes it ten times faster than a loop here); column m is independent of the others.
     The centred Gram weighs each entry by how often its code occurs and lets errors of codes that co-occur cancel,
     which rounding each entry on its own cannot.
     """
     p, M = q.shape
     for m in prange(M):
         s = scale[m]
-        g = np.zeros(p, dtype=np.float64)  # Gc @ E[:, m]
-        for i in range(p):
-            acc = 0.0
-            for j in range(p):
-                acc += Gc[i, j] * E[j, m]
-            g[i] = acc
+        g = GE[:, m].copy()  # Gc @ E[:, m], kept contiguous for the updates
         for _ in range(sweeps):
             changed = 0
             for i in range(p):
@@ -364,8 +361,8 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
     best_s = np.ones(M, dtype=np.float32)
     for frac in _SCALE_FRACTIONS:
         s = (s0 * frac).astype(np.float32)
-        X = Rr / s.astype(np.float64)  # tables in units of the step
-        q = np.empty_like(X)
+        X = np.ascontiguousarray(Rr / s.astype(np.float64))  # tables in units of the step
+        q = np.empty(X.shape)
         _shifted_grids(X, weights, q)
         q = q.reshape(p, M)
         E = q * s.astype(np.float64) - L  # against the float tables; per-table constants are free (Gc's null space)
@@ -380,7 +377,8 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
         best_s[better] = s[better]
     E = best_q * best_s.astype(np.float64) - L
     if exact:
-        _refine(np.ascontiguousarray(centred_gram), best_q, best_s.astype(np.float64), E, _REFINE_SWEEPS)
+        Gc = np.ascontiguousarray(centred_gram)
+        _refine(Gc, best_q, best_s.astype(np.float64), E, Gc @ E, _REFINE_SWEEPS)
     # Quantized minus float output is sum_c E[c, code_c] + (offset - intercept): zero mean on the training codes.
     offset = intercept - phibar @ E
     lut_q = np.ascontiguousarray(best_q.reshape(C, NUM_CODES, M).transpose(2, 0, 1).astype(np.int8))
