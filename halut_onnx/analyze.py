@@ -32,10 +32,13 @@ from .selection import MAX_DEFAULT_CODEBOOKS, MIN_DEFAULT_CODEBOOKS, select_laye
 
 log = logging.getLogger(__name__)
 
-#: codebook counts tried by default, as divisors of D (rounded to the nearest power of two, clamped to 4..64)
-DEFAULT_DIVISORS = (16, 8, 4, 2)
+#: codebook counts tried by default, as divisors of D (rounded to the nearest power of two; codebook_grid). D / 2
+#: only: on PP-OCR the budgets chose C = D/2 and 64 - 128 almost only, and D/16 .. D/2 (3x the settings, 3x the
+#: analysis's minutes) converted at most 3 points more of det's multiply-adds (docs/budget.md)
+DEFAULT_DIVISORS = (2,)
 ANALYSIS_MAX_CODEBOOKS = 128  # the grid's largest C (only where D >= 2 C); convert's default stays at most 64
 HELDOUT_ROWS = 16384  # per layer, rows of the held-out files kept to measure the layer's error there
+SUFFIX_CACHE_BYTES = 1 << 30  # upstream tensors of the original kept at a time for the single-layer runs
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class AnalyzeOptions:
     sensitivity_files: int = 0  # held-out files the single-layer end metrics are measured on (0: all of them;
     # fewer is faster on big models; the combined model of a budget is always verified on all)
     timing: bool = True  # time MatMul against encode + lookup per layer shape (needs the custom-op library)
+    # "time" or "macs": a setting that saves nothing by it is timed but neither learned nor run through the model
+    # (a budget never chooses it: budget.choose); None measures every setting, as `halut-onnx analyze` does
+    objective: str | None = None
 
     def validate(self) -> None:
         self.convert.validate()
@@ -67,6 +73,8 @@ class AnalyzeOptions:
         bad = [e for e in self.encoders if e not in ("tree", "pq")]
         if bad or not self.encoders:
             raise ValueError(f"--encoders must be a comma-separated subset of tree,pq, got {','.join(self.encoders)!r}")
+        if self.objective not in (None, "macs", "time"):
+            raise ValueError(f"objective must be 'macs', 'time' or None, got {self.objective!r}")
 
 
 def codebook_grid(D: int, fixed: tuple[int, ...] = (), divisors: tuple[int, ...] = DEFAULT_DIVISORS) -> list[int]:
@@ -75,7 +83,8 @@ def codebook_grid(D: int, fixed: tuple[int, ...] = (), divisors: tuple[int, ...]
     Each divisor k gives the power of two nearest D / k, within 4..64 as ``convert``'s default C, except that up
     to ANALYSIS_MAX_CODEBOOKS is allowed where that keeps at least 2 columns per codebook (D >= 256 for 128): on
     PP-OCR rec, C = 128 roughly halved the error of the D = 384 / 768 layers and let a budget convert more
-    (docs/budget.md)."""
+    (docs/budget.md). Where the grid reaches beyond 64, 64 is tried too: it saves more where the layer can afford
+    the error (PP-OCR rec's budgets chose it for as many layers as 128)."""
     if fixed:
         return sorted({min(c, D) for c in fixed})
     out = set()
@@ -85,6 +94,8 @@ def codebook_grid(D: int, fixed: tuple[int, ...] = (), divisors: tuple[int, ...]
         if c > MAX_DEFAULT_CODEBOOKS and 2 * c > D:
             c = MAX_DEFAULT_CODEBOOKS
         out.add(int(c))
+    if max(out) > MAX_DEFAULT_CODEBOOKS:
+        out.add(MAX_DEFAULT_CODEBOOKS)
     return sorted(out)
 
 
@@ -120,6 +131,7 @@ class SensitivityRow:
     in_model_ms: float | None = None  # the original layer inside the model on one held-out file (model_timing.py)
     learn_s: float | None = None
     error: str | None = None  # why this setting could not be learned
+    skipped: str | None = None  # why it was not learned nor measured: it saves nothing (AnalyzeOptions.objective)
 
     @property
     def setting(self) -> Setting:
@@ -154,6 +166,7 @@ class Analysis:
     seconds: float
     timed: bool
     skipped: list = field(default_factory=list)  # SkippedLayer
+    objective: str | None = None  # AnalyzeOptions.objective, resolved: settings saving nothing by it not measured
     # not serialized: what budget selection reuses
     candidates: dict[str, LayerCandidate] = field(default_factory=dict, repr=False)
     learned: dict[tuple[str, str], HalutLayer] = field(default_factory=dict, repr=False)
@@ -188,7 +201,8 @@ class Analysis:
         return {
             "metric_output": self.metric_output, "learn_files": self.learn_files, "heldout_files": self.heldout_files,
             "samples_heldout": self.samples_heldout, "model_ms": self.model_ms, "total_macs": self.total_macs,
-            "seconds": self.seconds, "timed": self.timed, "rows": [r.to_json() for r in self.rows],
+            "seconds": self.seconds, "timed": self.timed, "objective": self.objective,
+            "rows": [r.to_json() for r in self.rows],
             "skipped": [{"name": s.name, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
         }
 
@@ -219,7 +233,12 @@ def model_session(model: onnx.ModelProto, threads: int | None = None):
 
 class HeldoutEvaluator:
     """The original model's metric output on every held-out file, kept in memory, to compare converted models
-    (on all files, or on the first ``limit``)."""
+    (on all files, or on the first ``limit``).
+
+    A model that differs from the original only downstream of one tensor (a layer converted alone) is run from
+    that tensor on (``compare(..., start=)``, halut_onnx/suffix.py), fed with the original's values of the tensors
+    it reads from upstream. ``plan`` groups those values so that one run of the original over the files gives a
+    group's within SUFFIX_CACHE_BYTES; the group in use is the only one kept."""
 
     def __init__(self, work: onnx.ModelProto, heldout: CalibrationSet, output: str):
         self.work = work
@@ -229,12 +248,73 @@ class HeldoutEvaluator:
         self.reference = [session.run([output], feed)[0] for feed in self.feeds]
         first = next(iter(self.feeds[0].values()))
         self.samples = sum(int(next(iter(f.values())).shape[0]) if first.ndim else 1 for f in self.feeds)
+        self._groups: dict[str, frozenset[str]] = {}  # start tensor -> the boundary tensors fetched with its
+        self._values: dict[str, list[np.ndarray]] = {}  # the group in use: tensor -> its value per file
 
-    def compare(self, model: onnx.ModelProto, limit: int = 0) -> OutputComparison:
+    def __getstate__(self):  # a pickled analysis keeps the plan, not the cached tensors
+        return {**self.__dict__, "_values": {}}
+
+    def plan(self, starts: list[str], limit: int = 0) -> None:
+        """Prepare ``compare(..., start=s)`` for each s of ``starts``, in the order they will be asked for."""
+        from .suffix import downstream
+
+        fed = set(self.feeds[0])
+        bounds = {}
+        for start in dict.fromkeys(starts):
+            found = downstream(self.work.graph, start, [self.output])
+            if found is not None:
+                bounds[start] = [name for name in found[1] if name not in fed]
+        names = sorted({name for b in bounds.values() for name in b})
+        if not names:
+            return
+        sizes = dict(zip(names, (a.nbytes for a in self._fetch(names, [self.feeds[0]])[0])))
+        files = min(limit or len(self.feeds), len(self.feeds))
+        group: set[str] = set()
+        members: list[str] = []
+        for start, bound in bounds.items():
+            grown = group | set(bound)
+            if members and files * sum(sizes[n] for n in grown) > SUFFIX_CACHE_BYTES:
+                self._groups.update(dict.fromkeys(members, frozenset(group)))
+                grown, members = set(bound), []
+            group = grown
+            members.append(start)
+        self._groups.update(dict.fromkeys(members, frozenset(group)))
+
+    def _fetch(self, names: list[str], feeds: list[dict]) -> list[list[np.ndarray]]:
+        """The original model's values of tensors ``names`` on each of ``feeds``: onnxruntime computes the whole
+        model whatever is asked for, so one run per file gives them all."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.work)
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
         session = model_session(model)
-        out = OutputComparison()
+        return [session.run(names, feed) for feed in feeds]
+
+    def compare(self, model: onnx.ModelProto, limit: int = 0, start: str | None = None) -> OutputComparison:
+        from .suffix import downstream, suffix_model
+
         pairs = list(zip(self.feeds, self.reference))
-        for feed, ref in pairs[:limit] if limit else pairs:
+        pairs = pairs[:limit] if limit else pairs
+        found = downstream(model.graph, start, [self.output]) if start in self._groups else None
+        if found is not None:  # upstream of start, the original's nodes only (rewrites add nodes)
+            upstream_nodes = {n.name for i, n in enumerate(model.graph.node) if i not in set(found[0])}
+            if not upstream_nodes <= {n.name for n in self.work.graph.node}:
+                found = None
+        if found is None:
+            session, feeds = model_session(model), [feed for feed, _ in pairs]
+        else:
+            nodes, boundary = found
+            upstream = [name for name in boundary if name not in pairs[0][0]]
+            if any(len(self._values.get(name, ())) < len(pairs) for name in upstream):
+                names = sorted(self._groups[start] | set(upstream))
+                self._values = {}  # the previous group first: the memory bound is per group
+                self._values = dict(zip(names, map(list, zip(*self._fetch(names, [f for f, _ in pairs])))))
+            feeds = [{name: feed[name] if name in feed else self._values[name][i] for name in boundary}
+                     for i, (feed, _) in enumerate(pairs)]
+            session = model_session(suffix_model(model, nodes, feeds[0],
+                                                 [self.output]))
+        out = OutputComparison()
+        for feed, (_, ref) in zip(feeds, pairs):
             out.add(ref, session.run([self.output], feed)[0])
         return out
 
@@ -303,6 +383,9 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     timed = options.timing and library_available()
     if options.timing and not timed:
         log.warning("custom-op library not loadable: savings are multiply-adds, not measured kernel times")
+    objective = options.objective
+    if objective == "time" and not timed:
+        raise ValueError("--objective time needs kernel timings: the custom-op library did not load")
     model_ms = median_ms(model_session(work, threads=1), evaluator.feeds[0], runs=5, warmup=1) if timed else None
     in_model = {}
     if timed:
@@ -315,23 +398,25 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     learned: dict[tuple[str, str], HalutLayer] = {}
     plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks, options.divisors)
             for e in options.encoders]
+    evaluator.plan([c.input_name for c, _ in plan], options.sensitivity_files)
     with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
         for cand, setting in plan:
             bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
             row = _measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv, learned,
-                           len(heldout_files), time_candidate if timed else None, options.sensitivity_files)
-            row.in_model_ms = in_model.get(cand.name) if row.error is None else None
+                           len(heldout_files), time_candidate if timed else None, options.sensitivity_files,
+                           in_model.get(cand.name), objective)
             rows.append(row)
             bar.update(1)
     total = sum(r.macs for r in {r.layer: r for r in rows}.values())
     return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,
-                    model_ms, total, time.perf_counter() - start, timed, skipped,
+                    model_ms, total, time.perf_counter() - start, timed, skipped, objective,
                     {c.name: c for c in candidates}, learned, learn_rows, work, evaluator, learn_set)
 
 
 def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator: HeldoutEvaluator,
              conv: ConvertOptions, learned: dict, n_heldout_files: int, timer,
-             sensitivity_files: int = 0) -> SensitivityRow:
+             sensitivity_files: int = 0, in_model_ms: float | None = None,
+             objective: str | None = None) -> SensitivityRow:
     per_sample = held.rows_seen / max(evaluator.samples, 1)
     macs = int(round(per_sample * cand.D * cand.M))
     row = SensitivityRow(cand.name, cand.op_type, cand.D, cand.M, setting.encoder, setting.codebooks, per_sample,
@@ -340,6 +425,16 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     problem = rows.problem or held.problem
     if problem:
         row.error = problem
+        return row
+    if timer is not None:
+        # the first held-out file, as the model is timed on (model_ms, in_model_ms)
+        n = held.first_file_rows or max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
+        t = timer(n, cand, held.image_shape, setting.codebooks, setting.encoder)
+        row.matmul_ms, row.halut_ms, row.in_model_ms = t.matmul_ms, t.halut_ms, in_model_ms
+    saving = row.saving(objective) if objective else None
+    if saving is not None and saving <= 0:
+        row.skipped = (f"removes no multiply-adds ({row.macs_removed} per sample)" if objective == "macs" else
+                       f"saves no time: {row.halut_ms:.3g} ms converted against {row.halut_ms + saving:.3g} ms")
         return row
     t0 = time.perf_counter()
     try:
@@ -356,12 +451,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         sse = heldout_errors(held.rows, layer.encode(held.rows), W32, b32, None, None, layer)  # int8 only
         row.file_nmse = sse["int8"] / sse["ss"] if sse["ss"] > 0 else float("nan")
     single = rewrite_model(evaluator.work, [LayerRewrite(cand, layer, f"analysis: {setting.key}")])
-    values = evaluator.compare(single, sensitivity_files).values()
+    values = evaluator.compare(single, sensitivity_files, start=cand.input_name).values()
     row.agreement, row.cosine, row.nmse, row.ctc = values["agreement"], values["cosine"], values["nmse"], values["ctc"]
-    if timer is not None:
-        # the first held-out file, as the model is timed on (model_ms, in_model_ms)
-        n = held.first_file_rows or max(1, int(round(held.rows_seen / max(n_heldout_files, 1))))
-        t = timer(n, cand, held.image_shape, setting.codebooks, setting.encoder)
-        row.matmul_ms, row.halut_ms = t.matmul_ms, t.halut_ms
     learned[(cand.name, setting.key)] = layer
     return row
