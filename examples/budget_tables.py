@@ -49,29 +49,21 @@ def cached_analysis(path: Path, model, calib, options: AnalyzeOptions):
     return analysis
 
 
-def with_c64(analysis, model, calib, options: AnalyzeOptions, path: Path) -> None:
-    """A quick analysis (C = D/2 only) gives the D >= 256 layers C = 128 (analyze.codebook_grid); add C = 64 for
-    them, the cheaper setting the full grid has too, from a second analysis of those layers (pickled at ``path``)."""
-    big = sorted({r.layer for r in analysis.rows if r.C > 64})
-    if not big:
-        return
-    include = ("^(?:" + "|".join(name.replace(".", r"\.") for name in big) + ")$",)
-    extra = cached_analysis(path, model, calib, dataclasses.replace(
-        options, convert=dataclasses.replace(options.convert, include=include), codebooks=(64,)))
-    assert extra.heldout_files == analysis.heldout_files
-    analysis.rows += extra.rows
-    analysis.learned.update(extra.learned)
-    analysis.seconds += extra.seconds
-
-
-def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions, quick: bool):
-    """The analysis of ``model`` on ``out/calib``, pickled in ``out`` as ``stem``_analysis.pkl (quick: with C = 64
-    added, ``with_c64``), and the line that says what it covered and cost."""
-    analysis = cached_analysis(out / f"{stem}_analysis.pkl", model, out / "calib", options)
-    if quick:
-        with_c64(analysis, model, out / "calib", options, out / f"{stem}_analysis_c64.pkl")
+def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions):
+    """The analysis of ``model`` on ``out/calib``, pickled in ``out`` (one per objective), and the line that says
+    what it covered and cost."""
+    analysis = cached_analysis(out / f"{stem}_{options.objective}_analysis.pkl", model, out / "calib", options)
+    measured = sum(r.skipped is None and r.error is None for r in analysis.rows)
     return analysis, (f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers "
-                      f"in {analysis.seconds:.0f} s")
+                      f"({measured} learned and measured, the others save nothing by {options.objective}) in "
+                      f"{analysis.seconds:.0f} s")
+
+
+def analysis_objective(objective: str | None) -> str:
+    """The objective the analysis measures for: convert's default when not given (time with the library)."""
+    from halut_onnx.kernel_timing import library_available
+
+    return objective or ("time" if library_available() else "macs")
 
 
 HEADERS = ["budget", "mode", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
@@ -142,7 +134,7 @@ def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None, 
 
 def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
         heldout_files: float = 0.25, sequential: bool = False, objective: str | None = None,
-        finetune: bool = False) -> None:
+        finetune: bool = False, encoders: tuple[str, ...] = ("pq", "tree")) -> None:
     import ppocr_data
     from ppocr_rec import top1_agreement
 
@@ -157,8 +149,9 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
     base = ppocr_data.cer(evaluation.references, texts)
     convert = ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files)
-    options = AnalyzeOptions(convert, encoders=("pq",), divisors=(2,) if quick else (4, 2))
-    analysis, covered = model_analysis(out, "rec", model, options, quick)
+    options = AnalyzeOptions(convert, encoders=encoders, objective=analysis_objective(objective),
+                             **({} if quick else {"divisors": (4, 2)}))
+    analysis, covered = model_analysis(out, "rec", model, options)
     print(f"{covered}; {n_calib} calibration lines, {n_eval} evaluation lines, original CER {100 * base:.2f} %")
 
     def end_metric(path):
@@ -242,8 +235,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     # both encoders: most det layers have few outputs (M = 24..96), where pq's encode (16 D multiply-adds per
     # row) costs about as much as the layer and only the tree encoder (4 C comparisons) saves
     options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=encoders,
-                             divisors=(2,) if quick else (4, 2), sensitivity_files=0)
-    analysis, covered = model_analysis(out, "det", model, options, quick)
+                             objective=analysis_objective(objective), **({} if quick else {"divisors": (4, 2)}))
+    analysis, covered = model_analysis(out, "det", model, options)
     print(f"{covered}; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
           f"{100 * base_recall:.1f} %")
 
@@ -318,12 +311,13 @@ def main(argv=None) -> None:
     parser.add_argument("model", choices=["digits", "rec", "rec-layers", "det", "sequential"])
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer settings and budgets (rec, det: C = D/2 only)")
+                        help="fewer settings and budgets (rec, det: the default grid, C = D/2 and 64 beside 128; "
+                             "else D/4 too)")
     parser.add_argument("--max-rows", type=int, default=8192, help="calibration rows kept per layer")
     parser.add_argument("--budgets", default=None, help="rec, det: comma-separated budgets instead of the defaults")
     parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines (det: pages)")
     parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines (det: pages)")
-    parser.add_argument("--encoders", default="pq,tree", help="det: encoders analysed (rec: pq)")
+    parser.add_argument("--encoders", default="pq,tree", help="rec, det: encoders analysed")
     parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
     parser.add_argument("--finetune", action="store_true", help="each budget also with --finetune")
@@ -347,7 +341,7 @@ def main(argv=None) -> None:
         else:
             rec(out, args.quick, args.max_rows, args.calib, args.eval,
                 args.budgets.split(",") if args.budgets else None, args.heldout_files, args.sequential,
-                args.objective, args.finetune)
+                args.objective, args.finetune, tuple(args.encoders.split(",")))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,12 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         require_torch()
     fixed = (options.codebooks,) if options.codebooks else ()
     if analysis is None:
-        analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed))
+        from .kernel_timing import library_available
+
+        # only the settings that save something by the objective are learned and measured: the rest are never
+        # chosen (a quarter of PP-OCR's settings run slower converted than the layer does in the model)
+        objective = options.objective or ("time" if library_available() else "macs")
+        analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed, objective=objective))
     original, work, candidates, skipped = prepare(model, options)
     by_name = {c.name: c for c in candidates}
     order = [c.name for c in candidates]
@@ -152,15 +157,20 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         store[choice_key(choice)] = (layers, comparison.values(), se)
         return value, se
 
-    if budget.metric == "agreement" and all(r.agreement is None for r in analysis.rows if r.error is None):
+    measured_rows = [r for r in analysis.rows if r.error is None and r.skipped is None]
+    if budget.metric == "agreement" and all(r.agreement is None for r in measured_rows):
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} has no classes to agree on "
                               "(top-1 agreement needs a last axis of more than one class, or integer labels); "
                               "use cosine=... or nmse=..., or --metric-output")
-    if budget.metric == "ctc" and all(r.ctc is None for r in analysis.rows if r.error is None):
+    if budget.metric == "ctc" and all(r.ctc is None for r in measured_rows):
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} is not a CTC sequence output "
                               "(ctc needs a float output [samples, time, classes] with more than one class); "
                               "use agreement=..., cosine=... or nmse=..., or --metric-output")
     objective = options.objective or ("time" if analysis.timed else "macs")
+    if analysis.objective not in (None, objective):
+        raise ValueError(f"--objective {objective}: the analysis measured only the settings that save "
+                         f"{'time' if analysis.objective == 'time' else 'multiply-adds'} (objective "
+                         f"{analysis.objective!r}); analyze again with objective {objective!r} or None")
     options_list = analysis.options(budget.metric, objective)
 
     def search(within: Budget) -> dict[str, Option]:

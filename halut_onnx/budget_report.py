@@ -27,6 +27,10 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
     errors = [f"  {r.layer} {r.setting.key}: {r.error}" for r in analysis.rows if r.error]
     if errors:
         lines.append("not learned:\n" + "\n".join(errors))
+    skipped = [f"  {r.layer} {r.setting.key}: {r.skipped}" for r in analysis.rows if r.skipped]
+    if skipped:
+        lines.append(f"not learned nor measured, as no budget chooses a setting that saves nothing "
+                     f"(objective {analysis.objective}):\n" + "\n".join(skipped))
     overfit = sorted({r.layer for r in analysis.rows if _overfits(r)})
     if overfit:
         lines.append("held-out error over 2x the training error (too few rows per sample to learn from?): "

@@ -56,14 +56,19 @@ def _heldout(analysis) -> np.ndarray:
 
 
 def test_codebook_grid():
-    assert codebook_grid(64) == [4, 8, 16, 32]
-    assert codebook_grid(120) == [8, 16, 32, 64]
-    assert codebook_grid(16) == [4, 8]
-    assert codebook_grid(8, (4, 16)) == [4, 8]
+    wide = (16, 8, 4, 2)
+    assert codebook_grid(64, divisors=wide) == [4, 8, 16, 32]
+    assert codebook_grid(120, divisors=wide) == [8, 16, 32, 64]
+    assert codebook_grid(16, divisors=wide) == [4, 8]
+    assert codebook_grid(8, (4, 16)) == [4, 8] and codebook_grid(384, (128,)) == [128]
     # beyond convert's 64 only with at least 2 columns per codebook
-    assert codebook_grid(192) == [16, 32, 64] and codebook_grid(240) == [16, 32, 64]
-    assert codebook_grid(256) == [16, 32, 64, 128] and codebook_grid(384) == [32, 64, 128]
-    assert codebook_grid(768) == [64, 128] and codebook_grid(384, divisors=(2,)) == [128]
+    assert codebook_grid(192, divisors=wide) == [16, 32, 64] and codebook_grid(240, divisors=wide) == [16, 32, 64]
+    assert codebook_grid(256, divisors=wide) == [16, 32, 64, 128]
+    assert codebook_grid(384, divisors=wide) == [32, 64, 128]
+    # the default: D / 2, with 64 beside 128
+    assert codebook_grid(64) == [32] and codebook_grid(27) == [16] and codebook_grid(8) == [4]
+    assert codebook_grid(192) == [64] and codebook_grid(384) == [64, 128] and codebook_grid(768) == [64, 128]
+    assert codebook_grid(384, divisors=(1,)) == [64, 128]
 
 
 def test_analysis_matches_a_numpy_forward_pass(case):
@@ -134,6 +139,37 @@ def test_time_objective_converts_only_layers_that_run_faster(case):
                                          r"thread\); --objective macs converts by multiply-adds removed instead$"):
         convert_under_budget(folder / "m.onnx", folder / "calib", None,
                              ConvertOptions(progress=False, budget="cosine=0.5"), slower)
+
+
+def test_settings_that_save_nothing_by_the_objective_are_not_measured(case):
+    # fc3 (32 -> 10, 320 multiply-adds a row) costs more with pq's encode (16 per input: 512 + C x 10) than it
+    # saves, so by multiply-adds a budget never converts it with pq: those two settings are not learned nor run
+    folder, _, full = case
+    analysis = analyze(folder / "m.onnx", folder / "calib", AnalyzeOptions(
+        OPTIONS, codebooks=(4, 8), encoders=("pq", "tree"), timing=False, objective="macs"))
+    assert analysis.objective == "macs"
+    skipped = [(r.layer, r.setting.key, r.skipped) for r in analysis.rows if r.skipped]
+    assert skipped == [("fc3", "pq C=4", "removes no multiply-adds (-232 per sample)"),
+                       ("fc3", "pq C=8", "removes no multiply-adds (-272 per sample)")]
+    assert not {("fc3", "pq C=4"), ("fc3", "pq C=8")} & set(analysis.learned)
+    for row, ref in zip(analysis.rows, full.rows):  # the others as measured without the objective
+        assert (row.layer, row.setting) == (ref.layer, ref.setting)
+        if not row.skipped:
+            assert (row.cosine, row.file_nmse, row.error) == (ref.cosine, ref.file_nmse, None)
+        else:
+            assert row.cosine is None and row.learn_s is None
+    result = convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                                  ConvertOptions(progress=False, budget="cosine=0.85", objective="macs"), analysis)
+    reference = convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                                     ConvertOptions(progress=False, budget="cosine=0.85", objective="macs"), full)
+    assert result.budget.chosen == reference.budget.chosen
+    with pytest.raises(ValueError, match=r"^--objective time: the analysis measured only the settings that save "
+                                         r"multiply-adds \(objective 'macs'\); analyze again with objective 'time' "
+                                         r"or None$"):
+        timed = copy.copy(analysis)
+        timed.timed = True
+        convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                             ConvertOptions(progress=False, budget="cosine=0.85", objective="time"), timed)
 
 
 def test_ctc_budget_needs_a_sequence_output(case):
