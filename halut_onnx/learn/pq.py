@@ -39,22 +39,41 @@ def _dists(X, s, G, xgx, z, out):
         out[n] = v if v > 0.0 else 0.0
 
 
-@njit("int64(float64[::1], float64)", cache=True)
-def _draw(weights, u):
-    """Index drawn with probability proportional to weights (first index whose running sum exceeds u * total)."""
+@njit("void(float64[::1], float64[::1], int64[::1])", cache=True)
+def _draws(weights, us, out):
+    """out[t]: index drawn with probability proportional to weights for each uniform us[t] (the first index with a
+    positive weight whose running sum exceeds us[t] * total), all in one pass over the weights."""
     N = weights.shape[0]
     total = 0.0
     for n in range(N):
         total += weights[n]
-    pick = min(int(u * N), N - 1)
+    for t in range(us.shape[0]):
+        out[t] = min(int(us[t] * N), N - 1)
     if total > 0.0:
-        target = u * total
+        targets = us * total
+        order = np.argsort(targets)
+        j = 0
         acc = 0.0
         for n in range(N):
             acc += weights[n]
-            if acc > target and weights[n] > 0.0:
-                return n
-    return pick
+            while j < order.shape[0] and acc > targets[order[j]] and weights[n] > 0.0:
+                out[order[j]] = n
+                j += 1
+            if j == order.shape[0]:
+                break
+
+
+@njit("float64(float64[:, ::1], float64[::1])", cache=True)
+def _norm_g(G, v):
+    """sqrt(v^T G v), clipped at 0."""
+    d = G.shape[0]
+    acc = 0.0
+    for i in range(d):
+        t = 0.0
+        for j in range(d):
+            t += G[i, j] * v[j]
+        acc += v[i] * t
+    return np.sqrt(max(acc, 0.0))
 
 
 @njit("void(float32[:, ::1], int64, float64[:, ::1], int64, float64[::1], float64[:, ::1])", cache=True)
@@ -71,43 +90,72 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
                 acc += G[i, j] * X[n, s + j]
             v += X[n, s + i] * acc
         xgx[n] = v
+    # Greedy k-means++, the LOCAL_TRIALS draws of each new centroid scored in one pass over the rows: the same
+    # draws and sums, in the same order, as drawing and scoring them one by one.
     mind = np.empty(N, dtype=np.float64)
-    cand = np.empty(N, dtype=np.float64)
-    best_cand = np.empty(N, dtype=np.float64)
     z = np.empty(d, dtype=np.float64)
     first = min(int(uniforms[0] * N), N - 1)
     for i in range(d):
         centroids[0, i] = X[first, s + i]
     z[:] = centroids[0]
     _dists(X, s, G, xgx, z, mind)
+    T = LOCAL_TRIALS
+    rows = np.empty(T, dtype=np.int64)
+    gz = np.empty((T, d), dtype=np.float64)
+    zgz = np.empty(T, dtype=np.float64)
+    pot = np.empty(T, dtype=np.float64)
     for k in range(1, K):
-        best_pot = np.inf
-        best_row = 0
-        for t in range(LOCAL_TRIALS):
-            r = _draw(mind, uniforms[1 + (k - 1) * LOCAL_TRIALS + t])
+        _draws(mind, uniforms[1 + (k - 1) * T : 1 + k * T], rows)
+        for t in range(T):
+            zgz[t] = 0.0
             for i in range(d):
-                z[i] = X[r, s + i]
-            _dists(X, s, G, xgx, z, cand)
-            pot = 0.0
-            for n in range(N):
-                if mind[n] < cand[n]:
-                    cand[n] = mind[n]
-                pot += cand[n]
-            if pot < best_pot:
-                best_pot = pot
-                best_row = r
-                best_cand[:] = cand
+                acc = 0.0
+                for j in range(d):
+                    acc += G[i, j] * X[rows[t], s + j]
+                gz[t, i] = acc
+            for i in range(d):
+                zgz[t] += X[rows[t], s + i] * gz[t, i]
+        pot[:] = 0.0
+        for n in range(N):
+            for t in range(T):
+                xgz = 0.0
+                for i in range(d):
+                    xgz += X[n, s + i] * gz[t, i]
+                v = xgx[n] - 2.0 * xgz + zgz[t]
+                v = v if v > 0.0 else 0.0
+                pot[t] += mind[n] if mind[n] < v else v
+        best = 0
+        for t in range(1, T):
+            if pot[t] < pot[best]:
+                best = t
         for i in range(d):
-            centroids[k, i] = X[best_row, s + i]
-        mind[:] = best_cand
+            centroids[k, i] = X[rows[best], s + i]
+        for n in range(N):
+            xgz = 0.0
+            for i in range(d):
+                xgz += X[n, s + i] * gz[best, i]
+            v = xgx[n] - 2.0 * xgz + zgz[best]
+            v = v if v > 0.0 else 0.0
+            if v < mind[n]:
+                mind[n] = v
 
+    # Lloyd's iterations with Hamerly's bounds: per row an upper bound on the distance to its centroid and a lower
+    # bound on the distance to any other (distances are sqrt((x - z)^T G (x - z)), a seminorm's, so the triangle
+    # inequality holds). A row whose bounds show that its centroid is still strictly the nearest is not scored;
+    # once the centroids settle that is most rows. The assignments are Lloyd's: a row is skipped only when no
+    # other centroid can be as near, and every other row is scored against all 16 as before.
     labels = np.full(N, -1, dtype=np.int64)
-    best = np.empty(N, dtype=np.float64)
+    upper = np.full(N, np.inf)
+    lower = np.zeros(N)
     vec = np.empty((d, K), dtype=np.float64)  # column k = -2 G z_k, laid out for a contiguous inner loop over k
     bias = np.empty(K, dtype=np.float64)
     score = np.empty(K, dtype=np.float64)
     sums = np.empty((K, d), dtype=np.float64)
     cnt = np.empty(K, dtype=np.int64)
+    old = np.empty((K, d), dtype=np.float64)
+    half = np.zeros(K, dtype=np.float64)  # half the distance from centroid k to the nearest other
+    moves = np.zeros(K, dtype=np.float64)  # how far centroid k moved in the last update
+    diff = np.empty(d, dtype=np.float64)
     for it in range(iters):
         for k in range(K):
             b = 0.0
@@ -118,8 +166,30 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
                 vec[i, k] = -2.0 * acc
                 b += centroids[k, i] * acc
             bias[k] = b
+        if it > 0:
+            for k in range(K):
+                nearest = np.inf
+                for k2 in range(K):
+                    if k2 != k:
+                        for i in range(d):
+                            diff[i] = centroids[k, i] - centroids[k2, i]
+                        nearest = min(nearest, _norm_g(G, diff))
+                half[k] = 0.5 * nearest
         changed = 0
         for n in range(N):
+            a = labels[n]
+            # slack for the rounding of x^T G x - 2 x^T G z + z^T G z
+            slack = 1e-7 * np.sqrt(xgx[n]) + 1e-300
+            if a >= 0:
+                bound = max(half[a], lower[n])
+                if upper[n] + slack < bound:
+                    continue
+                v = bias[a]
+                for i in range(d):
+                    v += np.float64(X[n, s + i]) * vec[i, a]
+                upper[n] = np.sqrt(max(xgx[n] + v, 0.0))
+                if upper[n] + slack < bound:
+                    continue
             for k in range(K):
                 score[k] = bias[k]
             for i in range(d):
@@ -130,12 +200,18 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
             for k in range(1, K):
                 if score[k] < score[lab]:
                     lab = k
-            if lab != labels[n]:
+            second = np.inf
+            for k in range(K):
+                if k != lab and score[k] < second:
+                    second = score[k]
+            if lab != a:
                 changed += 1
                 labels[n] = lab
-            best[n] = score[lab]
+            upper[n] = np.sqrt(max(xgx[n] + score[lab], 0.0))
+            lower[n] = np.sqrt(max(xgx[n] + second, 0.0))
         if changed == 0:
             break
+        old[:, :] = centroids[:K, :d]
         sums[:, :] = 0.0
         cnt[:] = 0
         for n in range(N):
@@ -147,20 +223,39 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
             if cnt[k] > 0:
                 for i in range(d):
                     centroids[k, i] = sums[k, i] / cnt[k]
-        for k in range(K):
-            if cnt[k] == 0:
-                # Re-seed with the row worst served by its centroid; the distance needs the row constant x^T G x.
-                far = -1
-                far_d = -1.0
-                for n in range(N):
-                    dist = xgx[n] + best[n]
-                    if dist > far_d:
-                        far_d = dist
-                        far = n
+        if np.any(cnt == 0):
+            # Re-seed an empty cluster with the row worst served by its centroid (as assigned this iteration);
+            # the bounds do not give that distance, so it is computed for every row.
+            best = np.empty(N, dtype=np.float64)
+            for n in range(N):
+                v = bias[labels[n]]
                 for i in range(d):
-                    centroids[k, i] = X[far, s + i]
-                best[far] = -np.inf  # a second empty cluster takes another row
-                labels[far] = k
+                    v += np.float64(X[n, s + i]) * vec[i, labels[n]]
+                best[n] = v
+            for k in range(K):
+                if cnt[k] == 0:
+                    far = -1
+                    far_d = -1.0
+                    for n in range(N):
+                        dist = xgx[n] + best[n]
+                        if dist > far_d:
+                            far_d = dist
+                            far = n
+                    for i in range(d):
+                        centroids[k, i] = X[far, s + i]
+                    best[far] = -np.inf  # a second empty cluster takes another row
+                    labels[far] = k
+                    upper[far] = np.inf  # its bounds were for another centroid: score it again
+                    lower[far] = 0.0
+        moved = 0.0
+        for k in range(K):
+            for i in range(d):
+                diff[i] = centroids[k, i] - old[k, i]
+            moves[k] = _norm_g(G, diff)
+            moved = max(moved, moves[k])
+        for n in range(N):
+            upper[n] += moves[labels[n]]
+            lower[n] -= moved
 
 
 @njit(
