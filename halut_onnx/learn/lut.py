@@ -260,7 +260,7 @@ def _refine(Gc, q, scale, E, GE, sweeps):
                         q[i, m] = nq
                         E[i, m] += s * step
                         for j in range(p):
-                            g[j] += s * step * Gc[j, i]
+                            g[j] += s * step * Gc[i, j]  # Gc is symmetric: its row i is contiguous, its column is not
                         changed += 1
                         break
             if changed == 0:
