@@ -39,6 +39,8 @@ def ctc_decode(frames: np.ndarray, blank: int = CTC_BLANK) -> np.ndarray:
 
 def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
     """Levenshtein distance between two integer sequences (insertions, deletions, substitutions cost 1)."""
+    if len(a) == len(b) and np.array_equal(a, b):  # most decodes of a layer converted alone: no row loop
+        return 0
     if len(a) < len(b):
         a, b = b, a
     if len(b) == 0:
