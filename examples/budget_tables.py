@@ -6,7 +6,7 @@ multiply-adds converted, the measured end metric and the measured speedup (docs/
         [--heldout-files 0.25] [--budgets ctc=0.99,...] [--sequential] [--finetune]
     python examples/budget_tables.py rec-layers --out DIR [--calib 96] [--eval 48]   # after `rec --out DIR`
     python examples/budget_tables.py det [--out DIR] [--calib 8] [--eval 4] [--quick] [--budgets cosine=0.99,...]
-        [--finetune]
+        [--heldout-files 0.25] [--finetune]
     python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
 One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model (as learned,
@@ -213,7 +213,7 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
 
 def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budgets: list[str] | None = None,
         encoders: tuple[str, ...] = ("pq", "tree"), sequential: bool = False, objective: str | None = None,
-        finetune: bool = False) -> None:
+        finetune: bool = False, heldout_files: float = 0.25) -> None:
     """The PP-OCR detector: budgets on the cosine of its probability map, end metrics against the original's
     output: the hmean of the text boxes rapidocr's post-processing finds (matched to the original's at IoU >= 0.5),
     the F1 and IoU of the binarised map; and the line recall on the evaluation pages (examples/ppocr_data.py)."""
@@ -234,7 +234,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     base_recall = np.mean([ppocr_data.det_box_recall(m, b, s) for m, b, s in zip(ref_maps, boxes, scales)])
     # both encoders: most det layers have few outputs (M = 24..96), where pq's encode (16 D multiply-adds per
     # row) costs about as much as the layer and only the tree encoder (4 C comparisons) saves
-    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows), encoders=encoders,
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files),
+                             encoders=encoders,
                              objective=analysis_objective(objective), **({} if quick else {"divisors": (4, 2)}))
     analysis, covered = model_analysis(out, "det", model, options)
     print(f"{covered}; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
@@ -252,7 +253,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
 
     budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
     rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune),
-                        max_rows, end_metric, out / "eval", bench_runs=3, objective=objective)
+                        max_rows, end_metric, out / "eval", bench_runs=3, heldout_files=heldout_files,
+                        objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -318,7 +320,7 @@ def main(argv=None) -> None:
     parser.add_argument("--calib", type=int, default=96, help="rec: calibration lines (det: pages)")
     parser.add_argument("--eval", type=int, default=48, help="rec: evaluation lines (det: pages)")
     parser.add_argument("--encoders", default="pq,tree", help="rec, det: encoders analysed")
-    parser.add_argument("--heldout-files", type=float, default=0.25, help="rec: share of the calibration files held out")
+    parser.add_argument("--heldout-files", type=float, default=0.25, help="rec, det: share of the calibration files held out")
     parser.add_argument("--sequential", action="store_true", help="rec, det: each budget also with --sequential")
     parser.add_argument("--finetune", action="store_true", help="each budget also with --finetune")
     parser.add_argument("--objective", choices=["macs", "time"], default=None,
@@ -335,7 +337,7 @@ def main(argv=None) -> None:
         elif args.model == "det":
             det(out, args.quick, args.max_rows, args.calib, args.eval,
                 args.budgets.split(",") if args.budgets else None, tuple(args.encoders.split(",")), args.sequential,
-                args.objective, args.finetune)
+                args.objective, args.finetune, args.heldout_files)
         elif args.model == "sequential":
             sequential_gain(out, args.max_rows, args.calib, args.eval)
         else:
