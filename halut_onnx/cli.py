@@ -184,7 +184,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", "calib_dir", required=True, type=click.Path(), help="Calibration directory (as convert).")
 @click.option("--codebooks-list", default="", metavar="C,C,...",
-              help="Codebook counts to try (default: D/16, D/8, D/4, D/2 per layer, powers of two in 4..64).")
+              help="Codebook counts to try (default per layer: the power of two nearest D/2, up to 128 where "
+                   "D >= 256, and 64 beside 128).")
 @click.option("--encoders", default="pq,tree", show_default=True, help="Encoders to try (comma-separated).")
 @click.option("--budget", default=None, metavar="METRIC=VALUE",
               help="Also show the layers and settings a convert --budget would start from (before verification).")
