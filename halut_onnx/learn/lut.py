@@ -392,6 +392,14 @@ _TILE_ROWS = 256
 _TILE_COLS = 32
 
 
+@njit(inline="always")
+def _tile(t, col_tiles, N, M):
+    """Rows n0..n1-1 and output columns m0..m1-1 of tile t."""
+    n0 = (t // col_tiles) * _TILE_ROWS
+    m0 = (t % col_tiles) * _TILE_COLS
+    return n0, min(N, n0 + _TILE_ROWS), m0, min(M, m0 + _TILE_COLS)
+
+
 @njit("void(uint8[:, ::1], int8[:, :, ::1], float32[::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
 def _lookup_int8(codes, lut_q, scale, offset, out):
     N, C = codes.shape
@@ -399,10 +407,9 @@ def _lookup_int8(codes, lut_q, scale, offset, out):
     row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
     for t in prange(row_tiles * col_tiles):
-        m0 = (t % col_tiles) * _TILE_COLS
-        n0 = (t // col_tiles) * _TILE_ROWS
-        for n in range(n0, min(N, n0 + _TILE_ROWS)):
-            for m in range(m0, min(M, m0 + _TILE_COLS)):
+        n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
+        for n in range(n0, n1):
+            for m in range(m0, m1):
                 S = np.int32(0)
                 for c in range(C):
                     S += np.int32(lut_q[m, c, codes[n, c] & 15])
@@ -416,10 +423,9 @@ def _lookup_float(codes, lut, bias, out):
     row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
     for t in prange(row_tiles * col_tiles):
-        m0 = (t % col_tiles) * _TILE_COLS
-        n0 = (t // col_tiles) * _TILE_ROWS
-        for n in range(n0, min(N, n0 + _TILE_ROWS)):
-            for m in range(m0, min(M, m0 + _TILE_COLS)):
+        n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
+        for n in range(n0, n1):
+            for m in range(m0, m1):
                 y = np.float32(0.0)
                 for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
                     y = y + lut[m, c, codes[n, c]]

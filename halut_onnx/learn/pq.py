@@ -76,6 +76,16 @@ def _norm_g(G, v):
     return np.sqrt(max(acc, 0.0))
 
 
+@njit(inline="always")
+def _dist_folded(X, s, n, xgx_n, gz, zgz):
+    """(x_n - z)^T G (x_n - z) from x^T G x, G z and z^T G z (as _dists), clipped at 0."""
+    xgz = 0.0
+    for i in range(gz.shape[0]):
+        xgz += X[n, s + i] * gz[i]
+    v = xgx_n - 2.0 * xgz + zgz
+    return v if v > 0.0 else 0.0
+
+
 @njit("void(float32[:, ::1], int64, float64[:, ::1], int64, float64[::1], float64[:, ::1])", cache=True)
 def _kmeans_one(X, s, G, iters, uniforms, centroids):
     N = X.shape[0]
@@ -118,11 +128,7 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
         pot[:] = 0.0
         for n in range(N):
             for t in range(T):
-                xgz = 0.0
-                for i in range(d):
-                    xgz += X[n, s + i] * gz[t, i]
-                v = xgx[n] - 2.0 * xgz + zgz[t]
-                v = v if v > 0.0 else 0.0
+                v = _dist_folded(X, s, n, xgx[n], gz[t], zgz[t])
                 pot[t] += mind[n] if mind[n] < v else v
         best = 0
         for t in range(1, T):
@@ -131,11 +137,7 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
         for i in range(d):
             centroids[k, i] = X[rows[best], s + i]
         for n in range(N):
-            xgz = 0.0
-            for i in range(d):
-                xgz += X[n, s + i] * gz[best, i]
-            v = xgx[n] - 2.0 * xgz + zgz[best]
-            v = v if v > 0.0 else 0.0
+            v = _dist_folded(X, s, n, xgx[n], gz[best], zgz[best])
             if v < mind[n]:
                 mind[n] = v
 
