@@ -404,9 +404,8 @@ def _tile(t, col_tiles, N, M):
 def _lookup_int8(codes, lut_q, scale, offset, out):
     N, C = codes.shape
     M = lut_q.shape[0]
-    row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
-    for t in prange(row_tiles * col_tiles):
+    for t in prange(col_tiles * ((N + _TILE_ROWS - 1) // _TILE_ROWS)):
         n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
         for n in range(n0, n1):
             for m in range(m0, m1):
@@ -420,9 +419,8 @@ def _lookup_int8(codes, lut_q, scale, offset, out):
 def _lookup_float(codes, lut, bias, out):
     N, C = codes.shape
     M = lut.shape[0]
-    row_tiles = (N + _TILE_ROWS - 1) // _TILE_ROWS
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
-    for t in prange(row_tiles * col_tiles):
+    for t in prange(col_tiles * ((N + _TILE_ROWS - 1) // _TILE_ROWS)):
         n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
         for n in range(n0, n1):
             for m in range(m0, m1):
