@@ -105,7 +105,7 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
     problems = [(s.candidate, rows[s.candidate.name].problem) for s in selected if rows[s.candidate.name].problem]
     if problems:
         raise ConversionError(f"layer {problems[0][0].name}: {problems[0][1]}")
-    plan = [(s.candidate, Setting(options.encoder, s.codebooks)) for s in selected]
+    plan = [(s.candidate, Setting(options.layer_encoder, s.codebooks)) for s in selected]
     layers = learn_sequential(work, calibration, [(c, learn_options(options, s)) for c, s in plan], rows,
                               options.max_rows, options.seed, progress=options.progress)
     return _finish(original, work, plan, layers, {k: v.rows_seen for k, v in rows.items()}, skipped, options,
@@ -130,7 +130,9 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         # only the settings that save something by the objective are learned and measured: the rest are never
         # chosen (a quarter of PP-OCR's settings run slower converted than the layer does in the model)
         objective = options.objective or ("time" if library_available() else "macs")
-        analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed, objective=objective))
+        encoders = (options.encoder,) if options.encoder else ("pq", "tree")
+        analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed, encoders=encoders,
+                                                            objective=objective))
     original, work, candidates, skipped = prepare(model, options)
     by_name = {c.name: c for c in candidates}
     order = [c.name for c in candidates]

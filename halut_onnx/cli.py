@@ -56,8 +56,9 @@ _DEFAULTS = ConvertOptions()
 @click.option("-C", "--codebooks", type=int, default=_DEFAULTS.codebooks,
               help="Codebooks per layer (default: the power of two nearest D/2, within 4..64); more than a layer's "
                    "D means C=D for that layer.")
-@click.option("--encoder", type=click.Choice(["tree", "pq"]), default=_DEFAULTS.encoder, show_default=True,
-              help="Encoder: 'tree' (MADDNESS decision trees) or 'pq' (nearest prototype).")
+@click.option("--encoder", type=click.Choice(["tree", "pq"]), default=_DEFAULTS.encoder,
+              help="Encoder: 'tree' (MADDNESS decision trees) or 'pq' (nearest prototype); default pq. With --budget "
+                   "the only one analysed (default: both).")
 @click.option("--include", multiple=True, metavar="REGEX",
               help="Convert only layers whose node name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX",

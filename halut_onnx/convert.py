@@ -91,14 +91,14 @@ def _doc_string(sel: SelectedLayer, record: LayerRecord) -> str:
 def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[LayerRecord, object | None]:
     cand = sel.candidate
     record = LayerRecord(
-        cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.encoder,
+        cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.layer_encoder,
         bias_node=cand.bias_node, rows_seen=rows.rows_seen, notes=[sel.note] if sel.note else [],
     )
     if rows.problem:
         record.reason = f"not converted: {rows.problem}"
         return record, None
     learn_options = LearnOptions(
-        codebooks=sel.codebooks, encoder=options.encoder, ridge=options.ridge,
+        codebooks=sel.codebooks, encoder=options.layer_encoder, ridge=options.ridge,
         heldout_fraction=options.heldout_fraction, seed=options.seed,
     )
     try:

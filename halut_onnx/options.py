@@ -26,7 +26,9 @@ class ConvertOptions:
     """Conversion settings; each field is one ``halut-onnx convert`` flag (``--max-rows`` for ``max_rows``...)."""
 
     codebooks: int | None = None  # -C/--codebooks: fixed C for every layer; None: selection.default_codebooks(D)
-    encoder: str = "pq"  # --encoder: "tree" or "pq" (learn.LearnOptions' default: see docs/learning.md)
+    # --encoder: "tree" or "pq"; None: pq (learn.LearnOptions' default: see docs/learning.md), and with --budget
+    # both are analysed (a given --encoder is the only one analysed: half the settings)
+    encoder: str | None = None
     include: tuple[str, ...] = ()  # --include: regexes over node names; convert only matching layers
     exclude: tuple[str, ...] = ()  # --exclude: regexes over node names; never convert matching layers
     min_dim: int = 16  # --min-dim: layers with fewer input columns D are skipped
@@ -46,10 +48,15 @@ class ConvertOptions:
     metric_output: str | None = None  # --metric-output: the output the budget metric compares (default: first float)
     finetune: bool = False  # --finetune: with --budget, fine-tune the chosen layers' LUTs together (needs torch)
 
+    @property
+    def layer_encoder(self) -> str:
+        """The encoder of the layers converted without a budget."""
+        return self.encoder or "pq"
+
     def validate(self) -> None:
         if self.codebooks is not None and self.codebooks < 1:
             raise ValueError(f"--codebooks must be >= 1, got {self.codebooks}")
-        if self.encoder not in ("tree", "pq"):
+        if self.encoder not in (None, "tree", "pq"):
             raise ValueError(f"--encoder must be 'tree' or 'pq', got {self.encoder!r}")
         if self.min_dim < 1:
             raise ValueError(f"--min-dim must be >= 1, got {self.min_dim}")

@@ -172,6 +172,15 @@ def test_settings_that_save_nothing_by_the_objective_are_not_measured(case):
                              ConvertOptions(progress=False, budget="cosine=0.85", objective="time"), timed)
 
 
+def test_budget_analyses_both_encoders_unless_one_is_given(case):
+    folder, _, _ = case
+    for encoder, expected in ((None, {"pq", "tree"}), ("tree", {"tree"})):
+        result = convert_under_budget(folder / "m.onnx", folder / "calib", None, ConvertOptions(
+            progress=False, budget="cosine=0.85", codebooks=4, encoder=encoder, objective="macs"))
+        assert {key.split()[0] for _, key, _ in result.budget.chosen} <= expected
+        assert {r.encoder for r in result.budget.analysis.rows} == expected
+
+
 def test_ctc_budget_needs_a_sequence_output(case):
     folder, _, analysis = case
     assert all(r.ctc is None for r in analysis.rows)

@@ -205,4 +205,4 @@ def test_library_runs_the_converted_model_like_the_fallback(mlp_case, tmp_path):
 
 def test_default_codebook_rule():
     assert [default_codebooks(D) for D in (3, 6, 16, 24, 64, 100, 128, 4096)] == [3, 4, 8, 16, 32, 64, 64, 64]
-    assert ConvertOptions().encoder == LearnOptions().encoder  # one default for the CLI and the API
+    assert ConvertOptions().layer_encoder == LearnOptions().encoder  # one default for the CLI and the API
