@@ -266,7 +266,7 @@ def test_widen_keeps_the_largest_fine_tuned_choice_that_meets_the_budget():
 
     # fine-tuning halves each layer's loss (0.002 per layer), with a standard error of 0.001
     tune = lambda choice: (1 - 0.002 * len(choice), 0.001, f"tuned {sorted(choice)}")  # noqa: E731
-    kept, history = widen({"a": a}, parse_budget("ctc=0.99"), search, tune, widenings=(1.5, 2, 3, 4, 5))
+    kept, history = widen({"a": a}, parse_budget("ctc=0.99"), search, tune, widenings=(1.5, 2, 3, 4, 5))  # no miss
     # 1.5: the search's own choice again, not fine-tuned; 2: 0.996; 3: 0.994; 4: 0.992, a loss of 0.008 + 0.001
     # within 0.01: kept; 5: the same choice as 4, not fine-tuned twice
     assert searched == [1.5, 2, 3, 4, 5]
@@ -277,12 +277,17 @@ def test_widen_keeps_the_largest_fine_tuned_choice_that_meets_the_budget():
 
 def test_widen_stops_at_the_first_fine_tuned_choice_that_misses():
     options = {n: Option(n, "C=8", 0.004, 1) for n in "abcd"}
-    chains = {1.5: "ab", 2: "abc", 3: "abcd", 4: "abcd"}
-    search = lambda budget: {n: options[n] for n in chains[round((1 - budget.value) / 0.01, 6)]}  # noqa: E731
+    chains = {1: "a", 1.5: "ab", 2: "abc", 3: "abcd", 4: "abcd"}  # 1: the budget's own choice
+
+    def search(budget):  # the chain of the largest factor up to the widening (a bisection falls between two)
+        factor = (1 - budget.value) / 0.01
+        return {n: options[n] for n in chains[max(f for f in chains if f <= factor + 1e-9)]}
+
     # the 3-layer choice misses by its standard error: 0.991 - 0.002 < 0.99
     values = {2: 0.995, 3: 0.991, 4: 0.999}
     tune = lambda choice: (values[len(choice)], 0.002, len(choice))  # noqa: E731
     kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune)
+    # the 3-layer choice missed at 3, so sqrt(2 x 3) is tried: its choice is the 2-layer one again, not re-tuned
     assert kept == ({n: options[n] for n in "ab"}, 2) and len(history) == 2
     # no standard error (too few samples): the value alone decides
     tune = lambda choice: (values[len(choice)], math.inf, len(choice))  # noqa: E731
@@ -291,7 +296,32 @@ def test_widen_stops_at_the_first_fine_tuned_choice_that_misses():
     # the first widened choice missing once fine-tuned: nothing kept, nothing more tried
     kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search,
                           lambda choice: (0.985, 0.001, None))
-    assert kept is None and len(history) == 1
+    assert kept is None and len(history) == 1  # sqrt(1.5): the budget's own choice again, not fine-tuned
+
+
+def test_widen_bisects_between_the_last_pass_and_the_first_miss():
+    options = {n: Option(n, "C=8", 0.004, 1) for n in "abcdef"}
+    chains = {1: "a", 1.5: "ab", 1.7: "abc", 2: "abcd", 2.5: "abcde"}
+    searched = []
+
+    def search(budget):
+        factor = (1 - budget.value) / 0.01
+        searched.append(round(factor, 4))
+        return {n: options[n] for n in chains[max(f for f in chains if f <= factor + 1e-9)]}
+
+    values = {2: 0.996, 3: 0.992, 4: 0.985, 5: 0.991}  # 3 layers fit fine-tuned, 4 do not
+    tune = lambda choice: (values[len(choice)], 0.001, len(choice))  # noqa: E731
+    kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune)
+    assert searched == [1.5, 2, round(math.sqrt(3), 4)] and kept[1] == 3
+    assert [v for _, v in history] == [0.996, 0.985, 0.992]
+    # two bisections: sqrt(3) passes, then sqrt(sqrt(3) x 2) gives the 3-layer choice again
+    kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune, bisections=2)
+    assert kept[1] == 3 and len(history) == 3
+    # the first widening misses: the middle of the budget itself and 1.5
+    values[2] = 0.985
+    searched.clear()
+    kept, history = widen({"a": options["a"]}, parse_budget("ctc=0.99"), search, tune)
+    assert searched == [1.5, round(math.sqrt(1.5), 4)] and kept is None and len(history) == 1
 
 
 def test_standard_error_is_the_jackknife_over_samples(rng):
