@@ -238,7 +238,8 @@ class HeldoutEvaluator:
     A model that differs from the original only downstream of one tensor (a layer converted alone) is run from
     that tensor on (``compare(..., start=)``, halut_onnx/suffix.py), fed with the original's values of the tensors
     it reads from upstream. ``plan`` groups those values so that one run of the original over the files gives a
-    group's within SUFFIX_CACHE_BYTES; the group in use is the only one kept."""
+    group's within SUFFIX_CACHE_BYTES (a layer whose own exceed it is a group alone); the group in use is the only
+    one kept."""
 
     def __init__(self, work: onnx.ModelProto, heldout: CalibrationSet, output: str):
         self.work = work
@@ -248,7 +249,7 @@ class HeldoutEvaluator:
         self.reference = [session.run([output], feed)[0] for feed in self.feeds]
         first = next(iter(self.feeds[0].values()))
         self.samples = sum(int(next(iter(f.values())).shape[0]) if first.ndim else 1 for f in self.feeds)
-        self._groups: dict[str, frozenset[str]] = {}  # start tensor -> the boundary tensors fetched with its
+        self._groups: dict[str, frozenset[str]] = {}  # start tensor -> the upstream tensors fetched with it
         self._values: dict[str, list[np.ndarray]] = {}  # the group in use: tensor -> its value per file
 
     def __getstate__(self):  # a pickled analysis keeps the plan, not the cached tensors
@@ -297,7 +298,8 @@ class HeldoutEvaluator:
         pairs = pairs[:limit] if limit else pairs
         found = downstream(model.graph, start, [self.output]) if start in self._groups else None
         if found is not None:  # upstream of start, the original's nodes only (rewrites add nodes)
-            upstream_nodes = {n.name for i, n in enumerate(model.graph.node) if i not in set(found[0])}
+            inside = set(found[0])
+            upstream_nodes = {n.name for i, n in enumerate(model.graph.node) if i not in inside}
             if not upstream_nodes <= {n.name for n in self.work.graph.node}:
                 found = None
         if found is None:
@@ -311,8 +313,7 @@ class HeldoutEvaluator:
                 self._values = dict(zip(names, map(list, zip(*self._fetch(names, [f for f, _ in pairs])))))
             feeds = [{name: feed[name] if name in feed else self._values[name][i] for name in boundary}
                      for i, (feed, _) in enumerate(pairs)]
-            session = model_session(suffix_model(model, nodes, feeds[0],
-                                                 [self.output]))
+            session = model_session(suffix_model(model, nodes, feeds[0], [self.output]))
         out = OutputComparison()
         for feed, (_, ref) in zip(feeds, pairs):
             out.add(ref, session.run([self.output], feed)[0])
