@@ -21,24 +21,6 @@ from ..ops import NUM_CODES
 LOCAL_TRIALS = 8
 
 
-@njit("void(float32[:, ::1], int64, float64[:, ::1], float64[::1], float64[::1], float64[::1])", cache=True)
-def _dists(X, s, G, xgx, z, out):
-    """out[n] = (x_n - z)^T G (x_n - z) = x^T G x - 2 x^T G z + z^T G z, clipped at 0."""
-    d = G.shape[0]
-    gz = np.zeros(d, dtype=np.float64)
-    zgz = 0.0
-    for i in range(d):
-        for j in range(d):
-            gz[i] += G[i, j] * z[j]
-        zgz += z[i] * gz[i]
-    for n in range(X.shape[0]):
-        xgz = 0.0
-        for i in range(d):
-            xgz += X[n, s + i] * gz[i]
-        v = xgx[n] - 2.0 * xgz + zgz
-        out[n] = v if v > 0.0 else 0.0
-
-
 @njit("void(float64[::1], float64[::1], int64[::1])", cache=True)
 def _draws(weights, us, out):
     """out[t]: index drawn with probability proportional to weights for each uniform us[t] (the first index with a
@@ -77,8 +59,22 @@ def _norm_g(G, v):
 
 
 @njit(inline="always")
+def _fold(G, X, s, r, gz):
+    """The centroid z = row r of the slice folded for ``_dist_folded``: G z into ``gz``, and z^T G z returned."""
+    d = gz.shape[0]
+    zgz = 0.0
+    for i in range(d):
+        acc = 0.0
+        for j in range(d):
+            acc += G[i, j] * X[r, s + j]
+        gz[i] = acc
+        zgz += X[r, s + i] * acc
+    return zgz
+
+
+@njit(inline="always")
 def _dist_folded(X, s, n, xgx_n, gz, zgz):
-    """(x_n - z)^T G (x_n - z) from x^T G x, G z and z^T G z (as _dists), clipped at 0."""
+    """(x_n - z)^T G (x_n - z) = x^T G x - 2 x^T G z + z^T G z from ``_fold``'s G z and z^T G z, clipped at 0."""
     xgz = 0.0
     for i in range(gz.shape[0]):
         xgz += X[n, s + i] * gz[i]
@@ -103,12 +99,13 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
     # Greedy k-means++, the LOCAL_TRIALS draws of each new centroid scored in one pass over the rows: the same
     # draws and sums, in the same order, as drawing and scoring them one by one.
     mind = np.empty(N, dtype=np.float64)
-    z = np.empty(d, dtype=np.float64)
     first = min(int(uniforms[0] * N), N - 1)
     for i in range(d):
         centroids[0, i] = X[first, s + i]
-    z[:] = centroids[0]
-    _dists(X, s, G, xgx, z, mind)
+    gz0 = np.empty(d, dtype=np.float64)
+    zgz0 = _fold(G, X, s, first, gz0)
+    for n in range(N):
+        mind[n] = _dist_folded(X, s, n, xgx[n], gz0, zgz0)
     T = LOCAL_TRIALS
     rows = np.empty(T, dtype=np.int64)
     gz = np.empty((T, d), dtype=np.float64)
@@ -117,14 +114,7 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
     for k in range(1, K):
         _draws(mind, uniforms[1 + (k - 1) * T : 1 + k * T], rows)
         for t in range(T):
-            zgz[t] = 0.0
-            for i in range(d):
-                acc = 0.0
-                for j in range(d):
-                    acc += G[i, j] * X[rows[t], s + j]
-                gz[t, i] = acc
-            for i in range(d):
-                zgz[t] += X[rows[t], s + i] * gz[t, i]
+            zgz[t] = _fold(G, X, s, rows[t], gz[t])
         pot[:] = 0.0
         for n in range(N):
             for t in range(T):
