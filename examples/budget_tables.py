@@ -33,7 +33,7 @@ import example_tools as tools  # noqa: E402
 
 from halut_onnx.analyze import AnalyzeOptions, analyze  # noqa: E402
 from halut_onnx.bench import bench  # noqa: E402
-from halut_onnx.budget_convert import convert_under_budget  # noqa: E402
+from halut_onnx.budget_convert import convert_under_budget, default_objective  # noqa: E402
 from halut_onnx.options import ConvertOptions  # noqa: E402
 
 def cached_analysis(path: Path, model, calib, options: AnalyzeOptions):
@@ -57,13 +57,6 @@ def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions):
     return analysis, (f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers "
                       f"({measured} learned and measured, the others save nothing by {options.objective}) in "
                       f"{analysis.seconds:.0f} s")
-
-
-def analysis_objective(objective: str | None) -> str:
-    """The objective the analysis measures for: convert's default when not given (time with the library)."""
-    from halut_onnx.kernel_timing import library_available
-
-    return objective or ("time" if library_available() else "macs")
 
 
 HEADERS = ["budget", "mode", "layers", "MACs converted %", "held-out metric ± s.e. (predicted)", "end metric",
@@ -149,7 +142,7 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     texts, frames = ppocr_data.run_rec(tools.session(model), evaluation.batches, charset)
     base = ppocr_data.cer(evaluation.references, texts)
     convert = ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files)
-    options = AnalyzeOptions(convert, encoders=encoders, objective=analysis_objective(objective),
+    options = AnalyzeOptions(convert, encoders=encoders, objective=default_objective(objective),
                              **({} if quick else {"divisors": (4, 2)}))
     analysis, covered = model_analysis(out, "rec", model, options)
     print(f"{covered}; {n_calib} calibration lines, {n_eval} evaluation lines, original CER {100 * base:.2f} %")
@@ -236,7 +229,7 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
     # row) costs about as much as the layer and only the tree encoder (4 C comparisons) saves
     options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows, heldout_files=heldout_files),
                              encoders=encoders,
-                             objective=analysis_objective(objective), **({} if quick else {"divisors": (4, 2)}))
+                             objective=default_objective(objective), **({} if quick else {"divisors": (4, 2)}))
     analysis, covered = model_analysis(out, "det", model, options)
     print(f"{covered}; {n_calib} calibration pages, {n_eval} evaluation pages, original line recall "
           f"{100 * base_recall:.1f} %")

@@ -112,6 +112,14 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
                    output_path)
 
 
+def default_objective(objective: str | None) -> str:
+    """``--objective``, or its default: "time" when the custom-op library loads (the kernels can be timed), else
+    "macs"."""
+    from .kernel_timing import library_available
+
+    return objective or ("time" if library_available() else "macs")
+
+
 def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                          analysis: Analysis | None = None) -> BudgetResult:
     """Convert the layers and settings that remove the most multiply-adds with the budget met on the held-out
@@ -125,14 +133,11 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         require_torch()
     fixed = (options.codebooks,) if options.codebooks else ()
     if analysis is None:
-        from .kernel_timing import library_available
-
         # only the settings that save something by the objective are learned and measured: the rest are never
         # chosen (a quarter of PP-OCR's settings run slower converted than the layer does in the model)
-        objective = options.objective or ("time" if library_available() else "macs")
         encoders = (options.encoder,) if options.encoder else ("pq", "tree")
         analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed, encoders=encoders,
-                                                            objective=objective))
+                                                            objective=default_objective(options.objective)))
     original, work, candidates, skipped = prepare(model, options)
     by_name = {c.name: c for c in candidates}
     order = [c.name for c in candidates]
