@@ -309,12 +309,10 @@ def widen(chosen: dict[str, Option], budget: Budget, search: Callable[[Budget], 
         return True
 
     for factor in widenings:
-        met = attempt(factor)
-        if met is False:
+        if attempt(factor) is False:
             missed = factor
             break
-        if met:
-            passed = factor
+        passed = factor  # met, or its choice saves no more than one that did: nothing to look for below it
     for _ in range(bisections if missed is not None else 0):
         factor = math.sqrt(passed * missed)
         if attempt(factor) is False:
