@@ -59,8 +59,8 @@ def downstream(graph: onnx.GraphProto, start: str, outputs: Sequence[str]) -> tu
 def suffix_model(model: onnx.ModelProto, nodes: Sequence[int], boundary: dict[str, np.ndarray],
                  outputs: Sequence[str]) -> onnx.ModelProto:
     """``model`` cut to ``nodes`` (from ``downstream``), with the boundary tensors as its inputs (dtype and rank
-    of the example values in ``boundary``, sizes left open) and ``outputs`` as its outputs. Initializers and
-    model-local functions are kept whole."""
+    of the example values in ``boundary``, sizes left open) and ``outputs`` as its outputs, with the initializers
+    the nodes read and all the model-local functions."""
     graph = model.graph
     keep = [graph.node[i] for i in nodes]
     read = {name for node in keep for name in node.input}
