@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import tempfile
 import time
@@ -88,13 +89,20 @@ def _budget_rows(model, calib, out, analysis, budgets, mode_names, max_rows, end
             timing = bench(model, path, threads=1, runs=bench_runs, warmup=2, data_dir=bench_data)
             rows.append([
                 budget, mode, f"{len(result.converted)}/{len({r.layer for r in analysis.rows})}",
-                f"{100 * report.macs_share:.1f}", f"{report.measured:.4f} ± {report.measured_se:.4f} ({report.predicted:.4f})", end_metric(path),
+                f"{100 * report.macs_share:.1f}", measured_cell(report), end_metric(path),
                 f"{timing.speedup:.2f}x", "-" if report.measured_speedup is None else f"{report.measured_speedup:.2f}x",
                 "-" if report.expected_speedup is None else f"{report.expected_speedup:.2f}x",
             ])
             print(f"{budget} {mode}: {len(result.converted)} layers in {seconds:.0f} s; "
                   f"{[(n, k) for n, k, _ in report.chosen]}; verifications {report.history}", file=sys.stderr)
     return rows
+
+
+def measured_cell(report) -> str:
+    """The held-out metric, its standard error where there is one (under 10 samples there is none), and the
+    knapsack's prediction."""
+    se = f" ± {report.measured_se:.4f}" if math.isfinite(report.measured_se) else ""
+    return f"{report.measured:.4f}{se} ({report.predicted:.4f})"
 
 
 def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None, finetune: bool = False) -> None:
