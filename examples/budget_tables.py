@@ -38,15 +38,20 @@ from halut_onnx.budget_convert import convert_under_budget, default_objective  #
 from halut_onnx.options import ConvertOptions  # noqa: E402
 
 def cached_analysis(path: Path, model, calib, options: AnalyzeOptions):
-    """The analysis of ``model``, pickled at ``path`` so that a rerun (other budgets) does not redo it."""
+    """The analysis of ``model``, pickled at ``path`` with the options that shape it, so that a rerun (other
+    budgets) does not redo it; a pickle made with other options (rows, encoders, held-out share) is redone."""
     import pickle
 
+    key = dataclasses.replace(options, convert=dataclasses.replace(options.convert, progress=False))
     if path.exists():
         with open(path, "rb") as f:
-            return pickle.load(f)
+            saved = pickle.load(f)
+        if isinstance(saved, tuple) and saved[0] == key:
+            return saved[1]
+        print(f"{path}: made with other options, analysing again", file=sys.stderr)
     analysis = analyze(model, calib, options)
     with open(path, "wb") as f:
-        pickle.dump(analysis, f)
+        pickle.dump((key, analysis), f)
     return analysis
 
 
@@ -178,8 +183,11 @@ def rec_layers(out: Path, n_calib: int, n_eval: int) -> None:
     from halut_onnx.analyze import model_session
     from halut_onnx.passes import LayerRewrite, rewrite_model
 
-    with open(out / "rec_analysis.pkl", "rb") as f:
-        analysis = pickle.load(f)
+    pickles = sorted(out.glob("rec_*_analysis.pkl"), key=lambda p: p.stat().st_mtime)
+    if not pickles:
+        raise SystemExit(f"rec-layers: no rec analysis in {out} (run `budget_tables.py rec --out {out}` first)")
+    with open(pickles[-1], "rb") as f:
+        _, analysis = pickle.load(f)
     model = ppocr_data.rec_model_path()
     charset = ppocr_data.rec_charset(model)
     _, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, model)
