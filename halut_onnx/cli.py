@@ -87,8 +87,8 @@ _DEFAULTS = ConvertOptions()
               help="With --budget: fraction of the calibration files held out to measure the metric.")
 @click.option("--objective", type=click.Choice(["macs", "time"]), default=_DEFAULTS.objective,
               help="With --budget: maximise the measured time saved in the model ('time', the default when the "
-                   "custom-op library loads) or the multiply-adds removed ('macs': more layers converted, less speed gained, the same choice on "
-                   "every run).")
+                   "custom-op library loads) or the multiply-adds removed ('macs': more layers converted, less "
+                   "speed gained, the same choice on every run).")
 @click.option("--metric-output", default=_DEFAULTS.metric_output, metavar="NAME",
               help="With --budget: the model output the metric compares (default: the first float output of "
                    "rank >= 2).")
