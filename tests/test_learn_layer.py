@@ -131,6 +131,31 @@ def test_deterministic_for_a_seed(rng, encoder):
     assert not np.array_equal(other.lut, runs[0].lut)
 
 
+def test_encoder_learns_from_a_seeded_sample_of_the_training_rows(rng):
+    """encoder_rows caps the rows the trees are learned from (the sample learn_layer draws after its split); the LUT
+    still fits on every training row, so its training error is measured over all of them."""
+    from halut_onnx.learn.layer import heldout_rows
+    from halut_onnx.learn.tree import learn_trees
+
+    A = rng.standard_normal((900, 12)).astype(np.float32)
+    W = rng.standard_normal((12, 5)).astype(np.float32)
+    options = LearnOptions(codebooks=3, encoder="tree", seed=5, encoder_rows=100)
+    layer = learn_layer(A, W, None, options)
+    # learn_layer's draws: the split permutation, then the sample of the training rows
+    draws = np.random.default_rng(options.seed)
+    perm = draws.permutation(len(A))
+    train = A[np.sort(perm[heldout_rows(len(A), options.heldout_fraction):])]
+    sample = train[np.sort(draws.choice(len(train), options.encoder_rows, replace=False))]
+    dims, thresholds = learn_trees(sample, reference.slice_bounds(12, 3), options.tree_candidates)
+    np.testing.assert_array_equal(layer.split_dims, dims)
+    np.testing.assert_array_equal(layer.thresholds, thresholds)
+    assert layer.report.rows_train == len(train)
+    everything = learn_layer(A, W, None, LearnOptions(codebooks=3, encoder="tree", seed=5, encoder_rows=0))
+    dims_all, _ = learn_trees(train, reference.slice_bounds(12, 3), options.tree_candidates)
+    np.testing.assert_array_equal(everything.split_dims, dims_all)
+    assert not np.array_equal(everything.thresholds, layer.thresholds)
+
+
 def test_fixed_ridge_and_no_heldout(rng):
     A = rng.standard_normal((300, 8)).astype(np.float32)
     W = rng.standard_normal((8, 3)).astype(np.float32)
@@ -191,6 +216,8 @@ W_OK = np.ones((8, 3), dtype=np.float32)
         (A_OK, W_OK, None, LearnOptions(codebooks=2, heldout_fraction=0.0),
          "ridge=None picks lambda on held-out rows, but heldout_fraction=0 leaves none; give ridge or "
          "heldout_fraction > 0"),
+        (A_OK, W_OK, None, LearnOptions(codebooks=2, encoder_rows=-1),
+         "encoder_rows must be >= 0 (0 = all training rows); found -1"),
         (A_OK, W_OK, None, LearnOptions(codebooks=2, kmeans_iters=0),
          "kmeans_iters, tree_candidates and ridge_points must be >= 1; found 0, 4, 43"),
         (A_OK[:19], W_OK, None, LearnOptions(codebooks=2),
