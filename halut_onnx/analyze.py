@@ -445,6 +445,8 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         return row
     row.learn_s = time.perf_counter() - t0
     rep = layer.report
+    for warning in rep.warnings:
+        log.warning("%s (%s): %s", cand.name, setting.key, warning)
     row.rows_train, row.train_nmse, row.heldout_nmse = rep.rows_train, rep.train_nmse, rep.heldout_nmse_int8
     if len(held.rows):
         W32 = cand.weight.astype(np.float32)

@@ -88,6 +88,8 @@ def learn_sequential(
                 raise ValueError(f"layer {cand.name}: the converted model's input rows do not pair with the "
                                  f"original's ({seen.rows.shape} vs {original.rows.shape})")
             layer = learn_layer(seen.rows, cand.weight, cand.bias, options, target_inputs=original.rows)
+        for warning in layer.report.warnings:
+            log.warning("%s: %s", cand.name, warning)
         layers[cand.name] = layer
         rewrites.append(LayerRewrite(cand, layer, ""))
         converted_outputs.add(cand.output_name)

@@ -234,6 +234,20 @@ def test_analyze_cli_errors(case):
         assert result.exit_code == 1 and result.stderr.strip() == message
 
 
+def test_learning_warnings_name_the_layer_and_setting(tmp_path, caplog):
+    """A layer with fewer training rows than LUT entries is warned about once per setting, by name: learn_layer
+    only returns the warning, which does not know the layer."""
+    rng = np.random.default_rng(3)
+    onnx.save(mlp3(rng), tmp_path / "m.onnx")
+    write_files(tmp_path / "calib", rng, files=4, rows=32)  # 3 learn files: 96 rows, 77 of them to train on
+    with caplog.at_level("WARNING", logger="halut_onnx"):
+        analyze(tmp_path / "m.onnx", tmp_path / "calib",
+                AnalyzeOptions(OPTIONS, codebooks=(8,), encoders=("tree",), timing=False))
+    warned = sorted(r.getMessage().split(": the LUT")[0] for r in caplog.records if "LUT entries" in r.getMessage())
+    assert warned == [f"{name} (tree C=8): only 77 training rows for 128 LUT entries per output (16 x C=8)"
+                      for name in ("fc1", "fc2", "fc3")]
+
+
 def test_learn_layer_target_inputs(rng):
     A = low_rank(rng, (1200, 24))
     W = rng.standard_normal((24, 12)).astype(np.float32)

@@ -210,6 +210,8 @@ def learn_layer(
         the LUT fits (and the report measures against) ``Y = target_inputs W + bias``. None: ``target_inputs = A``.
 
     Raises ValueError naming the problem for bad shapes, dtypes, non-finite values, too few rows or bad options.
+    Warnings (e.g. fewer training rows than LUT entries) are returned in ``report.warnings``, not logged: the
+    caller knows which layer this is and says so (convert's notes, analyze's log).
     """
     A, W, bias = _validate(A, W, bias, options)
     T = A
@@ -283,8 +285,6 @@ def learn_layer(
             f"held-out {heldout_nmse:.3g}); "
             f"use at least {unknowns} training rows (several times more is better) or fewer codebooks"
         )
-    for w in warnings:
-        log.warning(w)
     report = LearnReport(
         rows_train=rows - nh,
         rows_heldout=nh,
