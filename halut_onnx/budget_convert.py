@@ -135,7 +135,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     if analysis is None:
         # only the settings that save something by the objective are learned and measured: the rest are never
         # chosen (a quarter of PP-OCR's settings run slower converted than the layer does in the model)
-        encoders = (options.encoder,) if options.encoder else ("pq", "tree")
+        encoders = (options.encoder,) if options.encoder else AnalyzeOptions.encoders
         analysis = analyze(model, calib_dir, AnalyzeOptions(convert=options, codebooks=fixed, encoders=encoders,
                                                             objective=default_objective(options.objective)))
     original, work, candidates, skipped = prepare(model, options)
