@@ -121,8 +121,8 @@ def test_int8_lookup_close_to_float_and_unbiased(rng, exact_limit):
     assert (diff**2).sum() / ((y_float - y_float.mean(axis=0)) ** 2).sum() < 2.5e-4
 
 
-def test_fast_lookups_equal_reference(rng):
-    N, C, M = 300, 7, 33
+@pytest.mark.parametrize("N,C,M", [(300, 7, 33), (260, 5, 1100)])  # the second spans 3 column tiles, 2 row tiles
+def test_fast_lookups_equal_reference(rng, N, C, M):
     codes = rng.integers(0, 16, size=(N, C)).astype(np.uint8)
     lut_q = rng.integers(-128, 128, size=(M, C, 16)).astype(np.int8)
     scale = (rng.random(M) * 0.01).astype(np.float32)

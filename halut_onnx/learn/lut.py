@@ -385,11 +385,13 @@ def quantize_table(lut: np.ndarray, intercept: np.ndarray, counts: np.ndarray, c
     return QuantizedLUT(lut_q=lut_q, scale=best_s, offset=offset.astype(np.float32))
 
 
-# The lookups run over tiles of (rows x output columns): a row visits all M x C tables, 16 entries each, so a
-# wide layer's LUT (6 MB at M = 768, C = 128 in float) would stream from memory once per row; a tile's tables stay
-# in cache for all its rows. Each output is still summed codebook by codebook, so the results are unchanged.
+# The lookups add whole table rows: with the tables laid out (C, 16, M), a row's code in codebook c selects one
+# contiguous row of M entries, added to the row's M sums in one vectorized pass (gathering lut[m, c, code] per output
+# would run one scalar load per entry). Each output is still summed codebook by codebook, so the float results are
+# unchanged, and integer sums are exact in any order. Columns are tiled so that a wide layer's sums and table
+# slices stay in cache.
 _TILE_ROWS = 256
-_TILE_COLS = 32
+_TILE_COLS = 512
 
 
 @njit(inline="always")
@@ -401,39 +403,45 @@ def _tile(t, col_tiles, N, M):
 
 
 @njit("void(uint8[:, ::1], int8[:, :, ::1], float32[::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
-def _lookup_int8(codes, lut_q, scale, offset, out):
+def _lookup_int8(codes, lut_t, scale, offset, out):
     N, C = codes.shape
-    M = lut_q.shape[0]
+    M = lut_t.shape[2]
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
     for t in prange(col_tiles * ((N + _TILE_ROWS - 1) // _TILE_ROWS)):
         n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
+        S = np.empty(m1 - m0, dtype=np.int32)
         for n in range(n0, n1):
-            for m in range(m0, m1):
-                S = np.int32(0)
-                for c in range(C):
-                    S += np.int32(lut_q[m, c, codes[n, c] & 15])
-                out[n, m] = np.float32(scale[m] * np.float32(S)) + offset[m]
+            S[:] = 0
+            for c in range(C):
+                row = lut_t[c, codes[n, c] & 15, m0:m1]
+                for m in range(m1 - m0):
+                    S[m] += np.int32(row[m])
+            for m in range(m1 - m0):
+                out[n, m0 + m] = np.float32(scale[m0 + m] * np.float32(S[m])) + offset[m0 + m]
 
 
 @njit("void(uint8[:, ::1], float32[:, :, ::1], float32[::1], float32[:, ::1])", parallel=True, cache=True)
-def _lookup_float(codes, lut, bias, out):
+def _lookup_float(codes, lut_t, bias, out):
     N, C = codes.shape
-    M = lut.shape[0]
+    M = lut_t.shape[2]
     col_tiles = (M + _TILE_COLS - 1) // _TILE_COLS
     for t in prange(col_tiles * ((N + _TILE_ROWS - 1) // _TILE_ROWS)):
         n0, n1, m0, m1 = _tile(t, col_tiles, N, M)
+        y = np.empty(m1 - m0, dtype=np.float32)
         for n in range(n0, n1):
-            for m in range(m0, m1):
-                y = np.float32(0.0)
-                for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
-                    y = y + lut[m, c, codes[n, c]]
-                out[n, m] = y + bias[m]
+            y[:] = 0.0
+            for c in range(C):  # float32, codebook by codebook: reference.lookup_float's order
+                row = lut_t[c, codes[n, c], m0:m1]
+                for m in range(m1 - m0):
+                    y[m] = y[m] + row[m]
+            for m in range(m1 - m0):
+                out[n, m0 + m] = y[m] + bias[m0 + m]
 
 
 def lookup_int8(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """``reference.lookup`` (bit for bit), parallel over rows: for measuring large layers."""
     out = np.empty((codes.shape[0], lut_q.shape[0]), dtype=np.float32)
-    _lookup_int8(np.ascontiguousarray(codes, dtype=np.uint8), np.ascontiguousarray(lut_q, dtype=np.int8),
+    _lookup_int8(np.ascontiguousarray(codes, dtype=np.uint8), _rows_layout(lut_q, np.int8),
                  np.ascontiguousarray(scale, dtype=np.float32), np.ascontiguousarray(offset, dtype=np.float32), out)
     return out
 
@@ -441,6 +449,11 @@ def lookup_int8(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset:
 def lookup_float(codes: np.ndarray, lut: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """``reference.lookup_float`` (bit for bit), parallel over rows."""
     out = np.empty((codes.shape[0], lut.shape[0]), dtype=np.float32)
-    _lookup_float(np.ascontiguousarray(codes, dtype=np.uint8), np.ascontiguousarray(lut, dtype=np.float32),
+    _lookup_float(np.ascontiguousarray(codes, dtype=np.uint8), _rows_layout(lut, np.float32),
                   np.ascontiguousarray(bias, dtype=np.float32), out)
     return out
+
+
+def _rows_layout(lut: np.ndarray, dtype) -> np.ndarray:
+    """(M, C, 16) tables as (C, 16, M): one contiguous row of M entries per (codebook, code)."""
+    return np.ascontiguousarray(np.asarray(lut, dtype=dtype).transpose(1, 2, 0))
