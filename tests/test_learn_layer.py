@@ -82,6 +82,9 @@ def test_layer_arrays_and_forward(rng, encoder):
         assert layer.pq_biases.dtype == np.float32 and layer.pq_biases.shape == (C, 16)
         assert layer.split_dims is None and layer.thresholds is None
     codes = layer.encode(A[:50])
+    expected = (reference.encode_tree(A[:50], layer.split_dims, layer.thresholds) if encoder == "tree"
+                else reference.encode_pq(A[:50], layer.pq_vectors, layer.pq_biases))
+    np.testing.assert_array_equal(codes, expected)
     np.testing.assert_array_equal(layer.forward(A[:50]),
                                   reference.lookup(codes, layer.lut_q, layer.scale, layer.offset))
     np.testing.assert_array_equal(layer.forward(A[:50], quantized=False),

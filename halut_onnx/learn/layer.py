@@ -72,11 +72,12 @@ class HalutLayer:
     report: LearnReport
 
     def encode(self, X: np.ndarray) -> np.ndarray:
-        """Codes (uint8, N x C) exactly as the encode op computes them (``halut_onnx.reference``)."""
+        """Codes (uint8, N x C) exactly as the encode op computes them (``halut_onnx.reference``; through its
+        parallel numba twins, tested equal)."""
         X = _check_rows(X, self.D)
         if self.encoder == "tree":
-            return reference.encode_tree(X, self.split_dims, self.thresholds)
-        return reference.encode_pq(X, self.pq_vectors, self.pq_biases)
+            return encode_trees(X, self.split_dims, self.thresholds)
+        return encode_pq(X, self.pq_vectors, self.pq_biases, reference.slice_bounds(self.D, self.C))
 
     def forward(self, X: np.ndarray, quantized: bool = True) -> np.ndarray:
         """Layer output (float32, N x M) through the reference ops: int8 lookup, or the float LUT."""
