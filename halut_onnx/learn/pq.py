@@ -109,16 +109,27 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
     T = LOCAL_TRIALS
     rows = np.empty(T, dtype=np.int64)
     gz = np.empty((T, d), dtype=np.float64)
+    gz_t = np.empty((d, T), dtype=np.float64)  # gz transposed: the trials are the inner, vectorized loop
     zgz = np.empty(T, dtype=np.float64)
     pot = np.empty(T, dtype=np.float64)
+    xgz = np.empty(T, dtype=np.float64)
     for k in range(1, K):
         _draws(mind, uniforms[1 + (k - 1) * T : 1 + k * T], rows)
         for t in range(T):
             zgz[t] = _fold(G, X, s, rows[t], gz[t])
+            for i in range(d):
+                gz_t[i, t] = gz[t, i]
         pot[:] = 0.0
         for n in range(N):
+            # _dist_folded for all trials at once, summing over i in the same order (the same values)
+            xgz[:] = 0.0
+            for i in range(d):
+                xi = np.float64(X[n, s + i])
+                for t in range(T):
+                    xgz[t] += xi * gz_t[i, t]
             for t in range(T):
-                v = _dist_folded(X, s, n, xgx[n], gz[t], zgz[t])
+                v = xgx[n] - 2.0 * xgz[t] + zgz[t]
+                v = v if v > 0.0 else 0.0
                 pot[t] += mind[n] if mind[n] < v else v
         best = 0
         for t in range(1, T):
