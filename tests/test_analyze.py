@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from budget_models import mlp3, write_files
 from halut_models import low_rank, mlp, write_calibration
+import halut_onnx.analyze as analyze_module
 from halut_onnx.analyze import AnalyzeOptions, analyze, codebook_grid
 from halut_onnx.budget_convert import convert_under_budget
 from halut_onnx.cli import main
@@ -170,6 +171,25 @@ def test_settings_that_save_nothing_by_the_objective_are_not_measured(case):
         timed.timed = True
         convert_under_budget(folder / "m.onnx", folder / "calib", None,
                              ConvertOptions(progress=False, budget="cosine=0.85", objective="time"), timed)
+
+
+def test_settings_saving_next_to_nothing_are_not_measured(case, monkeypatch):
+    # fc3 tree C=8 removes the fewest multiply-adds of the settings that remove any (208 of the 2368 per sample):
+    # with NEGLIGIBLE_SAVING just above its share it alone saves too little to be learned for a budget
+    folder, _, full = case
+    saving = {(r.layer, r.setting.key): r.macs_removed for r in full.rows}
+    total = full.total_macs
+    assert 0 < saving[("fc3", "tree C=8")] < min(v for k, v in saving.items() if k != ("fc3", "tree C=8") and v > 0)
+    monkeypatch.setattr(analyze_module, "NEGLIGIBLE_SAVING", (saving[("fc3", "tree C=8")] + 1) / total)
+    analysis = analyze(folder / "m.onnx", folder / "calib", AnalyzeOptions(
+        OPTIONS, codebooks=(4, 8), encoders=("pq", "tree"), timing=False, objective="macs"))
+    share = 100 * saving[("fc3", "tree C=8")] / total
+    skipped = [(r.layer, r.setting.key, r.skipped) for r in analysis.rows if r.skipped]
+    assert skipped == [("fc3", "pq C=4", "removes no multiply-adds (-232 per sample)"),
+                       ("fc3", "pq C=8", "removes no multiply-adds (-272 per sample)"),
+                       ("fc3", "tree C=8", f"saves {share:.2g} % of the eligible multiply-adds, under the "
+                                           f"{100 * analyze_module.NEGLIGIBLE_SAVING:g} % measured")]
+    assert ("fc3", "tree C=8") not in analysis.learned and ("fc3", "tree C=4") in analysis.learned
 
 
 def test_budget_analyses_both_encoders_unless_one_is_given(case):
