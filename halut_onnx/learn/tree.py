@@ -38,9 +38,10 @@ def _argsort_f32(keys):
     return order
 
 
-@njit("Tuple((float64, float32))(float32[:, ::1], int64, float64[::1])", cache=True)
-def _best_split(X, j, mean):
-    """SSE-optimal split of the bucket X (its rows, the slice's columns) on column j.
+@njit("Tuple((float64, float32))(float32[:, ::1], int64, float64[::1], int64[::1])", cache=True)
+def _best_split(X, j, mean, order):
+    """SSE-optimal split of the bucket X (its rows, the slice's columns) on column j, given ``order``: the rows
+    sorted by column j, ties in row order.
 
     Returns (gain, threshold): gain is the sum over the slice's columns of ``SL^2/nL + SR^2/nR`` for the centred
     left/right sums (the bucket's SSE minus the split's loss), threshold the float32 value that sends the sorted
@@ -52,7 +53,6 @@ def _best_split(X, j, mean):
     keys = np.empty(n, dtype=np.float32)
     for i in range(n):
         keys[i] = X[i, j]
-    order = _argsort_f32(keys)
     # Running sums of values centred on the bucket mean, in float64: far less cancellation than raw x and x^2.
     total = np.zeros(d, dtype=np.float64)
     for i in range(n):
@@ -101,6 +101,16 @@ def _learn_one_tree(A, s, e, n_candidates, dims_out, thr_out):
             Xc[n, col] = A[n, s + col]
     Xg = np.empty((N, d), dtype=np.float32)  # rows grouped by bucket, each bucket contiguous
     node = np.zeros(N, dtype=np.int64)
+    # Each column sorted once (stable: ties in row order). A bucket's rows in that order are its rows sorted by the
+    # column, ties in row order, as sorting the bucket itself would give; one pass per level instead of a sort.
+    sorted_rows = np.empty((d, N), dtype=np.int64)
+    keys = np.empty(N, dtype=np.float32)
+    for col in range(d):
+        for n in range(N):
+            keys[n] = Xc[n, col]
+        sorted_rows[col] = _argsort_f32(keys)
+    slot = np.empty(N, dtype=np.int64)  # row n's position in Xg
+    order = np.empty(N, dtype=np.int64)  # per bucket, positions within the bucket in column order
     for level in range(TREE_DEPTH):
         nb = 1 << level
         # Group the rows by bucket (counting sort, stable in row order).
@@ -112,6 +122,7 @@ def _learn_one_tree(A, s, e, n_candidates, dims_out, thr_out):
         fill = start[:nb].copy()
         for n in range(N):
             Xg[fill[node[n]], :] = Xc[n, :]
+            slot[n] = fill[node[n]]
             fill[node[n]] += 1
         means = np.zeros((nb, d), dtype=np.float64)
         col_sse = np.zeros(d, dtype=np.float64)
@@ -137,9 +148,14 @@ def _learn_one_tree(A, s, e, n_candidates, dims_out, thr_out):
         thr = np.empty(nb, dtype=np.float32)
         for ci in range(n_try):
             j = candidates[ci]
+            fill[:] = start[:nb]
+            for r in sorted_rows[j]:
+                b = node[r]
+                order[fill[b]] = slot[r] - start[b]
+                fill[b] += 1
             total = 0.0
             for b in range(nb):
-                gain, t = _best_split(Xg[start[b] : start[b + 1]], j, means[b])
+                gain, t = _best_split(Xg[start[b] : start[b + 1]], j, means[b], order[start[b] : start[b + 1]])
                 total += gain
                 thr[b] = t
             if total > best_total:
