@@ -40,8 +40,9 @@ ANALYSIS_MAX_CODEBOOKS = 128  # the grid's largest C (only where D >= 2 C); conv
 HELDOUT_ROWS = 16384  # per layer, rows of the held-out files kept to measure the layer's error there
 SUFFIX_CACHE_BYTES = 1 << 30  # upstream tensors of the original kept at a time for the single-layer runs
 # With an objective, a setting that saves less than this share of what the whole model could (its eligible
-# multiply-adds, or its time) is not learned nor run: on PP-OCR that is a quarter of the settings (an eighth of the
-# analysis's time) and at most 0.9 % of the eligible multiply-adds, however many of them a budget would have chosen
+# multiply-adds, or its time) is not learned nor run. On PP-OCR (time objective, convert's defaults) that is 29 of
+# rec's 134 settings and 38 of det's 148; the layers left with no setting measured hold 0.9 and 1.2 % of the
+# eligible multiply-adds, and save next to no time
 NEGLIGIBLE_SAVING = 0.002
 
 
