@@ -61,7 +61,8 @@ def model_analysis(out: Path, stem: str, model, options: AnalyzeOptions):
     analysis = cached_analysis(out / f"{stem}_{options.objective}_analysis.pkl", model, out / "calib", options)
     measured = sum(r.skipped is None and r.error is None for r in analysis.rows)
     return analysis, (f"analysis: {len(analysis.rows)} settings of {len({r.layer for r in analysis.rows})} layers "
-                      f"({measured} learned and measured, the others save nothing or next to nothing by {options.objective}) in "
+                      f"({measured} learned and measured, the others save nothing or next to nothing by "
+                      f"{options.objective}) in "
                       f"{analysis.seconds:.0f} s")
 
 
