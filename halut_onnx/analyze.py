@@ -448,7 +448,8 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         return row
     if saving is not None and whole and saving < NEGLIGIBLE_SAVING * whole:
         what = "eligible multiply-adds" if objective == "macs" else "model's time"
-        row.skipped = f"saves {100 * saving / whole:.2g} % of the {what}, under the {100 * NEGLIGIBLE_SAVING:g} % measured"
+        row.skipped = (f"saves {100 * saving / whole:.2g} % of the {what}, "
+                       f"under the {100 * NEGLIGIBLE_SAVING:g} % measured")
         return row
     t0 = time.perf_counter()
     try:
