@@ -101,14 +101,12 @@ def _learn_one_tree(A, s, e, n_candidates, dims_out, thr_out):
             Xc[n, col] = A[n, s + col]
     Xg = np.empty((N, d), dtype=np.float32)  # rows grouped by bucket, each bucket contiguous
     node = np.zeros(N, dtype=np.int64)
-    # Each column sorted once (stable: ties in row order). A bucket's rows in that order are its rows sorted by the
-    # column, ties in row order, as sorting the bucket itself would give; one pass per level instead of a sort.
+    # A candidate column is sorted once, when first tried (stable: ties in row order). A bucket's rows in that order
+    # are its rows sorted by the column, ties in row order, as sorting the bucket itself would give: one pass per
+    # level instead of a sort. Wide slices try few of their columns, so only those are sorted.
     sorted_rows = np.empty((d, N), dtype=np.int64)
+    is_sorted = np.zeros(d, dtype=np.bool_)
     keys = np.empty(N, dtype=np.float32)
-    for col in range(d):
-        for n in range(N):
-            keys[n] = Xc[n, col]
-        sorted_rows[col] = _argsort_f32(keys)
     slot = np.empty(N, dtype=np.int64)  # row n's position in Xg
     order = np.empty(N, dtype=np.int64)  # per bucket, positions within the bucket in column order
     for level in range(TREE_DEPTH):
@@ -148,6 +146,11 @@ def _learn_one_tree(A, s, e, n_candidates, dims_out, thr_out):
         thr = np.empty(nb, dtype=np.float32)
         for ci in range(n_try):
             j = candidates[ci]
+            if not is_sorted[j]:
+                for n in range(N):
+                    keys[n] = Xc[n, j]
+                sorted_rows[j] = _argsort_f32(keys)
+                is_sorted[j] = True
             fill[:] = start[:nb]
             for r in sorted_rows[j]:
                 b = node[r]
