@@ -192,6 +192,28 @@ def test_settings_saving_next_to_nothing_are_not_measured(case, monkeypatch):
     assert ("fc3", "tree C=8") not in analysis.learned and ("fc3", "tree C=4") in analysis.learned
 
 
+def test_settings_saving_next_to_nothing_in_time_are_not_measured(case, monkeypatch):
+    # Made-up timings: the model takes 100 ms on a held-out file, fc3's settings save 0.1 ms (0.1 %, under the
+    # 0.2 % rule), fc1's and fc2's 1 ms
+    import halut_onnx.bench
+    import halut_onnx.kernel_timing
+    import halut_onnx.model_timing
+    from halut_onnx.kernel_timing import KernelTime
+
+    folder, _, full = case
+    monkeypatch.setattr(halut_onnx.kernel_timing, "library_available", lambda: True)
+    monkeypatch.setattr(halut_onnx.kernel_timing, "time_candidate",
+                        lambda N, cand, shape, C, enc: KernelTime(2.0, 1.9 if cand.name == "fc3" else 1.0))
+    monkeypatch.setattr(halut_onnx.bench, "median_ms", lambda *args, **kwargs: 100.0)
+    monkeypatch.setattr(halut_onnx.model_timing, "layer_times_in_model", lambda *args: {})
+    analysis = analyze(folder / "m.onnx", folder / "calib", AnalyzeOptions(
+        OPTIONS, codebooks=(4, 8), encoders=("pq", "tree"), objective="time"))
+    skipped = {(r.layer, r.setting.key): r.skipped for r in analysis.rows if r.skipped}
+    reason = "saves 0.1 % of the model's time, under the 0.2 % measured"
+    assert skipped == {("fc3", key): reason for key in ("pq C=4", "pq C=8", "tree C=4", "tree C=8")}
+    assert {layer for layer, _ in analysis.learned} == {"fc1", "fc2"}
+
+
 def test_budget_analyses_both_encoders_unless_one_is_given(case):
     folder, _, _ = case
     for encoder, expected in ((None, {"pq", "tree"}), ("tree", {"tree"})):
