@@ -104,6 +104,12 @@ def codebook_grid(D: int, fixed: tuple[int, ...] = (), divisors: tuple[int, ...]
     return sorted(out)
 
 
+def layer_macs(cand, held: CollectedRows, samples: int) -> tuple[float, int]:
+    """(rows the layer sees per held-out sample, its multiply-adds per sample)."""
+    per_sample = held.rows_seen / max(samples, 1)
+    return per_sample, int(round(per_sample * cand.D * cand.M))
+
+
 def halut_macs(D: int, M: int, C: int, encoder: str) -> int:
     """Operations per row of a converted layer: encode (pq: 16 multiply-adds per input; tree: 4 comparisons per
     codebook) plus the lookup's C adds per output."""
@@ -403,9 +409,9 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
 
     rows: list[SensitivityRow] = []
     learned: dict[tuple[str, str], HalutLayer] = {}
+    total = sum(layer_macs(c, held_rows[c.name], evaluator.samples)[1] for c in candidates)
     # what the whole model could save by the objective, for NEGLIGIBLE_SAVING (ms: the model on one held-out file)
-    whole = {"time": model_ms, "macs": sum(held_rows[c.name].rows_seen / max(evaluator.samples, 1) * c.D * c.M
-                                           for c in candidates)}.get(objective)
+    whole = {"time": model_ms, "macs": total}.get(objective)
     plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks, options.divisors)
             for e in options.encoders]
     evaluator.plan([c.input_name for c, _ in plan], options.sensitivity_files)
@@ -417,7 +423,6 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
                            in_model.get(cand.name), objective, whole)
             rows.append(row)
             bar.update(1)
-    total = sum(r.macs for r in {r.layer: r for r in rows}.values())
     return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,
                     model_ms, total, time.perf_counter() - start, timed, skipped, objective,
                     {c.name: c for c in candidates}, learned, learn_rows, work, evaluator, learn_set)
@@ -427,8 +432,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
              conv: ConvertOptions, learned: dict, n_heldout_files: int, timer,
              sensitivity_files: int = 0, in_model_ms: float | None = None,
              objective: str | None = None, whole: float | None = None) -> SensitivityRow:
-    per_sample = held.rows_seen / max(evaluator.samples, 1)
-    macs = int(round(per_sample * cand.D * cand.M))
+    per_sample, macs = layer_macs(cand, held, evaluator.samples)
     row = SensitivityRow(cand.name, cand.op_type, cand.D, cand.M, setting.encoder, setting.codebooks, per_sample,
                          macs=macs)
     row.macs_removed = int(round(macs - per_sample * halut_macs(cand.D, cand.M, setting.codebooks, setting.encoder)))
