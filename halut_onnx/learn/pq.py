@@ -73,13 +73,19 @@ def _fold(G, X, s, r, gz):
 
 
 @njit(inline="always")
+def _from_folded(xgx_n, xgz, zgz):
+    """(x - z)^T G (x - z) = x^T G x - 2 x^T G z + z^T G z, clipped at 0."""
+    v = xgx_n - 2.0 * xgz + zgz
+    return v if v > 0.0 else 0.0
+
+
+@njit(inline="always")
 def _dist_folded(X, s, n, xgx_n, gz, zgz):
-    """(x_n - z)^T G (x_n - z) = x^T G x - 2 x^T G z + z^T G z from ``_fold``'s G z and z^T G z, clipped at 0."""
+    """``_from_folded`` for row n, from ``_fold``'s G z and z^T G z."""
     xgz = 0.0
     for i in range(gz.shape[0]):
         xgz += X[n, s + i] * gz[i]
-    v = xgx_n - 2.0 * xgz + zgz
-    return v if v > 0.0 else 0.0
+    return _from_folded(xgx_n, xgz, zgz)
 
 
 @njit("void(float32[:, ::1], int64, float64[:, ::1], int64, float64[::1], float64[:, ::1])", cache=True)
@@ -128,8 +134,7 @@ def _kmeans_one(X, s, G, iters, uniforms, centroids):
                 for t in range(T):
                     xgz[t] += xi * gz_t[i, t]
             for t in range(T):
-                v = xgx[n] - 2.0 * xgz[t] + zgz[t]
-                v = v if v > 0.0 else 0.0
+                v = _from_folded(xgx[n], xgz[t], zgz[t])
                 pot[t] += mind[n] if mind[n] < v else v
         best = 0
         for t in range(1, T):
