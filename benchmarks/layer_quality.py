@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from halut_onnx.learn import LearnOptions, learn_layer
-from halut_onnx.learn.lut import lookup_float, lookup_int8
+from halut_onnx.learn.layer import heldout_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -104,18 +104,11 @@ def ppocr(n_calib: int, n_eval: int) -> list[Layer]:
     return [Layer("ppocr-rec", name, calib[i], evals[i], W, b) for i, (name, _, W, b) in enumerate(layers)]
 
 
-def nmse_eval(layer, A, W, b, chunk_elems: int = 1 << 24) -> tuple[float, float]:
-    err_f = err_q = ss = 0.0
-    step = max(1, chunk_elems // W.shape[1])
-    for i in range(0, len(A), step):
-        X = A[i : i + step]
-        Y = X @ W + (0 if b is None else b)
-        codes = layer.encode(X)
-        ss += float(np.sum(np.square(Y, dtype=np.float64)))
-        err_f += float(np.sum(np.square(lookup_float(codes, layer.lut, layer.lut_bias) - Y, dtype=np.float64)))
-        err_q += float(np.sum(np.square(lookup_int8(codes, layer.lut_q, layer.scale, layer.offset) - Y,
-                                        dtype=np.float64)))
-    return err_f / ss, err_q / ss
+def nmse_eval(layer, A, W, b) -> tuple[float, float]:
+    """(float, int8) NMSE of the layer on rows A."""
+    b32 = np.zeros(W.shape[1], dtype=np.float32) if b is None else np.asarray(b, dtype=np.float32)
+    sse = heldout_errors(A, layer.encode(A), np.asarray(W, dtype=np.float32), b32, layer.lut, layer.lut_bias, layer)
+    return sse["float"] / sse["ss"], sse["int8"] / sse["ss"]
 
 
 def main() -> None:
@@ -190,8 +183,7 @@ def main() -> None:
                 h = learned.get(("digits", f"dense{i}", C, enc))
                 if h is None:
                     break
-                codes = h.encode(x)
-                x = lookup_int8(codes, h.lut_q, h.scale, h.offset)
+                x = h.forward(x)
                 x = np.maximum(x, 0) if i < 2 else x
             else:
                 print(f"  C={C:<3} {enc:<5}{np.mean(x.argmax(axis=1) == y_te):.4f}")

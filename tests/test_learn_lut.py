@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from halut_onnx import reference
-from halut_onnx.learn.lut import code_stats, fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut
+from halut_onnx.learn.lut import (code_stats, fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut,
+                                  rows_layout)
 
 
 def one_hot(codes):
@@ -128,9 +129,10 @@ def test_fast_lookups_equal_reference(rng, N, C, M):
     scale = (rng.random(M) * 0.01).astype(np.float32)
     offset = rng.standard_normal(M).astype(np.float32) * 100
     lut = rng.standard_normal((M, C, 16)).astype(np.float32) * 10
-    np.testing.assert_array_equal(lookup_int8(codes, lut_q, scale, offset),
+    np.testing.assert_array_equal(lookup_int8(codes, rows_layout(lut_q, np.int8), scale, offset),
                                   reference.lookup(codes, lut_q, scale, offset))
-    np.testing.assert_array_equal(lookup_float(codes, lut, offset), reference.lookup_float(codes, lut, offset))
+    np.testing.assert_array_equal(lookup_float(codes, rows_layout(lut, np.float32), offset),
+                                  reference.lookup_float(codes, lut, offset))
     codes[:5] += 16  # only the low 4 bits count in the lookup op
-    np.testing.assert_array_equal(lookup_int8(codes, lut_q, scale, offset),
+    np.testing.assert_array_equal(lookup_int8(codes, rows_layout(lut_q, np.int8), scale, offset),
                                   reference.lookup(codes, lut_q, scale, offset))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import reference
 from ..ops import NUM_CODES
-from .lut import fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut, ridge_grid
+from .lut import fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut, ridge_grid, rows_layout
 from .pq import encode_pq, learn_pq
 from .tree import encode_trees, learn_trees
 
@@ -179,13 +179,15 @@ def heldout_errors(A, codes, W32, b32, lut, lut_bias, q, chunk_elems: int = 1 <<
     """
     out = {"ss": 0.0, "float": 0.0, "int8": 0.0}
     step = max(1, chunk_elems // W32.shape[1])
+    lut_t = None if lut is None else rows_layout(lut, np.float32)
+    lut_q_t = rows_layout(q.lut_q, np.int8)
     for i in range(0, len(A), step):
         Y = A[i : i + step] @ W32 + b32
         c = codes[i : i + step]
         out["ss"] += float(np.sum(np.square(Y, dtype=np.float64)))
         if lut is not None:
-            out["float"] += float(np.sum(np.square(lookup_float(c, lut, lut_bias) - Y, dtype=np.float64)))
-        out["int8"] += float(np.sum(np.square(lookup_int8(c, q.lut_q, q.scale, q.offset) - Y, dtype=np.float64)))
+            out["float"] += float(np.sum(np.square(lookup_float(c, lut_t, lut_bias) - Y, dtype=np.float64)))
+        out["int8"] += float(np.sum(np.square(lookup_int8(c, lut_q_t, q.scale, q.offset) - Y, dtype=np.float64)))
     return out
 
 

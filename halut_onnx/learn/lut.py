@@ -438,22 +438,24 @@ def _lookup_float(codes, lut_t, bias, out):
                 out[n, m0 + m] = y[m] + bias[m0 + m]
 
 
-def lookup_int8(codes: np.ndarray, lut_q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """``reference.lookup`` (bit for bit), parallel over rows: for measuring large layers."""
-    out = np.empty((codes.shape[0], lut_q.shape[0]), dtype=np.float32)
-    _lookup_int8(np.ascontiguousarray(codes, dtype=np.uint8), _rows_layout(lut_q, np.int8),
-                 np.ascontiguousarray(scale, dtype=np.float32), np.ascontiguousarray(offset, dtype=np.float32), out)
-    return out
-
-
-def lookup_float(codes: np.ndarray, lut: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``reference.lookup_float`` (bit for bit), parallel over rows."""
-    out = np.empty((codes.shape[0], lut.shape[0]), dtype=np.float32)
-    _lookup_float(np.ascontiguousarray(codes, dtype=np.uint8), _rows_layout(lut, np.float32),
-                  np.ascontiguousarray(bias, dtype=np.float32), out)
-    return out
-
-
-def _rows_layout(lut: np.ndarray, dtype) -> np.ndarray:
-    """(M, C, 16) tables as (C, 16, M): one contiguous row of M entries per (codebook, code)."""
+def rows_layout(lut: np.ndarray, dtype) -> np.ndarray:
+    """(M, C, 16) tables, as the ops take them, in the lookups' layout (C, 16, M): one contiguous row of M entries
+    per (codebook, code). Callers that look up in chunks convert once."""
     return np.ascontiguousarray(np.asarray(lut, dtype=dtype).transpose(1, 2, 0))
+
+
+def lookup_int8(codes: np.ndarray, lut_t: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``reference.lookup`` (bit for bit) of the int8 tables in ``rows_layout``, parallel over rows: for measuring
+    large layers."""
+    out = np.empty((codes.shape[0], lut_t.shape[2]), dtype=np.float32)
+    _lookup_int8(np.ascontiguousarray(codes, dtype=np.uint8), lut_t, np.ascontiguousarray(scale, dtype=np.float32),
+                 np.ascontiguousarray(offset, dtype=np.float32), out)
+    return out
+
+
+def lookup_float(codes: np.ndarray, lut_t: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``reference.lookup_float`` (bit for bit) of the float tables in ``rows_layout``, parallel over rows."""
+    out = np.empty((codes.shape[0], lut_t.shape[2]), dtype=np.float32)
+    _lookup_float(np.ascontiguousarray(codes, dtype=np.uint8), lut_t, np.ascontiguousarray(bias, dtype=np.float32),
+                  out)
+    return out
