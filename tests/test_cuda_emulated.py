@@ -183,6 +183,24 @@ def test_lookup_extreme_tables(emu, rng):
     np.testing.assert_array_equal(Y[:, M // 2 :], 127.0 * C)
 
 
+@pytest.mark.parametrize("C", [16448, 16449])
+def test_lookup_float_conversion_limit(emu, rng, C):
+    """The row sums become floats by adding them to the bits of 1.5 * 2^23, exact up to C = 16448 (255 C < 2^22);
+    past it the global-memory kernel must convert with an instruction. All-127 and all-(-128) tables put the
+    largest and smallest sums on either side of the limit."""
+    M, N = 4, 3
+    lut = np.full((M, C, 16), 127, dtype=np.int8)
+    lut[M // 2 :] = -128
+    w = {"lut": lut, "scale": np.array([1, 0.5, 1, 0.25], np.float32), "offset": np.full(M, 3, np.float32)}
+    codes = rng.integers(0, 16, size=(N, C), dtype=np.uint8)
+    dev = lut_device(w)
+    Y = np.zeros((N, M), np.float32)
+    emu.emu_lookup(ptr(codes), N, ptr(dev[0]), ptr(dev[1]), ptr(dev[2]), M, C, dev[3], ptr(Y), TINY_SMEM)
+    expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
+    np.testing.assert_array_equal(Y.view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(Y[:, 0], np.float32(127 * C + 3))
+
+
 @pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
 @pytest.mark.parametrize("B,Ho,Wo,M,C", [(2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4),
                                          (1, 9, 11, 37, 300)])

@@ -77,12 +77,12 @@ void emu_lookup(const uint8_t* codes, int64_t rows, const int8_t* lut, const flo
   const int load = code_load(C, codes);
   const bool vector_ok = M % 4 == 0 && aligned(y, 16);
   const dim3 grid{p.grid_x, p.grid_y, 1};
-  if (!p.lut_in_shared) return launch(grid, p.threads, lookup_kernel<128, false>, codes, rows, w, y, load, vector_ok);
+  if (!p.lut_in_shared) return launch(grid, p.threads, lookup_kernel<128, false>, codes, rows, w, y, load, vector_ok, 1u);
   switch (p.tile_m) {
-    case 128: return launch(grid, p.threads, lookup_kernel<128, true>, codes, rows, w, y, load, vector_ok);
-    case 64: return launch(grid, p.threads, lookup_kernel<64, true>, codes, rows, w, y, load, vector_ok);
-    case 32: return launch(grid, p.threads, lookup_kernel<32, true>, codes, rows, w, y, load, vector_ok);
-    default: return launch(grid, p.threads, lookup_kernel<16, true>, codes, rows, w, y, load, vector_ok);
+    case 128: return launch(grid, p.threads, lookup_kernel<128, true>, codes, rows, w, y, load, vector_ok, 1u);
+    case 64: return launch(grid, p.threads, lookup_kernel<64, true>, codes, rows, w, y, load, vector_ok, 1u);
+    case 32: return launch(grid, p.threads, lookup_kernel<32, true>, codes, rows, w, y, load, vector_ok, 1u);
+    default: return launch(grid, p.threads, lookup_kernel<16, true>, codes, rows, w, y, load, vector_ok, 1u);
   }
 }
 

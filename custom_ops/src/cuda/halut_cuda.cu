@@ -217,9 +217,9 @@ __device__ __forceinline__ void row_sums(const uint8_t* __restrict__ row, int32_
   for (int j = 0; j < 4; ++j) acc[j] -= 128 * C;
 }
 
-// y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 127 C < 2^24).
-__device__ __forceinline__ float finish(float scale, int sum, float offset) {
-  return __fadd_rn(__fmul_rn(scale, float(sum)), offset);
+// y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 128 C < 2^24).
+__device__ __forceinline__ float finish(float scale, float sum, float offset) {
+  return __fadd_rn(__fmul_rn(scale, sum), offset);
 }
 
 // Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, kTile / 16
@@ -229,12 +229,12 @@ __device__ __forceinline__ float finish(float scale, int sum, float offset) {
 // The shared tile [C * 16][kTile] is laid out to match: line (codebook, code) holds, at lane l's 16 bytes, the
 // entries of l's four words, so one conflict-free 16-byte load per codebook fetches all 16 (at kTile = 128 a
 // quarter warp is one row reading one 128-byte line). Past half the opt-in shared memory the LUT is read from
-// global memory (kTile = 128, four 4-byte loads per codebook). The kernel is bound by shared-memory bandwidth (one
-// byte per entry, against 4 bytes per output of global memory), so the integer work per entry is kept below that:
-// per 4-column word the thread keeps the wrapping 32-bit sum of the words (`all`) and the sum of bytes 1 and 3 in
+// global memory (kTile = 128, four 4-byte loads per codebook). Shared-memory bandwidth (one byte per entry, 16
+// cycles of an SM sub-partition per codebook) is the floor, so the integer work per entry is kept below it: per
+// 4-column word the thread keeps the wrapping 32-bit sum of the words (`all`) and the sum of bytes 1 and 3 in
 // 16-bit lanes (`odd`, one byte_perm per word). With every lane below 2^16 (emptied every 256 codebooks),
 // all - (odd << 8) is exactly the sum of bytes 0 and 2 in 16-bit lanes: two integer operations per 4 entries where
-// spreading both halves takes four, and the compiler pairs consecutive codebooks' adds into 3-input adds.
+// spreading both halves takes four; the adds are split between the integer and the FMA pipe (add_pair).
 struct Lanes {
   uint32_t all[4] = {0u, 0u, 0u, 0u}, odd[4] = {0u, 0u, 0u, 0u};
 };
@@ -250,38 +250,72 @@ __device__ __forceinline__ void add_entries(Lanes& l, const uint4 e) {
   l.odd[3] += __byte_perm(e.w, 0u, 0x4341);
 }
 
-__device__ __forceinline__ void empty_lanes(Lanes& l, int (&acc)[16]) {
+// A row's sums leave the lanes as floats without a conversion instruction (the int-to-float conversion and the
+// extraction of a 16-bit lane were integer-pipe work, 32 per row): the float whose bits are kMagicBits + s is
+// exactly 1.5 * 2^23 + s for 0 <= s < 2^22, so the lane sums are put into the low bits of kMagicBits and
+// fl32(that - (1.5 * 2^23 + 128 C)) is exactly S, both operands being integers below 2^24. That holds while
+// 255 C < 2^22 (C <= kMagicMaxC); larger C (the LUT then comes from global memory) converts as before.
+constexpr uint32_t kMagicBits = 0x4B400000u;  // 1.5 * 2^23; its low 16 bits are 0
+constexpr int32_t kMagicMaxC = 16448;
+
+// acc = kMagicBits + the four words' 16 lane sums (columns 4k .. 4k+3 at acc[4k ..]): the first chunk of
+// codebooks puts them in with one byte_perm each (lane bytes below, the magic's two high bytes above) ...
+__device__ __forceinline__ void start_sums(const Lanes& l, uint32_t (&acc)[16]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const uint32_t even = l.all[k] - (l.odd[k] << 8);
-    acc[4 * k] += int(even & 0xffffu);
-    acc[4 * k + 1] += int(l.odd[k] & 0xffffu);
-    acc[4 * k + 2] += int(even >> 16);
-    acc[4 * k + 3] += int(l.odd[k] >> 16);
-    l.all[k] = l.odd[k] = 0u;
+    acc[4 * k] = __byte_perm(even, kMagicBits, 0x7610);
+    acc[4 * k + 1] = __byte_perm(l.odd[k], kMagicBits, 0x7610);
+    acc[4 * k + 2] = __byte_perm(even, kMagicBits, 0x7632);
+    acc[4 * k + 3] = __byte_perm(l.odd[k], kMagicBits, 0x7632);
   }
+}
+
+// ... and every further chunk of 256 (C > 256) is added.
+__device__ __forceinline__ void add_sums(const Lanes& l, uint32_t (&acc)[16]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t even = l.all[k] - (l.odd[k] << 8);
+    acc[4 * k] += even & 0xffffu;
+    acc[4 * k + 1] += l.odd[k] & 0xffffu;
+    acc[4 * k + 2] += even >> 16;
+    acc[4 * k + 3] += l.odd[k] >> 16;
+  }
+}
+
+// float(S) for the accumulator of start_sums / add_sums; `shift` = fl32(1.5 * 2^23 + 128 C). A shared-memory LUT
+// tile (kShared) holds C * 16 * 16 bytes in half the opt-in shared memory (C <= 454 on an H100; kMagicMaxC would
+// take a 4 MB tile), so only the global-memory kernel needs the conversion instruction, for large C.
+template <bool kShared>
+__device__ __forceinline__ float sum_value(uint32_t acc, int32_t C, float shift) {
+  if (kShared || C <= kMagicMaxC) return __fsub_rn(__uint_as_float(acc), shift);
+  return float(int32_t(acc - kMagicBits) - 128 * C);  // the wrapping sum: exact while 255 C < 2^31
 }
 
 // Code j (0..3) of a word holding 4 consecutive codes, masked to 4 bits.
 __device__ __forceinline__ uint32_t code_of(uint32_t four, int j) { return (four >> (8 * j)) & 15u; }
 
-__device__ __forceinline__ void add_pair(Lanes& l, const uint4 a, const uint4 b) {
-  // Two codebooks at once: one 3-input add per sum.
+// Two codebooks at once. The integer pipe (IADD3, PRMT, LOP3, SHF: half rate) bounded the loop while the FMA pipe,
+// which adds integers too (IMAD, half rate), sat nearly idle: `one` is 1, passed as a kernel argument so that the
+// compiler cannot fold it, and `x * one + sum` stays an IMAD. The raw-word sums stay 3-input adds (IADD3) and the
+// byte_perm sums go to the FMA pipe (benchmarks/sass_mix.py counts the split).
+__device__ __forceinline__ void add_pair(Lanes& l, const uint4 a, const uint4 b, uint32_t one) {
   l.all[0] += a.x + b.x;
-  l.odd[0] += __byte_perm(a.x, 0u, 0x4341) + __byte_perm(b.x, 0u, 0x4341);
   l.all[1] += a.y + b.y;
-  l.odd[1] += __byte_perm(a.y, 0u, 0x4341) + __byte_perm(b.y, 0u, 0x4341);
   l.all[2] += a.z + b.z;
-  l.odd[2] += __byte_perm(a.z, 0u, 0x4341) + __byte_perm(b.z, 0u, 0x4341);
   l.all[3] += a.w + b.w;
-  l.odd[3] += __byte_perm(a.w, 0u, 0x4341) + __byte_perm(b.w, 0u, 0x4341);
+  l.odd[0] = __byte_perm(b.x, 0u, 0x4341) * one + (__byte_perm(a.x, 0u, 0x4341) * one + l.odd[0]);
+  l.odd[1] = __byte_perm(b.y, 0u, 0x4341) * one + (__byte_perm(a.y, 0u, 0x4341) * one + l.odd[1]);
+  l.odd[2] = __byte_perm(b.z, 0u, 0x4341) * one + (__byte_perm(a.z, 0u, 0x4341) * one + l.odd[2]);
+  l.odd[3] = __byte_perm(b.w, 0u, 0x4341) * one + (__byte_perm(a.w, 0u, 0x4341) * one + l.odd[3]);
 }
 
-// x >> s for s >= 0, x << -s otherwise (s known at compile time).
+// x >> s for s > 0 as the high word of x * 2^(32 - s), an IMAD.HI on the FMA pipe instead of a shift on the integer
+// pipe; x << -s otherwise (an IMAD.SHL already). s is known at compile time.
 template <int s>
 __device__ __forceinline__ uint32_t shift_right(uint32_t x) {
-  if constexpr (s >= 0) {
-    return x >> s;
+  if constexpr (s > 0) {
+    return __umulhi(x, 1u << (32 - s));
   } else {
     return x << -s;
   }
@@ -301,22 +335,24 @@ __device__ __forceinline__ uint4 shared_line(const char* tile, uint32_t base, ui
 // offset (code * kTile < 16 kTile) has no bit in common with it: one shift and one 3-input logic op (mask, or)
 // make each address, and codebook j's line is an immediate offset of the load.
 template <int kTile>
-__device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, const uint4 q, Lanes& l) {
-  add_pair(l, shared_line<kTile, 0>(tile, base, q.x), shared_line<kTile, 1>(tile, base, q.x));
-  add_pair(l, shared_line<kTile, 2>(tile, base, q.x), shared_line<kTile, 3>(tile, base, q.x));
-  add_pair(l, shared_line<kTile, 4>(tile, base, q.y), shared_line<kTile, 5>(tile, base, q.y));
-  add_pair(l, shared_line<kTile, 6>(tile, base, q.y), shared_line<kTile, 7>(tile, base, q.y));
-  add_pair(l, shared_line<kTile, 8>(tile, base, q.z), shared_line<kTile, 9>(tile, base, q.z));
-  add_pair(l, shared_line<kTile, 10>(tile, base, q.z), shared_line<kTile, 11>(tile, base, q.z));
-  add_pair(l, shared_line<kTile, 12>(tile, base, q.w), shared_line<kTile, 13>(tile, base, q.w));
-  add_pair(l, shared_line<kTile, 14>(tile, base, q.w), shared_line<kTile, 15>(tile, base, q.w));
+__device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, const uint4 q, Lanes& l,
+                                              uint32_t one) {
+  add_pair(l, shared_line<kTile, 0>(tile, base, q.x), shared_line<kTile, 1>(tile, base, q.x), one);
+  add_pair(l, shared_line<kTile, 2>(tile, base, q.x), shared_line<kTile, 3>(tile, base, q.x), one);
+  add_pair(l, shared_line<kTile, 4>(tile, base, q.y), shared_line<kTile, 5>(tile, base, q.y), one);
+  add_pair(l, shared_line<kTile, 6>(tile, base, q.y), shared_line<kTile, 7>(tile, base, q.y), one);
+  add_pair(l, shared_line<kTile, 8>(tile, base, q.z), shared_line<kTile, 9>(tile, base, q.z), one);
+  add_pair(l, shared_line<kTile, 10>(tile, base, q.z), shared_line<kTile, 11>(tile, base, q.z), one);
+  add_pair(l, shared_line<kTile, 12>(tile, base, q.w), shared_line<kTile, 13>(tile, base, q.w), one);
+  add_pair(l, shared_line<kTile, 14>(tile, base, q.w), shared_line<kTile, 15>(tile, base, q.w), one);
 }
 
 // Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled.
+// `one` must be 1 (see add_pair).
 template <int kTile, bool kShared>
 __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
                                                           LutWeights w, float* __restrict__ y, int load,
-                                                          bool vector_ok) {
+                                                          bool vector_ok, uint32_t one) {
   constexpr int kLanes = kTile / 16;  // threads per row
   extern __shared__ __align__(16) uint32_t shared_lut[];
   const int lane = threadIdx.x % kLanes, row_in_pass = threadIdx.x / kLanes;
@@ -356,26 +392,33 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
     }
   };
 
-  for (int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass; n < rows;
-       n += int64_t(gridDim.y) * rows_per_pass) {
+  // Per thread, not per row: its 4 words all inside Y and 16-byte aligned (one float4 store each).
+  const bool whole_words = vector_ok && col[3] + 4 <= w.M;
+  const float shift = float(12582912 + 128 * min(w.C, kMagicMaxC));  // 1.5 * 2^23 + 128 C, exact
+  const int64_t row_step = int64_t(gridDim.y) * rows_per_pass;
+  int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass;
+  // The next 16 codes to sum. Across rows too: a row's first load is issued while the previous row is summed and
+  // written, so a warp does not wait for it at every row (every warp of a block would, at about the same time).
+  uint4 ahead = load == kCodeVectors && n < rows ? __ldg(reinterpret_cast<const uint4*>(codes + n * w.C))
+                                                 : make_uint4(0u, 0u, 0u, 0u);
+  for (; n < rows; n += row_step) {
     const uint8_t* row = codes + n * w.C;
-    int acc[16];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) acc[j] = -128 * w.C;  // the LUT bias
-    Lanes lanes;
+    // Where the row's last load fetches ahead from: the next row's codes, or this row's again past the last row
+    // (a valid address, so the load needs no branch).
+    const uint4* next_row = reinterpret_cast<const uint4*>(n + row_step < rows ? row + row_step * w.C : row);
+    uint32_t acc[16];
     for (int32_t c0 = 0; c0 < w.C; c0 += kLaneChunk) {
       const int32_t c1 = min(w.C, c0 + kLaneChunk);
       int32_t c = c0;
-      if (load == kCodeVectors) {
-        // 16 codes per load; the next load is issued before the current 16 codebooks are summed.
+      Lanes lanes;
+      if (load == kCodeVectors) {  // C % 16 == 0: the chunk is whole loads
         const uint4* q = reinterpret_cast<const uint4*>(row);
-        uint4 next = c + 16 <= c1 ? __ldg(q + c / 16) : make_uint4(0u, 0u, 0u, 0u);
         for (; c + 16 <= c1; c += 16) {
-          const uint4 cur = next;
-          if (c + 32 <= c1) next = __ldg(q + c / 16 + 1);
+          const uint4 cur = ahead;
+          ahead = __ldg(c + 16 < w.C ? q + c / 16 + 1 : next_row);
           if constexpr (kShared) {
             sum_16_shared<kTile>(reinterpret_cast<const char*>(shared_lut),
-                                 uint32_t(16 * lane) + uint32_t(c) * kCodes * kTile, cur, lanes);
+                                 uint32_t(16 * lane) + uint32_t(c) * kCodes * kTile, cur, lanes, one);
           } else {
             const uint32_t words[4] = {cur.x, cur.y, cur.z, cur.w};
 #pragma unroll
@@ -391,22 +434,36 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
         }
       }
       for (; c < c1; ++c) add_entries(lanes, entries(c, uint32_t(__ldg(row + c)) & 15u));
-      empty_lanes(lanes, acc);
+      if (c0 == 0) {
+        start_sums(lanes, acc);
+      } else {
+        add_sums(lanes, acc);
+      }
     }
     float* dst = y + n * w.M;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (col[k] >= w.M) break;
-      // scale / offset are padded to m_pad (a multiple of 16), so a word's 4 columns are readable.
+    // scale / offset are padded to m_pad (a multiple of 16), so a word's 4 columns are readable.
+    const auto word_out = [&](int k) {
       const float4 s = __ldg(reinterpret_cast<const float4*>(w.scale + col[k]));
       const float4 o = __ldg(reinterpret_cast<const float4*>(w.offset + col[k]));
-      const float4 out = make_float4(finish(s.x, acc[4 * k], o.x), finish(s.y, acc[4 * k + 1], o.y),
-                                     finish(s.z, acc[4 * k + 2], o.z), finish(s.w, acc[4 * k + 3], o.w));
-      if (vector_ok && col[k] + 4 <= w.M) {
-        *reinterpret_cast<float4*>(dst + col[k]) = out;
-      } else {
-        const float v[4] = {out.x, out.y, out.z, out.w};
-        for (int j = 0; j < 4 && col[k] + j < w.M; ++j) dst[col[k] + j] = v[j];
+      return make_float4(finish(s.x, sum_value<kShared>(acc[4 * k], w.C, shift), o.x),
+                         finish(s.y, sum_value<kShared>(acc[4 * k + 1], w.C, shift), o.y),
+                         finish(s.z, sum_value<kShared>(acc[4 * k + 2], w.C, shift), o.z),
+                         finish(s.w, sum_value<kShared>(acc[4 * k + 3], w.C, shift), o.w));
+    };
+    if (whole_words) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) *reinterpret_cast<float4*>(dst + col[k]) = word_out(k);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (col[k] >= w.M) break;
+        const float4 out = word_out(k);
+        if (vector_ok && col[k] + 4 <= w.M) {
+          *reinterpret_cast<float4*>(dst + col[k]) = out;
+        } else {
+          const float v[4] = {out.x, out.y, out.z, out.w};
+          for (int j = 0; j < 4 && col[k] + j < w.M; ++j) dst[col[k] + j] = v[j];
+        }
       }
     }
   }
@@ -464,7 +521,7 @@ __global__ void lookup_nchw_kernel(const uint8_t* __restrict__ codes, int64_t ro
     float* dst = y + (b * w.M + m) * P + p;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      if (m + j < w.M) dst[j * P] = finish(s[j], acc[j], o[j]);
+      if (m + j < w.M) dst[j * P] = finish(s[j], float(acc[j]), o[j]);
   }
 }
 
@@ -529,7 +586,7 @@ cudaError_t launch_lookup(const LookupPlan& p, const uint8_t* codes, int64_t row
                           int load, bool vector_ok, cudaStream_t stream) {
   if (cudaError_t err = allow_smem(lookup_kernel<kTile, kShared>, p.smem_bytes)) return err;
   lookup_kernel<kTile, kShared><<<dim3(p.grid_x, p.grid_y), p.threads, p.smem_bytes, stream>>>(codes, rows, w, y,
-                                                                                                 load, vector_ok);
+                                                                                                 load, vector_ok, 1u);
   return cudaGetLastError();
 }
 
