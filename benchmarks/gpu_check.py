@@ -241,7 +241,28 @@ def _learned_cases(model_path: Path, feeds: dict, tag: str):
         yield f"{tag} {n.name}", n.op_type, first, w, attrs or None, True
 
 
-def prepare(out: Path, real: bool) -> None:
+def build_variant(rev: str, out: Path) -> Path:
+    """The custom-op library as of git revision `rev` (CUDA on, sm_90), for the device run's A/B speed tables: a
+    kernel change is timed against the build it replaces in the same device call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "custom_ops"], capture_output=True)
+        if archive.returncode != 0:
+            sys.exit(f"gpu_check: git archive {rev} failed: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        build = Path(tmp) / "build"
+        for cmd in (["cmake", "-S", f"{tmp}/custom_ops", "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                     "-DHALUT_ONNX_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90-real"],
+                    ["cmake", "--build", str(build), "-j2"]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"gpu_check: building {rev} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        (out / "variants").mkdir(exist_ok=True)
+        target = out / "variants" / f"{rev}.so"
+        shutil.copy(next(build.rglob("libhalut_ops.so")), target)
+    return target
+
+
+def prepare(out: Path, real: bool, baselines: list[str]) -> None:
     import onnx
 
     import halut_onnx
@@ -337,6 +358,8 @@ def prepare(out: Path, real: bool) -> None:
             np.savez_compressed(out / "speed" / f"conv_{kind}_{k}x{k}_{Cin}.npz", **w)
         manifest["speed_conv"].append({"label": label, "B": B, "Cin": Cin, "H": H, "W": W, "k": k, "M": M, "C": C})
     shutil.copy(halut_onnx.get_library_path(), out / "libhalut_ops.so")
+    for rev in baselines:
+        print(f"built {build_variant(rev, out)} (speed tables beside the working tree's)")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"prepared {len(manifest['ops'])} op cases, {len(manifest['errors'])} error cases, "
@@ -696,6 +719,8 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="the prepared folder")
     parser.add_argument("--prepare", action="store_true", help="build the folder (CPU machine with the project)")
     parser.add_argument("--no-real-models", action="store_true", help="with --prepare: skip the converted examples")
+    parser.add_argument("--baseline", action="append", default=[], metavar="REV",
+                        help="with --prepare: also build the library at git revision REV into variants/ (A/B)")
     parser.add_argument("--dry-run", action="store_true", help="run the checks on the CPU provider")
     parser.add_argument("--profile-lookup", action="store_true", help="one lookup run at N=65536 for a profiler")
     parser.add_argument("--library", type=Path, help="another build of the library (default: the folder's copy)")
@@ -704,7 +729,7 @@ def main(argv=None) -> int:
     if args.profile_lookup:
         return profile_lookup(args.folder)
     if args.prepare:
-        prepare(args.folder, real=not args.no_real_models)
+        prepare(args.folder, real=not args.no_real_models, baselines=args.baseline)
         return 0
     return check(args.folder, args.dry_run, args.library, args.speed_only)
 
