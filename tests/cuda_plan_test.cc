@@ -32,8 +32,8 @@ static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32
   EXPECT(int64_t(p.grid_y - 1) * p.rows_per_pass < rows || p.grid_y == 1, "%s grid_y %u for %lld rows", kind,
          p.grid_y, (long long)rows);
   if (nchw) {
-    EXPECT(p.rows_per_pass == 32 && p.tile_m == 4 * (p.threads / 32), "nchw layout tile %d threads %d", p.tile_m,
-           p.threads);
+    EXPECT(p.rows_per_pass == 32 && p.tile_m == kNchwColumns * (p.threads / 32), "nchw layout tile %d threads %d",
+           p.tile_m, p.threads);
   } else {
     EXPECT(p.tile_m % 16 == 0 && p.rows_per_pass * (p.tile_m / 16) == p.threads,
            "rows layout: %d rows x %d threads != %d", p.rows_per_pass, p.tile_m / 16, p.threads);
@@ -50,7 +50,7 @@ static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32
     }
   } else {
     EXPECT(p.smem_bytes == 0, "%s global path with smem %zu", kind, p.smem_bytes);
-    EXPECT(int64_t(C) * 16 * (nchw ? 4 : 16) > dev.smem_optin / 2, "%s fell back to global memory for C %d", kind,
+    EXPECT(int64_t(C) * 16 * (nchw ? kNchwColumns : 16) > dev.smem_optin / 2, "%s fell back to global memory for C %d", kind,
            C);
   }
 }

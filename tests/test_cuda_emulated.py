@@ -203,7 +203,7 @@ def test_lookup_float_conversion_limit(emu, rng, C):
 
 @pytest.mark.parametrize("smem", [H100_SMEM, TINY_SMEM], ids=["shared", "global"])
 @pytest.mark.parametrize("B,Ho,Wo,M,C", [(2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4),
-                                         (1, 9, 11, 37, 300)])
+                                         (1, 9, 11, 37, 300), (1, 5, 9, 11, 272)])
 def test_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem):
     codes = rng.integers(0, 256, size=(B, Ho, Wo, C), dtype=np.uint8)
     w = lookup_weights(rng, M, C)

@@ -92,11 +92,11 @@ void emu_lookup_nchw(const uint8_t* codes, int64_t B, int64_t P, const int8_t* l
   if (rows == 0 || M == 0) return;
   const LookupPlan p = plan_lookup_nchw(rows, C, M, device(smem_optin));
   const LutWeights w{lut, scale, offset, M, C, m_pad};
-  const bool code_words = C % 4 == 0 && aligned(codes, 4);
+  const int load = code_load(C, codes);
   if (p.lut_in_shared) {
-    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_nchw_kernel<true>, codes, rows, P, w, y, code_words);
+    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_nchw_kernel<true>, codes, rows, P, w, y, load, 1u);
   } else {
-    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_nchw_kernel<false>, codes, rows, P, w, y, code_words);
+    launch(dim3{p.grid_x, p.grid_y, 1}, p.threads, lookup_nchw_kernel<false>, codes, rows, P, w, y, load, 1u);
   }
 }
 

@@ -52,6 +52,10 @@ struct alignas(16) uint4 {
   uint32_t x, y, z, w;
 };
 inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+struct alignas(8) uint2 {
+  uint32_t x, y;
+};
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 
 // The block's dynamic shared memory (blocks run one at a time), defined where the kernels are (emu.cc): their
 // `extern __shared__` array names an entity of their own namespace.

@@ -168,101 +168,72 @@ __global__ void encode_pq_conv_kernel(const float* __restrict__ x, ConvShape s, 
 }
 
 // ---- lookup ---------------------------------------------------------------------------------------------------
-// A thread owns 4 consecutive output columns: one 32-bit LUT word per (codebook, code) holds their 4 entries (the
-// code-major layout puts m contiguous), so one load serves 4 lookups. The device copy of the LUT is biased to
-// unsigned (entry + 128, i.e. the int8 bits ^ 0x80), so the 4 entries are summed two per 32-bit add in 16-bit lanes
-// (columns 0 and 2, 1 and 3: one byte_perm each to spread them) instead of 4 sign extensions and 4 adds; a lane
-// holds at most 256 * 255 < 2^16, so the lanes are emptied into int32 every 256 codebooks, and 128 C is subtracted
-// at the end: the sum stays exact.
+// A thread sums, per row, the entries of a few 4-column words: one 32-bit LUT word per (codebook, code) holds a
+// word's 4 entries (the code-major layout puts m contiguous). The device copy of the LUT is biased to unsigned
+// (entry + 128, i.e. the int8 bits ^ 0x80), so per word the thread keeps the wrapping 32-bit sum of the words
+// (`all`) and the sum of bytes 1 and 3 in 16-bit lanes (`odd`, one byte_perm per word). With every lane below
+// 2^16 (emptied every kLaneChunk = 256 codebooks), all - (odd << 8) is exactly the sum of bytes 0 and 2 in 16-bit
+// lanes: two integer operations per 4 entries where spreading both halves takes four. 128 C is subtracted at the end.
 constexpr int32_t kLaneChunk = 256;
 
-
-// Calls f(c, code & 15) for c = c0 .. c1-1, reading the row's codes 4 per load when `words` (C % 4 == 0 and the
-// codes 4-byte aligned, so every row and every chunk start is aligned).
-template <typename F>
-__device__ __forceinline__ void for_each_code(const uint8_t* __restrict__ row, int32_t c0, int32_t c1, bool words,
-                                              F&& f) {
-  int32_t c = c0;
-  if (words) {
-    const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
-    for (; c + 4 <= c1; c += 4) {
-      const uint32_t four = __ldg(q + c / 4);
-      f(c, four & 15u);
-      f(c + 1, (four >> 8) & 15u);
-      f(c + 2, (four >> 16) & 15u);
-      f(c + 3, (four >> 24) & 15u);
-    }
-  }
-  for (; c < c1; ++c) f(c, uint32_t(__ldg(row + c)) & 15u);
-}
-
-// S for the thread's 4 columns of one row: fetch(c, code) returns the biased LUT word of codebook c.
-template <typename Fetch>
-__device__ __forceinline__ void row_sums(const uint8_t* __restrict__ row, int32_t C, bool words, Fetch&& fetch,
-                                         int (&acc)[4]) {
-  acc[0] = acc[1] = acc[2] = acc[3] = 0;
-  for (int32_t c0 = 0; c0 < C; c0 += kLaneChunk) {
-    uint32_t even = 0, odd = 0;  // 16-bit lanes: columns (0, 2) and (1, 3)
-    for_each_code(row, c0, min(C, c0 + kLaneChunk), words, [&](int32_t c, uint32_t code) {
-      const uint32_t word = fetch(c, code);
-      even += __byte_perm(word, 0u, 0x4240);  // bytes 0 and 2, zero-extended into the two halves
-      odd += __byte_perm(word, 0u, 0x4341);   // bytes 1 and 3
-    });
-    acc[0] += int(even & 0xffffu);
-    acc[1] += int(odd & 0xffffu);
-    acc[2] += int(even >> 16);
-    acc[3] += int(odd >> 16);
-  }
-#pragma unroll
-  for (int j = 0; j < 4; ++j) acc[j] -= 128 * C;
-}
-
-// y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 128 C < 2^24).
-__device__ __forceinline__ float finish(float scale, float sum, float offset) {
-  return __fadd_rn(__fmul_rn(scale, sum), offset);
-}
-
-// Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, kTile / 16
-// threads (lanes) per row and blockDim / that many rows per pass. Lane l owns the four 4-column words at columns
-// 4 l + 4 (kTile / 4) k, k = 0..3, not 16 contiguous columns: then the 4-byte-per-column outputs of a row's lanes
-// (and their scale and offset) are contiguous for each k, so every store and load of the epilogue is coalesced.
-// The shared tile [C * 16][kTile] is laid out to match: line (codebook, code) holds, at lane l's 16 bytes, the
-// entries of l's four words, so one conflict-free 16-byte load per codebook fetches all 16 (at kTile = 128 a
-// quarter warp is one row reading one 128-byte line). Past half the opt-in shared memory the LUT is read from
-// global memory (kTile = 128, four 4-byte loads per codebook). Shared-memory bandwidth (one byte per entry, 16
-// cycles of an SM sub-partition per codebook) is the floor, so the integer work per entry is kept below it: per
-// 4-column word the thread keeps the wrapping 32-bit sum of the words (`all`) and the sum of bytes 1 and 3 in
-// 16-bit lanes (`odd`, one byte_perm per word). With every lane below 2^16 (emptied every 256 codebooks),
-// all - (odd << 8) is exactly the sum of bytes 0 and 2 in 16-bit lanes: two integer operations per 4 entries where
-// spreading both halves takes four; the adds are split between the integer and the FMA pipe (add_pair).
+template <int kWords>
 struct Lanes {
-  uint32_t all[4] = {0u, 0u, 0u, 0u}, odd[4] = {0u, 0u, 0u, 0u};
+  uint32_t all[kWords] = {}, odd[kWords] = {};
 };
 
-__device__ __forceinline__ void add_entries(Lanes& l, const uint4 e) {
-  l.all[0] += e.x;
-  l.odd[0] += __byte_perm(e.x, 0u, 0x4341);
-  l.all[1] += e.y;
-  l.odd[1] += __byte_perm(e.y, 0u, 0x4341);
-  l.all[2] += e.z;
-  l.odd[2] += __byte_perm(e.z, 0u, 0x4341);
-  l.all[3] += e.w;
-  l.odd[3] += __byte_perm(e.w, 0u, 0x4341);
+// Word k of two codebooks at once. The integer pipe (IADD3, PRMT, LOP3, SHF: half rate) bounded the lookups while
+// the FMA pipe, which adds integers too (IMAD, half rate), sat nearly idle: `one` is 1, passed as a kernel argument
+// so that the compiler cannot fold it, and `x * one + sum` stays an IMAD. The raw-word sum stays a 3-input add
+// (IADD3) and the byte_perm sums go to the FMA pipe (benchmarks/sass_mix.py counts the split).
+template <int kWords>
+__device__ __forceinline__ void add_words(Lanes<kWords>& l, int k, uint32_t a, uint32_t b, uint32_t one) {
+  l.all[k] += a + b;
+  l.odd[k] = __byte_perm(b, 0u, 0x4341) * one + (__byte_perm(a, 0u, 0x4341) * one + l.odd[k]);
+}
+
+__device__ __forceinline__ void add_pair(Lanes<4>& l, const uint4 a, const uint4 b, uint32_t one) {
+  add_words(l, 0, a.x, b.x, one);
+  add_words(l, 1, a.y, b.y, one);
+  add_words(l, 2, a.z, b.z, one);
+  add_words(l, 3, a.w, b.w, one);
+}
+
+__device__ __forceinline__ void add_pair(Lanes<2>& l, const uint2 a, const uint2 b, uint32_t one) {
+  add_words(l, 0, a.x, b.x, one);
+  add_words(l, 1, a.y, b.y, one);
+}
+
+// One codebook (the paths that read codes one by one).
+template <int kWords>
+__device__ __forceinline__ void add_word(Lanes<kWords>& l, int k, uint32_t e) {
+  l.all[k] += e;
+  l.odd[k] += __byte_perm(e, 0u, 0x4341);
+}
+__device__ __forceinline__ void add_entries(Lanes<4>& l, const uint4 e) {
+  add_word(l, 0, e.x);
+  add_word(l, 1, e.y);
+  add_word(l, 2, e.z);
+  add_word(l, 3, e.w);
+}
+__device__ __forceinline__ void add_entries(Lanes<2>& l, const uint2 e) {
+  add_word(l, 0, e.x);
+  add_word(l, 1, e.y);
 }
 
 // A row's sums leave the lanes as floats without a conversion instruction (the int-to-float conversion and the
-// extraction of a 16-bit lane were integer-pipe work, 32 per row): the float whose bits are kMagicBits + s is
+// extraction of a 16-bit lane were integer-pipe work, 2 per output): the float whose bits are kMagicBits + s is
 // exactly 1.5 * 2^23 + s for 0 <= s < 2^22, so the lane sums are put into the low bits of kMagicBits and
 // fl32(that - (1.5 * 2^23 + 128 C)) is exactly S, both operands being integers below 2^24. That holds while
 // 255 C < 2^22 (C <= kMagicMaxC); larger C (the LUT then comes from global memory) converts as before.
 constexpr uint32_t kMagicBits = 0x4B400000u;  // 1.5 * 2^23; its low 16 bits are 0
 constexpr int32_t kMagicMaxC = 16448;
 
-// acc = kMagicBits + the four words' 16 lane sums (columns 4k .. 4k+3 at acc[4k ..]): the first chunk of
-// codebooks puts them in with one byte_perm each (lane bytes below, the magic's two high bytes above) ...
-__device__ __forceinline__ void start_sums(const Lanes& l, uint32_t (&acc)[16]) {
+// acc = kMagicBits + the lane sums, columns 4k .. 4k+3 at acc[4k ..]: the first chunk of codebooks puts them in
+// with one byte_perm each (lane bytes below, the magic's two high bytes above) ...
+template <int kWords>
+__device__ __forceinline__ void start_sums(const Lanes<kWords>& l, uint32_t (&acc)[4 * kWords]) {
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < kWords; ++k) {
     const uint32_t even = l.all[k] - (l.odd[k] << 8);
     acc[4 * k] = __byte_perm(even, kMagicBits, 0x7610);
     acc[4 * k + 1] = __byte_perm(l.odd[k], kMagicBits, 0x7610);
@@ -272,9 +243,10 @@ __device__ __forceinline__ void start_sums(const Lanes& l, uint32_t (&acc)[16]) 
 }
 
 // ... and every further chunk of 256 (C > 256) is added.
-__device__ __forceinline__ void add_sums(const Lanes& l, uint32_t (&acc)[16]) {
+template <int kWords>
+__device__ __forceinline__ void add_sums(const Lanes<kWords>& l, uint32_t (&acc)[4 * kWords]) {
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < kWords; ++k) {
     const uint32_t even = l.all[k] - (l.odd[k] << 8);
     acc[4 * k] += even & 0xffffu;
     acc[4 * k + 1] += l.odd[k] & 0xffffu;
@@ -283,32 +255,35 @@ __device__ __forceinline__ void add_sums(const Lanes& l, uint32_t (&acc)[16]) {
   }
 }
 
-// float(S) for the accumulator of start_sums / add_sums; `shift` = fl32(1.5 * 2^23 + 128 C). A shared-memory LUT
-// tile (kShared) holds C * 16 * 16 bytes in half the opt-in shared memory (C <= 454 on an H100; kMagicMaxC would
-// take a 4 MB tile), so only the global-memory kernel needs the conversion instruction, for large C.
+// float(S) for an accumulator of start_sums / add_sums; `shift` = fl32(1.5 * 2^23 + 128 C). A shared-memory LUT
+// tile (kShared) holds C * 16 bytes per column, at least 8 columns, in half the opt-in shared memory (C <= 908 on
+// an H100; kMagicMaxC would take 2 MB), so only the global-memory kernels need the conversion, for large C.
 template <bool kShared>
 __device__ __forceinline__ float sum_value(uint32_t acc, int32_t C, float shift) {
   if (kShared || C <= kMagicMaxC) return __fsub_rn(__uint_as_float(acc), shift);
   return float(int32_t(acc - kMagicBits) - 128 * C);  // the wrapping sum: exact while 255 C < 2^31
 }
 
+__device__ __forceinline__ float magic_shift(int32_t C) { return float(12582912 + 128 * min(C, kMagicMaxC)); }
+
+// y = fl32(fl32(scale * float(S)) + offset); float(S) is exact (|S| <= 128 C < 2^24).
+__device__ __forceinline__ float finish(float scale, float sum, float offset) {
+  return __fadd_rn(__fmul_rn(scale, sum), offset);
+}
+
 // Code j (0..3) of a word holding 4 consecutive codes, masked to 4 bits.
 __device__ __forceinline__ uint32_t code_of(uint32_t four, int j) { return (four >> (8 * j)) & 15u; }
 
-// Two codebooks at once. The integer pipe (IADD3, PRMT, LOP3, SHF: half rate) bounded the loop while the FMA pipe,
-// which adds integers too (IMAD, half rate), sat nearly idle: `one` is 1, passed as a kernel argument so that the
-// compiler cannot fold it, and `x * one + sum` stays an IMAD. The raw-word sums stay 3-input adds (IADD3) and the
-// byte_perm sums go to the FMA pipe (benchmarks/sass_mix.py counts the split).
-__device__ __forceinline__ void add_pair(Lanes& l, const uint4 a, const uint4 b, uint32_t one) {
-  l.all[0] += a.x + b.x;
-  l.all[1] += a.y + b.y;
-  l.all[2] += a.z + b.z;
-  l.all[3] += a.w + b.w;
-  l.odd[0] = __byte_perm(b.x, 0u, 0x4341) * one + (__byte_perm(a.x, 0u, 0x4341) * one + l.odd[0]);
-  l.odd[1] = __byte_perm(b.y, 0u, 0x4341) * one + (__byte_perm(a.y, 0u, 0x4341) * one + l.odd[1]);
-  l.odd[2] = __byte_perm(b.z, 0u, 0x4341) * one + (__byte_perm(a.z, 0u, 0x4341) * one + l.odd[2]);
-  l.odd[3] = __byte_perm(b.w, 0u, 0x4341) * one + (__byte_perm(a.w, 0u, 0x4341) * one + l.odd[3]);
-}
+// Row-major Y[rows][M] (plan_lookup): a block owns kTile consecutive columns and a thread 16 of them, kTile / 16
+// threads (lanes) per row and blockDim / that many rows per pass. Lane l owns the four 4-column words at columns
+// 4 l + 4 (kTile / 4) k, k = 0..3, not 16 contiguous columns: then the 4-byte-per-column outputs of a row's lanes
+// (and their scale and offset) are contiguous for each k, so every store and load of the epilogue is coalesced.
+// The shared tile [C * 16][kTile] is laid out to match: line (codebook, code) holds, at lane l's 16 bytes, the
+// entries of l's four words, so one conflict-free 16-byte load per codebook fetches all 16 (at kTile = 128 a
+// quarter warp is one row reading one 128-byte line). Past half the opt-in shared memory the LUT is read from
+// global memory (kTile = 128, four 4-byte loads per codebook). Shared-memory bandwidth (one byte per entry, 16
+// cycles of an SM sub-partition per codebook) is the floor, so the integer and FMA work per codebook is kept below
+// it (benchmarks/sass_mix.py).
 
 // x >> s for s > 0 as the high word of x * 2^(32 - s), an IMAD.HI on the FMA pipe instead of a shift on the integer
 // pipe; x << -s otherwise (an IMAD.SHL already). s is known at compile time.
@@ -335,7 +310,7 @@ __device__ __forceinline__ uint4 shared_line(const char* tile, uint32_t base, ui
 // offset (code * kTile < 16 kTile) has no bit in common with it: one shift and one 3-input logic op (mask, or)
 // make each address, and codebook j's line is an immediate offset of the load.
 template <int kTile>
-__device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, const uint4 q, Lanes& l,
+__device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, const uint4 q, Lanes<4>& l,
                                               uint32_t one) {
   add_pair(l, shared_line<kTile, 0>(tile, base, q.x), shared_line<kTile, 1>(tile, base, q.x), one);
   add_pair(l, shared_line<kTile, 2>(tile, base, q.x), shared_line<kTile, 3>(tile, base, q.x), one);
@@ -347,7 +322,8 @@ __device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, c
   add_pair(l, shared_line<kTile, 14>(tile, base, q.w), shared_line<kTile, 15>(tile, base, q.w), one);
 }
 
-// Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled.
+// Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled
+// but for the 16-column tile of C = 228 .. 454 (16 bytes: one reload per row).
 // `one` must be 1 (see add_pair).
 template <int kTile, bool kShared>
 __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
@@ -394,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
 
   // Per thread, not per row: its 4 words all inside Y and 16-byte aligned (one float4 store each).
   const bool whole_words = vector_ok && col[3] + 4 <= w.M;
-  const float shift = float(12582912 + 128 * min(w.C, kMagicMaxC));  // 1.5 * 2^23 + 128 C, exact
+  const float shift = magic_shift(w.C);
   const int64_t row_step = int64_t(gridDim.y) * rows_per_pass;
   int64_t n = int64_t(blockIdx.y) * rows_per_pass + row_in_pass;
   // The next 16 codes to sum. Across rows too: a row's first load is issued while the previous row is summed and
@@ -410,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
     for (int32_t c0 = 0; c0 < w.C; c0 += kLaneChunk) {
       const int32_t c1 = min(w.C, c0 + kLaneChunk);
       int32_t c = c0;
-      Lanes lanes;
+      Lanes<4> lanes;
       if (load == kCodeVectors) {  // C % 16 == 0: the chunk is whole loads
         const uint4* q = reinterpret_cast<const uint4*>(row);
         for (; c + 16 <= c1; c += 16) {
@@ -469,59 +445,127 @@ __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __re
   }
 }
 
-// NCHW Y[B][M][P] (plan_lookup_nchw): warp g of the block owns columns m0 + 4 g .. + 3 and its 32 lanes 32
-// consecutive positions. The shared tile is group-major ([G][C * 16] words): lanes with different codes read
-// different banks (code = word index mod 16) and equal codes broadcast.
+// The 8-byte line of codebook c + kJ for the code in byte kJ % 4 of `word`, `lines` pointing at codebook c's: the
+// code's offset (code * 8) is one shift and one mask, and the codebook an immediate offset of the load.
+template <int kJ>
+__device__ __forceinline__ uint2 nchw_line(const char* lines, uint32_t word) {
+  const uint32_t offset = shift_right<8 * (kJ % 4) - 3>(word) & (15u << 3);
+  return *reinterpret_cast<const uint2*>(lines + offset + kJ * kCodes * 8);
+}
+
+// 16 codebooks from the shared tile, their codes the 16 bytes of q.
+__device__ __forceinline__ void sum_16_nchw(const char* lines, const uint4 q, Lanes<2>& l, uint32_t one) {
+  add_pair(l, nchw_line<0>(lines, q.x), nchw_line<1>(lines, q.x), one);
+  add_pair(l, nchw_line<2>(lines, q.x), nchw_line<3>(lines, q.x), one);
+  add_pair(l, nchw_line<4>(lines, q.y), nchw_line<5>(lines, q.y), one);
+  add_pair(l, nchw_line<6>(lines, q.y), nchw_line<7>(lines, q.y), one);
+  add_pair(l, nchw_line<8>(lines, q.z), nchw_line<9>(lines, q.z), one);
+  add_pair(l, nchw_line<10>(lines, q.z), nchw_line<11>(lines, q.z), one);
+  add_pair(l, nchw_line<12>(lines, q.w), nchw_line<13>(lines, q.w), one);
+  add_pair(l, nchw_line<14>(lines, q.w), nchw_line<15>(lines, q.w), one);
+}
+
+// NCHW Y[B][M][P] (plan_lookup_nchw): warp g of the block owns the kNchwColumns = 8 columns m0 + 8 g .. + 7 and
+// its 32 lanes 32 consecutive positions, so each of a thread's 8 stores is, across the warp, 128 contiguous bytes
+// of one plane. The shared tile is group-major, [G][C * 16] lines of 8 bytes (the group's 8 entries of one
+// codebook and code): a codebook's 16 lines span one 128-byte row of banks, so the 8-byte loads of a half warp
+// never conflict (lanes with equal codes broadcast) and a codebook costs 2 wavefronts per warp, one byte per
+// entry as in the row-major kernel. The sums are the row-major kernel's, two words per thread, two codebooks at a
+// time.
 template <bool kShared>
 __global__ void lookup_nchw_kernel(const uint8_t* __restrict__ codes, int64_t rows, int64_t P, LutWeights w,
-                                   float* __restrict__ y, bool code_words) {
+                                   float* __restrict__ y, int load, uint32_t one) {
   extern __shared__ __align__(16) uint32_t shared_lut[];
   const int groups = blockDim.x / 32;
   const int g = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int32_t m0 = blockIdx.x * 4 * groups;
-  const int32_t m = m0 + 4 * g;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.lut);
+  const int32_t m0 = blockIdx.x * kNchwColumns * groups;
+  const int32_t m = m0 + kNchwColumns * g;
+  // 8-byte units: m, m0 and m_pad are multiples of 8, so every group's line is one aligned uint2.
+  const uint2* src = reinterpret_cast<const uint2*>(w.lut);
   const int32_t table = w.C * kCodes;
 
-  const uint32_t* lut_words;
+  const uint2* lines;  // line (c, code) of the warp's group: lines[(c * 16 + code) * stride]
   int64_t stride;
   if constexpr (kShared) {
-    // Read in (codebook-code, group) order: consecutive threads load consecutive words of global memory.
+    uint2* fill = reinterpret_cast<uint2*>(shared_lut);
+    // Read in (codebook-code, group) order: consecutive threads load consecutive 8 bytes of global memory.
     for (int32_t i = threadIdx.x; i < table * groups; i += blockDim.x) {
       const int32_t ck = i / groups, gi = i - ck * groups;
-      const int32_t col = m0 + 4 * gi;
-      shared_lut[gi * table + ck] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 4) : 0u;
+      const int32_t col = m0 + kNchwColumns * gi;
+      fill[gi * table + ck] = col < w.m_pad ? __ldg(src + (int64_t(ck) * w.m_pad + col) / 8) : make_uint2(0u, 0u);
     }
     __syncthreads();
-    lut_words = shared_lut + g * table;
+    lines = fill + g * table;
     stride = 1;
   } else {
-    lut_words = src + m / 4;
-    stride = w.m_pad / 4;
+    lines = src + m / 8;
+    stride = w.m_pad / 8;
   }
   if (m >= w.M) return;
+  const auto line = [&](int32_t c, uint32_t code) -> uint2 {
+    const int64_t i = (int64_t(c) * kCodes + code) * stride;
+    if constexpr (kShared) {
+      return lines[i];
+    } else {
+      return __ldg(lines + i);
+    }
+  };
 
-  float s[4], o[4];
+  float s[kNchwColumns], o[kNchwColumns];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < kNchwColumns; ++j) {
     s[j] = m + j < w.M ? __ldg(w.scale + m + j) : 0.f;
     o[j] = m + j < w.M ? __ldg(w.offset + m + j) : 0.f;
   }
-  for (int64_t n = int64_t(blockIdx.y) * 32 + lane; n < rows; n += int64_t(gridDim.y) * 32) {
-    int acc[4];
-    row_sums(codes + n * w.C, w.C, code_words, [&](int32_t c, uint32_t code) -> uint32_t {
-      const int64_t word = (int64_t(c) * kCodes + code) * stride;
-      if constexpr (kShared) {
-        return lut_words[word];
-      } else {
-        return __ldg(lut_words + word);
+  const float shift = magic_shift(w.C);
+  const int64_t row_step = int64_t(gridDim.y) * 32;
+  int64_t n = int64_t(blockIdx.y) * 32 + lane;
+  // The next 16 codes, fetched a step ahead, across rows too (as in lookup_kernel).
+  uint4 ahead = load == kCodeVectors && n < rows ? __ldg(reinterpret_cast<const uint4*>(codes + n * w.C))
+                                                 : make_uint4(0u, 0u, 0u, 0u);
+  for (; n < rows; n += row_step) {
+    const uint8_t* row = codes + n * w.C;
+    const uint4* next_row = reinterpret_cast<const uint4*>(n + row_step < rows ? row + row_step * w.C : row);
+    uint32_t acc[kNchwColumns];
+    for (int32_t c0 = 0; c0 < w.C; c0 += kLaneChunk) {
+      const int32_t c1 = min(w.C, c0 + kLaneChunk);
+      int32_t c = c0;
+      Lanes<2> lanes;
+      if (load == kCodeVectors) {
+        const uint4* q = reinterpret_cast<const uint4*>(row);
+        for (; c + 16 <= c1; c += 16) {
+          const uint4 v = ahead;
+          ahead = __ldg(c + 16 < w.C ? q + c / 16 + 1 : next_row);
+          if constexpr (kShared) {
+            sum_16_nchw(reinterpret_cast<const char*>(lines + int64_t(c) * kCodes), v, lanes, one);
+          } else {
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 16; j += 2)
+              add_pair(lanes, line(c + j, code_of(words[j / 4], j % 4)),
+                       line(c + j + 1, code_of(words[j / 4], j % 4 + 1)), one);
+          }
+        }
+      } else if (load == kCodeWords) {
+        const uint32_t* q = reinterpret_cast<const uint32_t*>(row);
+        for (; c + 4 <= c1; c += 4) {
+          const uint32_t four = __ldg(q + c / 4);
+          add_pair(lanes, line(c, code_of(four, 0)), line(c + 1, code_of(four, 1)), one);
+          add_pair(lanes, line(c + 2, code_of(four, 2)), line(c + 3, code_of(four, 3)), one);
+        }
       }
-    }, acc);
+      for (; c < c1; ++c) add_entries(lanes, line(c, uint32_t(__ldg(row + c)) & 15u));
+      if (c0 == 0) {
+        start_sums(lanes, acc);
+      } else {
+        add_sums(lanes, acc);
+      }
+    }
     const int64_t b = n / P, p = n - b * P;
     float* dst = y + (b * w.M + m) * P + p;
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (m + j < w.M) dst[j * P] = finish(s[j], float(acc[j]), o[j]);
+    for (int j = 0; j < kNchwColumns; ++j)
+      if (m + j < w.M) dst[j * P] = finish(s[j], sum_value<kShared>(acc[j], w.C, shift), o[j]);
   }
 }
 
@@ -610,13 +654,13 @@ cudaError_t lookup_nchw(const DeviceInfo& dev, const uint8_t* codes, int64_t B, 
   const int64_t rows = B * P;
   if (rows == 0 || w.M == 0) return cudaSuccess;
   const LookupPlan p = plan_lookup_nchw(rows, w.C, w.M, dev);
-  const bool code_words = w.C % 4 == 0 && aligned(codes, 4);
+  const int load = code_load(w.C, codes);
   const dim3 grid(p.grid_x, p.grid_y);
   if (p.lut_in_shared) {
     if (cudaError_t err = allow_smem(lookup_nchw_kernel<true>, p.smem_bytes)) return err;
-    lookup_nchw_kernel<true><<<grid, p.threads, p.smem_bytes, stream>>>(codes, rows, P, w, y, code_words);
+    lookup_nchw_kernel<true><<<grid, p.threads, p.smem_bytes, stream>>>(codes, rows, P, w, y, load, 1u);
   } else {
-    lookup_nchw_kernel<false><<<grid, p.threads, 0, stream>>>(codes, rows, P, w, y, code_words);
+    lookup_nchw_kernel<false><<<grid, p.threads, 0, stream>>>(codes, rows, P, w, y, load, 1u);
   }
   return cudaGetLastError();
 }

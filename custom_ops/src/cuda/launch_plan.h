@@ -99,18 +99,20 @@ inline LookupPlan plan_lookup(int64_t rows, int32_t C, int32_t M, const DeviceIn
   return p;
 }
 
-// NCHW Y[B][M][P]: a warp covers 32 consecutive positions for one group of 4 columns, so each of its 4 stores is
-// 128 contiguous bytes; a block is G warps = G column groups (tile_m = 4 G). The shared tile is stored
-// group-major ([G][C * 16] words), so the 32 positions' different codes hit 16 distinct banks.
+// NCHW Y[B][M][P]: a warp covers 32 consecutive positions for one group of kNchwColumns columns, so each of its
+// stores is 128 contiguous bytes of one plane; a block is G warps = G column groups (tile_m = 8 G). The shared
+// tile is stored group-major ([G][C * 16] lines of 8 bytes), so a codebook's 16 lines are one 128-byte bank row.
+constexpr int kNchwColumns = 8;
+
 inline LookupPlan plan_lookup_nchw(int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
   LookupPlan p;
   const int64_t budget = dev.smem_optin / 2;
   int groups = 8;
-  while (groups > 1 && int64_t(C) * kCodes * 4 * groups > budget) groups /= 2;
-  p.lut_in_shared = int64_t(C) * kCodes * 4 * groups <= budget;
+  while (groups > 1 && int64_t(C) * kCodes * kNchwColumns * groups > budget) groups /= 2;
+  p.lut_in_shared = int64_t(C) * kCodes * kNchwColumns * groups <= budget;
   if (!p.lut_in_shared) groups = 8;
   p.threads = 32 * groups;
-  p.tile_m = 4 * groups;
+  p.tile_m = kNchwColumns * groups;
   p.smem_bytes = p.lut_in_shared ? size_t(C) * kCodes * p.tile_m : 0;
   p.rows_per_pass = 32;
   p.grid_x = unsigned((int64_t(M) + p.tile_m - 1) / p.tile_m);
