@@ -1,24 +1,30 @@
-"""What the row-major lookup kernel's hot loop costs per codebook, read from its machine code (no GPU needed).
+"""What the lookup kernels' hot loops cost per codebook, read from their machine code (no GPU needed).
 
-The lookup kernel is bound by instruction issue, the integer pipe and shared-memory bandwidth (docs/cuda.md, "Speed
-on an H200"), all of which can be counted in the SASS that ptxas emits. This script compiles
-custom_ops/src/cuda/halut_cuda.cu for sm_90 with the build's flags, disassembles it with nvdisasm, finds the loop of
-`lookup_kernel<128, true>` that holds the most 16-byte shared loads (the 16-codebook hot loop) and prints its
-instruction mix by pipe and the cycles per codebook each resource needs on one SM sub-partition:
+The lookup kernels are bound by instruction issue, the integer pipe and shared-memory bandwidth (docs/cuda.md,
+"Speed on an H200"), all of which can be counted in the SASS that ptxas emits. This script compiles
+custom_ops/src/cuda/halut_cuda.cu for sm_90 with the build's flags, disassembles it with nvdisasm, finds the
+innermost loop with the most shared-memory loads (one per codebook) in `lookup_kernel<128, true>` (row-major Y) or
+`lookup_nchw_kernel<true>` (NCHW Y, --kernel nchw), and prints its instruction mix by pipe and the cycles per
+codebook each resource needs on one SM sub-partition:
 
     issue    one warp instruction per cycle
     alu      IADD3, LOP3, SHF, PRMT, ISETP, LEA, I2FP ...: 16 lanes per cycle, 2 cycles per warp instruction
     fma      IMAD, IMUL (the FMA pipe's heavy half): 2 cycles per warp instruction
     fp32     FADD, FMUL, FFMA: 1 cycle
     shared   a warp's 16-byte shared load is 512 bytes, 4 of the SM's 128-byte wavefronts, shared by its 4
-             sub-partitions: 16 cycles per load when all four run the loop
+             sub-partitions: 16 cycles per load when all four run the loop (4 for a conflict-free 4-byte load)
+
+A thread's load of b bytes fetches b table entries, so the kernels compare per 512 entries (one row-major warp's
+codebook).
 
 The largest of these bounds the loop; it is a model (no latencies, no dual issue, no bank conflicts), checked
 against Nsight Compute on an H200 where a device session allows (docs/cuda.md). nvdisasm is not part of nvcc's
 install here: `pip install nvidia-cuda-nvdisasm` provides it (found under site-packages/nvidia/cu13/bin).
 
     python benchmarks/sass_mix.py                       # the working tree's kernel
-    python benchmarks/sass_mix.py --source OLD.cu       # another version, e.g. `git show REV:custom_ops/...`
+    python benchmarks/sass_mix.py --kernel nchw         # the NCHW lookup (HalutLookupConv)
+    python benchmarks/sass_mix.py --source A.cu --source B.cu   # compare versions (copies beside the real one,
+                                                                # e.g. from `git show REV:custom_ops/...`)
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL = "lookup_kernelILi128ELb1E"  # lookup_kernel<128, true>: the shared-tile kernel of C <= ~450, 128 columns
+# lookup_kernel<128, true> (the shared-tile kernel of C <= ~450, 128 columns) and lookup_nchw_kernel<true>.
+KERNELS = {"rows": "lookup_kernelILi128ELb1E", "nchw": "lookup_nchw_kernelILb1E"}
+WIDTH = {".128": 16, ".64": 8, ".U8": 1, ".S8": 1, ".U16": 2, ".S16": 2}
 PIPES = {
     "alu": {"IADD3", "LOP3", "SHF", "PRMT", "ISETP", "LEA", "SEL", "I2FP", "VIMNMX", "IMNMX", "VIADD", "VIADDMNMX",
             "MOV", "PLOP3", "BMSK", "SGXT", "FLO", "POPC", "FSEL", "FSETP", "FMNMX", "IABS"},
@@ -85,9 +93,16 @@ def function_lines(sass: str, name_part: str) -> list[str]:
     return out
 
 
+def load_bytes(op: str, mods: str) -> int:
+    """Bytes one thread's shared load fetches (0 for anything else)."""
+    if op != "LDS":
+        return 0
+    return next((b for m, b in WIDTH.items() if m in mods), 4)
+
+
 def hot_loop(lines: list[str]) -> list[tuple[str, str]]:
     """(opcode, modifiers) of the innermost loop (a backward branch's body holding no other loop) with the most
-    16-byte shared loads."""
+    shared-memory loads."""
     labels, loops = {}, []
     for i, line in enumerate(lines):
         m = LABEL.match(line.strip())
@@ -100,7 +115,7 @@ def hot_loop(lines: list[str]) -> list[tuple[str, str]]:
     best, best_loads = [], -1
     for start, end in innermost:
         body = [(m.group(1), m.group(2)) for m in map(LINE.search, lines[start:end + 1]) if m]
-        loads = sum(1 for op, mods in body if op == "LDS" and ".128" in mods)
+        loads = sum(1 for op, mods in body if load_bytes(op, mods))
         if loads > best_loads:
             best, best_loads = body, loads
     return best
@@ -116,26 +131,30 @@ def pipe_of(op: str) -> str:
 
 
 def report(label: str, body: list[tuple[str, str]]) -> dict[str, float]:
-    codebooks = sum(1 for op, mods in body if op == "LDS" and ".128" in mods)
-    if codebooks == 0:
-        sys.exit("sass_mix: no 16-byte shared loads in the hot loop: is this the shared-tile lookup kernel?")
+    widths = [load_bytes(op, mods) for op, mods in body if load_bytes(op, mods)]
+    if not widths:
+        sys.exit("sass_mix: no shared-memory loads in the hot loop: is this a shared-tile lookup kernel?")
+    codebooks, entries = len(widths), sum(widths) / len(widths)  # entries a thread adds per codebook
     by_pipe = collections.Counter(pipe_of(op) for op, _ in body)
     per = {pipe: n / codebooks for pipe, n in by_pipe.items()}
     bounds = {"issue": len(body) / codebooks, "alu": 2 * per.get("alu", 0), "fma": 2 * per.get("fma", 0),
-              "fp32": per.get("fp32", 0), "shared": 16.0}
+              "fp32": per.get("fp32", 0), "shared": entries}
     ops = collections.Counter(op for op, _ in body)
-    print(f"\n{label}: hot loop of {len(body)} instructions for {codebooks} codebooks")
+    print(f"\n{label}: hot loop of {len(body)} instructions for {codebooks} codebooks, {entries:g} entries per "
+          "thread and codebook")
     print("  " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     print(f"  {'pipe':<8} {'per codebook':>12}")
     for pipe in ("alu", "fma", "fp32", "shared", "global", "uniform", "other"):
         if by_pipe.get(pipe):
             print(f"  {pipe:<8} {per[pipe]:>12.2f}")
-    print(f"  {'bound':<8} {'cycles / codebook':>17}")
+    scale = 512 / (32 * entries)
+    print(f"  {'bound':<8} {'cycles / codebook':>17} {'per 512 entries':>16}")
     for name, cycles in bounds.items():
-        print(f"  {name:<8} {cycles:>17.2f}")
+        print(f"  {name:<8} {cycles:>17.2f} {cycles * scale:>16.2f}")
     limit = max(bounds, key=bounds.get)
-    print(f"  -> {bounds[limit]:.2f} cycles per codebook per warp, bound by {limit}")
-    return bounds
+    print(f"  -> {bounds[limit]:.2f} cycles per codebook per warp ({bounds[limit] * scale:.2f} per 512 entries), "
+          f"bound by {limit}")
+    return {name: cycles * scale for name, cycles in bounds.items()}
 
 
 def main(argv=None) -> int:
@@ -143,12 +162,13 @@ def main(argv=None) -> int:
     ap.add_argument("--source", type=Path, action="append",
                     help="halut_cuda.cu to analyse (repeat to compare; default: the working tree's)")
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--kernel", choices=sorted(KERNELS), default="rows", help="row-major (default) or NCHW lookup")
     args = ap.parse_args(argv)
     sources = args.source or [ROOT / "custom_ops" / "src" / "cuda" / "halut_cuda.cu"]
     results = []
     for source in sources:
         # A copy beside the real one, so that `git show REV:...` outputs find halut_cuda.h and launch_plan.h.
-        results.append(report(str(source), hot_loop(function_lines(disassemble(source.resolve(), args.arch), KERNEL))))
+        results.append(report(str(source), hot_loop(function_lines(disassemble(source.resolve(), args.arch), KERNELS[args.kernel]))))
     if len(results) > 1:
         first = max(results[0].values())
         print("\nhot-loop bound relative to the first: " + ", ".join(f"{first / max(r.values()):.2f}x" for r in results))
