@@ -38,7 +38,7 @@ void emu_encode_pq(const float* x, int64_t rows, const float* vt, const float* b
                    int32_t C, int64_t D, uint8_t* codes) {
   if (rows == 0) return;
   // The host layer's (bounds) and the launcher's (alignment) choice of 4-float loads.
-  launch(dim3{grid_1d(rows * C, device(48 << 10)), 1, 1}, kThreads, encode_pq_kernel, x, rows,
+  launch(dim3{grid_1d(pq_threads(rows, C), device(48 << 10)), 1, 1}, kThreads, encode_pq_kernel, x, rows,
          PqWeights{vt, biases, bounds, C, D, slices_of_4(bounds, C) && aligned(x, 16)}, codes);
 }
 

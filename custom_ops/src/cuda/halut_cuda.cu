@@ -58,16 +58,21 @@ __device__ __forceinline__ int pq_argmin(const float (&score)[kCodes]) {
   return best;
 }
 
-// One thread per (row, codebook), codebook-major: a warp shares the codebook's prototypes (broadcast loads) while
-// each thread walks its own row slice. The 32 rows of a warp are 32 different lines of X, so each load of X costs
-// one L1 wavefront per thread: with `slices_of_4` (X 16-byte aligned, D and every slice bound a multiple of 4) the
-// slice is read 4 floats per load, a quarter of the wavefronts.
+// One thread per (row, codebook). A warp is one codebook for 32 consecutive rows: it shares the codebook's
+// prototypes (broadcast loads) while each thread walks its own row slice. Consecutive warps take the next codebooks
+// of the same 32 rows, so the C warps that read a row's slices run close together and DRAM serves X a few whole
+// rows at a time; codebook-major order (all rows' slice c, then all rows' slice c + 1) read each row of X in C
+// separate passes over all of X, 64 bytes at a time at D / C = 16. The 32 rows of a warp are 32 different lines of
+// X, so each load of X costs one L1 wavefront per thread: with `slices_of_4` (X 16-byte aligned, D and every slice
+// bound a multiple of 4) the slice is read 4 floats per load, a quarter of the wavefronts.
 __global__ void encode_pq_kernel(const float* __restrict__ x, int64_t rows, PqWeights w,
                                  uint8_t* __restrict__ codes) {
-  const int64_t total = rows * w.C;
+  const int64_t total = pq_threads(rows, w.C);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int32_t c = int32_t(i / rows);
-    const int64_t n = i - int64_t(c) * rows;
+    const int64_t warp = i / 32, block = warp / w.C;  // block of 32 rows
+    const int32_t c = int32_t(warp - block * w.C);
+    const int64_t n = block * 32 + i % 32;
+    if (n >= rows) continue;
     float score[kCodes];
 #pragma unroll
     for (int k = 0; k < kCodes; ++k) score[k] = __ldg(w.biases + kCodes * c + k);
@@ -605,7 +610,7 @@ cudaError_t encode_pq(const DeviceInfo& dev, const float* x, int64_t rows, const
   if (rows == 0) return cudaSuccess;
   PqWeights v = w;
   v.slices_of_4 = w.slices_of_4 && aligned(x, 16);
-  encode_pq_kernel<<<grid_1d(rows * w.C, dev), kThreads, 0, stream>>>(x, rows, v, codes);
+  encode_pq_kernel<<<grid_1d(pq_threads(rows, w.C), dev), kThreads, 0, stream>>>(x, rows, v, codes);
   return cudaGetLastError();
 }
 

@@ -29,6 +29,9 @@ inline unsigned grid_1d(int64_t work, const DeviceInfo& dev) {
   return unsigned(std::max<int64_t>(1, std::min(blocks, cap)));
 }
 
+// The pq row encoder's threads: one per (row, codebook), the rows in blocks of 32 (a warp), so C * 32 per block.
+inline int64_t pq_threads(int64_t rows, int32_t C) { return (rows + 31) / 32 * 32 * C; }
+
 // How the row-major lookup reads a row's codes: 16 per 16-byte load (C % 16 == 0 and codes 16-byte aligned, so every
 // row and chunk start is), 4 per 32-bit load (C % 4 == 0, 4-byte aligned), or one by one.
 enum CodeLoad : int { kCodeBytes = 0, kCodeWords = 1, kCodeVectors = 2 };
