@@ -6,13 +6,19 @@ the launch plans of launch_plan.h) and calls them through ctypes with the device
 (code-major biased LUT, [C][16] thresholds, [D][16] vectors). This checks the kernels' indexing, tiling, shared-tile
 layouts, 16-bit-lane sums and conv patch arithmetic; it cannot check what only a GPU has (warp timing, memory
 model, real shared-memory limits, onnxruntime's CUDA provider): docs/cuda.md, "What still needs a GPU run".
+
+test_kernels_under_address_sanitizer runs this whole file again with the kernels built with AddressSanitizer
+(libasan preloaded into a child interpreter), so a kernel reading or writing past a buffer it was given (codes, X,
+the LUT, scale / offset, Y) fails there instead of corrupting memory silently on a GPU.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 H100_SMEM, TINY_SMEM = 227 * 1024, 1024  # the tiny opt-in forces the global-memory LUT paths
 P = ctypes.c_void_p
 I64, I32 = ctypes.c_int64, ctypes.c_int32
+SANITIZE = "HALUT_EMU_ASAN"  # set by test_kernels_under_address_sanitizer for its child run
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,8 @@ def emu(tmp_path_factory):
     start, end = source.index("// ---- encode: tree"), source.index("bool aligned(")
     (folder / "kernels.inc").write_text(source[start:end])
     library = folder / "libemu.so"
-    cmd = [compiler, "-std=c++20", "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-pthread", f"-I{folder}",
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if os.environ.get(SANITIZE) else []
+    cmd = [compiler, "-std=c++20", "-O1", *sanitize, "-ffp-contract=off", "-fPIC", "-shared", "-pthread", f"-I{folder}",
            f"-I{ROOT / 'tests' / 'cuda_emu' / 'fake'}", f"-I{ROOT / 'tests' / 'cuda_emu'}",
            f"-I{ROOT / 'custom_ops' / 'src' / 'cuda'}", "-o", str(library), str(ROOT / "tests" / "cuda_emu" / "emu.cc")]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -237,3 +245,20 @@ def test_conv_encoders(emu, rng, shape, attrs):
     codes = np.full((B, Ho, Wo, C), 99, np.uint8)
     emu.emu_encode_pq_conv(ptr(X), ptr(geometry), ptr(vt), ptr(biases), ptr(bounds), C, D, ptr(codes))
     np.testing.assert_array_equal(codes, reference.encode_pq_conv(X, w["vectors"], w["biases"], **geo))
+
+
+@pytest.mark.skipif(bool(os.environ.get(SANITIZE)), reason="this is the sanitized run")
+def test_kernels_under_address_sanitizer(emu, tmp_path):
+    """Every test above, the kernels built with AddressSanitizer: numpy's buffers get redzones (libasan preloaded),
+    so an out-of-bounds access by a kernel aborts the child with a report."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    runtime = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(runtime) or not os.path.exists(runtime):
+        pytest.skip("the C++ compiler has no AddressSanitizer runtime")
+    report = tmp_path / "asan"
+    env = {**os.environ, SANITIZE: "1", "LD_PRELOAD": runtime,
+           "ASAN_OPTIONS": f"detect_leaks=0:verify_asan_link_order=0:log_path={report}"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    reports = "".join(f.read_text() for f in tmp_path.glob("asan*"))
+    assert done.returncode == 0 and not reports, reports[:3000] or done.stdout[-3000:]
