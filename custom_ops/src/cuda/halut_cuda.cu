@@ -329,7 +329,7 @@ __device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, c
 
 // Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled
 // but for the 16-column tile of C = 228 .. 454 (16 bytes: one reload per row).
-// `one` must be 1 (see add_pair).
+// `one` must be 1 (see add_words).
 template <int kTile, bool kShared>
 __global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
                                                           LutWeights w, float* __restrict__ y, int load,
