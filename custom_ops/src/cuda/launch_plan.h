@@ -6,6 +6,13 @@
 #include <cstddef>
 #include <cstdint>
 
+// The few helpers that kernels share with their launchers are compiled for both sides under nvcc.
+#ifdef __CUDACC__
+#define HALUT_HOST_DEVICE __host__ __device__
+#else
+#define HALUT_HOST_DEVICE
+#endif
+
 namespace halut::cuda {
 
 // What the launchers need to know about the device; read once per kernel (query_device in halut_cuda.cu).
@@ -30,7 +37,7 @@ inline unsigned grid_1d(int64_t work, const DeviceInfo& dev) {
 }
 
 // The pq row encoder's threads: one per (row, codebook), the rows in blocks of 32 (a warp), so C * 32 per block.
-inline int64_t pq_threads(int64_t rows, int32_t C) { return (rows + 31) / 32 * 32 * C; }
+HALUT_HOST_DEVICE inline int64_t pq_threads(int64_t rows, int32_t C) { return (rows + 31) / 32 * 32 * C; }
 
 // How the row-major lookup reads a row's codes: 16 per 16-byte load (C % 16 == 0 and codes 16-byte aligned, so every
 // row and chunk start is), 4 per 32-bit load (C % 4 == 0, 4-byte aligned), or one by one.
