@@ -160,18 +160,20 @@ def report(label: str, body: list[tuple[str, str]]) -> dict[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, action="append",
-                    help="halut_cuda.cu to analyse (repeat to compare; default: the working tree's)")
+                    help="halut_cuda.cu to analyse (repeat to compare; default: the working tree's); other versions "
+                         "go beside the real one, so that they find its headers")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--kernel", choices=sorted(KERNELS), default="rows", help="row-major (default) or NCHW lookup")
     args = ap.parse_args(argv)
     sources = args.source or [ROOT / "custom_ops" / "src" / "cuda" / "halut_cuda.cu"]
     results = []
     for source in sources:
-        # A copy beside the real one, so that `git show REV:...` outputs find halut_cuda.h and launch_plan.h.
-        results.append(report(str(source), hot_loop(function_lines(disassemble(source.resolve(), args.arch), KERNELS[args.kernel]))))
+        sass = disassemble(source.resolve(), args.arch)
+        results.append(report(str(source), hot_loop(function_lines(sass, KERNELS[args.kernel]))))
     if len(results) > 1:
         first = max(results[0].values())
-        print("\nhot-loop bound relative to the first: " + ", ".join(f"{first / max(r.values()):.2f}x" for r in results))
+        ratios = ", ".join(f"{first / max(r.values()):.2f}x" for r in results)
+        print(f"\nhot-loop bound relative to the first: {ratios}")
     return 0
 
 
