@@ -1,4 +1,5 @@
-"""Latency of an original and a converted model in onnxruntime, on the same inputs and the same thread count."""
+"""Latency of an original and a converted model in onnxruntime, on the same inputs, thread count and execution
+provider."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from .calibrate import CalibrationSet, InputSpec, model_inputs
 from .model_io import load_model
-from .runtime import make_session
+from .runtime import halut_placement, make_session
 
 
 @dataclass
@@ -21,6 +22,8 @@ class BenchResult:
     threads: int
     library_loaded: bool
     feed_shapes: dict[str, list[int]]
+    provider: str = "cpu"
+    placement: dict[str, int] | None = None  # execution provider -> Halut nodes it ran (--provider cuda)
 
     @property
     def speedup(self) -> float:
@@ -71,8 +74,10 @@ def median_ms(session, feed: dict, runs: int, warmup: int) -> float:
 
 def bench(original: str | os.PathLike, converted: str | os.PathLike, threads: int = 1, runs: int = 50,
           warmup: int = 5, batch: int = 1, dims: dict[str, int] | None = None,
-          data_dir: str | os.PathLike | None = None, seed: int = 0) -> BenchResult:
-    """Median latency of both models on one feed (the first file of ``data_dir``, or random inputs)."""
+          data_dir: str | os.PathLike | None = None, seed: int = 0, provider: str = "cpu") -> BenchResult:
+    """Median latency of both models on one feed (the first file of ``data_dir``, or random inputs), on
+    ``provider``. On a GPU the times are what ``session.run`` with host arrays costs, copies included, for both
+    models alike; ``placement`` says which provider ran the Halut nodes."""
     if threads < 1 or runs < 1 or warmup < 0 or batch < 1:
         raise ValueError("--threads, --runs and --batch must be >= 1 and --warmup >= 0")
     model = load_model(original)
@@ -83,10 +88,12 @@ def bench(original: str | os.PathLike, converted: str | os.PathLike, threads: in
         feed = data.read(data.files[0])
     else:
         feed = random_feed(inputs, batch, dims or {}, np.random.default_rng(seed))
-    ref_session, _ = make_session(original, threads)
-    conv_session, loaded = make_session(converted, threads, halut=True)
+    ref_session, _ = make_session(original, threads, provider=provider)
+    conv_session, loaded = make_session(converted, threads, halut=True, provider=provider)
+    placement = halut_placement(converted, feed, threads, provider) if provider != "cpu" else None
     ref_ms, conv_ms = latencies(ref_session, conv_session, feed, runs, warmup)
-    return BenchResult(ref_ms, conv_ms, runs, threads, loaded, {k: list(v.shape) for k, v in feed.items()})
+    return BenchResult(ref_ms, conv_ms, runs, threads, loaded, {k: list(v.shape) for k, v in feed.items()},
+                       provider, placement)
 
 
 def latencies(ref_session, conv_session, feed: dict, runs: int, warmup: int) -> tuple[float, float]:

@@ -156,15 +156,18 @@ def inspect_cmd(model: str) -> None:
 @click.option("--data", "data_dir", required=True, type=click.Path(),
               help="Evaluation data, in the calibration format.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider of both models (cuda: onnxruntime-gpu).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @_user_errors
-def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, progress: bool) -> None:
+def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, provider: str,
+             progress: bool) -> None:
     """Compare CONVERTED with ORIGINAL on --data: per-output NMSE, mean cosine per sample and top-1 agreement
     (arg-max over the last axis; equal elements for integer outputs)."""
     from .evaluate import evaluate
     from .tables import format_table
 
-    result = evaluate(original, converted, data_dir, threads, progress)
+    result = evaluate(original, converted, data_dir, threads, progress, provider)
     click.echo(format_table(
         ["output", "shape", "NMSE", "cosine", "top-1 agreement"],
         [[m.name, "x".join(map(str, m.shape)), m.nmse, m.cosine, m.top1_agreement] for m in result.outputs],
@@ -173,6 +176,8 @@ def eval_cmd(original: str, converted: str, data_dir: str, threads: int | None, 
         "Halut ops run by the custom-op library." if result.library_loaded
         else "custom-op library not found: Halut ops ran through their ONNX function fallbacks."
     ))
+    if result.placement is not None:
+        click.echo(_placement_line(result.placement))
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -246,6 +251,18 @@ def _skipped_table(records) -> str:
     return format_table(["skipped layer", "op", "reason"], rows)
 
 
+def _placement_line(placement: dict[str, int]) -> str:
+    """Which execution providers ran the Halut nodes; a warning when some fell back to the CPU."""
+    if not placement:
+        return "Halut nodes: none ran as custom ops (the library is not loaded)."
+    line = "Halut nodes ran on: " + ", ".join(f"{p} {n}" for p, n in sorted(placement.items()))
+    on_cpu = placement.get("CPUExecutionProvider", 0)
+    if on_cpu:
+        line += (f"\nwarning: {on_cpu} Halut nodes ran on the CPU, with copies to and from the GPU around them: "
+                 "the custom-op library has no CUDA kernels for them (built without nvcc? docs/cuda.md)")
+    return line
+
+
 def _parse_dims(values) -> dict[str, int]:
     dims = {}
     for value in values:
@@ -267,17 +284,23 @@ def _parse_dims(values) -> dict[str, int]:
 @click.option("--data", "data_dir", type=click.Path(), default=None,
               help="Time on the first file of this directory (calibration format) instead of random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider of both models (cuda: onnxruntime-gpu; times include the copies "
+                   "of inputs and outputs, as session.run does them).")
 @_user_errors
-def bench_cmd(original, converted, threads, runs, warmup, batch, dims, data_dir, seed) -> None:
-    """Median latency of ORIGINAL and CONVERTED in onnxruntime on the same inputs and threads."""
+def bench_cmd(original, converted, threads, runs, warmup, batch, dims, data_dir, seed, provider) -> None:
+    """Median latency of ORIGINAL and CONVERTED in onnxruntime on the same inputs, threads and provider."""
     from .bench import bench
     from .tables import format_table
 
-    result = bench(original, converted, threads, runs, warmup, batch, _parse_dims(dims), data_dir, seed)
+    result = bench(original, converted, threads, runs, warmup, batch, _parse_dims(dims), data_dir, seed, provider)
     click.echo(format_table(["model", "median ms"], [[original, result.original_ms], [converted, result.converted_ms]]))
     shapes = ", ".join(f"{k} {v}" for k, v in result.feed_shapes.items())
-    click.echo(f"\nspeedup (original / converted): {result.speedup:.3g}x  ({result.threads} threads, "
+    where = "" if result.provider == "cpu" else f", {result.provider}"
+    click.echo(f"\nspeedup (original / converted): {result.speedup:.3g}x  ({result.threads} threads{where}, "
                f"{result.runs} runs, inputs {shapes})")
+    if result.placement is not None:
+        click.echo(_placement_line(result.placement))
     if not result.library_loaded:
         click.echo("note: custom-op library not found: the converted model ran its ONNX function fallbacks.")
 

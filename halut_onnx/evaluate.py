@@ -13,7 +13,7 @@ import numpy as np
 from .calibrate import CalibrationSet, model_inputs
 from .metrics import OutputComparison
 from .model_io import load_model
-from .runtime import make_session
+from .runtime import halut_placement, make_session
 
 
 @dataclass
@@ -55,23 +55,27 @@ class EvalResult:
     outputs: list[OutputMetrics] = field(default_factory=list)
     files: int = 0
     library_loaded: bool = False
+    placement: dict[str, int] | None = None  # execution provider -> Halut nodes it ran (--provider cuda)
 
 
 def evaluate(original: str | os.PathLike, converted: str | os.PathLike, data_dir: str | os.PathLike,
-             threads: int | None = None, progress: bool = True) -> EvalResult:
-    """Run both models on every file of ``data_dir`` (the calibration format) and compare their outputs."""
+             threads: int | None = None, progress: bool = True, provider: str = "cpu") -> EvalResult:
+    """Run both models on every file of ``data_dir`` (the calibration format) on ``provider`` and compare their
+    outputs."""
     from tqdm.auto import tqdm
 
     model = load_model(original)
     load_model(converted)  # a clear error for a missing or non-ONNX converted file
     data = CalibrationSet(data_dir, model_inputs(model))
-    ref_session, _ = make_session(original, threads)
-    conv_session, loaded = make_session(converted, threads, halut=True)
+    ref_session, _ = make_session(original, threads, provider=provider)
+    conv_session, loaded = make_session(converted, threads, halut=True, provider=provider)
     names = [o.name for o in ref_session.get_outputs()]
     missing = [n for n in names if n not in {o.name for o in conv_session.get_outputs()}]
     if missing:
         raise ValueError(f"{converted} has no output {missing[0]!r} (an output of {original})")
     result = EvalResult([OutputMetrics(n) for n in names], len(data), loaded)
+    if provider != "cpu":
+        result.placement = halut_placement(converted, data.read(data.files[0]), threads, provider)
     for path, feed in tqdm(data, total=len(data), desc="evaluating", unit="file", disable=not progress):
         ref = ref_session.run(names, feed)
         conv = conv_session.run(names, feed)

@@ -64,6 +64,45 @@ def test_convert_inspect_eval_bench(case):
     assert "speedup (original / converted): " in result.stdout and "inputs x [4, 32]" in result.stdout
 
 
+NO_CUDA = "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers()
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this onnxruntime has the CUDA provider")
+@pytest.mark.parametrize("command", [["bench", "mlp.onnx", "mlp.onnx"],
+                                     ["eval", "mlp.onnx", "mlp.onnx", "--data", "test"]])
+def test_provider_cuda_needs_onnxruntime_gpu(case, command):
+    import onnxruntime as ort
+
+    result = _run(command + ["--provider", "cuda"], case)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Error: --provider cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider, only "
+        f"{', '.join(ort.get_available_providers())}; install onnxruntime-gpu (docs/cuda.md)\n")
+
+
+def test_halut_placement_counts_the_nodes_per_provider(case, monkeypatch):
+    """One profiled run says which execution provider ran each Halut node: here the CPU, both nodes of each of the
+    2 converted layers; none when the library is not loaded (the nodes run as their ONNX functions' plain ops)."""
+    from halut_onnx.runtime import halut_placement
+
+    assert _run(CONVERT, case).exit_code == 0
+    feed = {"x": np.load(case / "test" / sorted(p.name for p in (case / "test").iterdir())[0])["x"]}
+    assert halut_placement(case / "out.onnx", feed) == {"CPUExecutionProvider": 4}
+    assert not any(p.name.startswith("profile") for p in case.iterdir())
+    monkeypatch.setenv("HALUT_ONNX_LIBRARY", str(case / "missing.so"))
+    assert halut_placement(case / "out.onnx", feed) == {}
+
+
+def test_placement_line_warns_of_halut_nodes_left_on_the_cpu():
+    from halut_onnx.cli import _placement_line
+
+    assert _placement_line({"CUDAExecutionProvider": 6}) == "Halut nodes ran on: CUDAExecutionProvider 6"
+    assert _placement_line({"CPUExecutionProvider": 6}) == (
+        "Halut nodes ran on: CPUExecutionProvider 6\nwarning: 6 Halut nodes ran on the CPU, with copies to and from "
+        "the GPU around them: the custom-op library has no CUDA kernels for them (built without nvcc? docs/cuda.md)")
+    assert _placement_line({}) == "Halut nodes: none ran as custom ops (the library is not loaded)."
+
+
 def test_convert_flags_are_the_options_fields():
     flags = {p.name for p in convert.params} - {"model", "calib_dir", "output"}
     assert flags == {f.name for f in dataclasses.fields(ConvertOptions)}

@@ -135,3 +135,16 @@ def test_non_constant_weights_are_rejected_at_session_creation(rng):
     w = lookup_weights(rng, 4, 5)
     with pytest.raises(Exception, match="the CUDA kernel needs 'lut', 'scale' and 'offset' to be constant"):
         cuda_session(single_node_model(LOOKUP, codes, w, constant=False))
+
+
+def test_eval_and_bench_see_the_halut_nodes_on_the_gpu(rng, tmp_path):
+    """halut_placement (what `halut-onnx bench / eval --provider cuda` report) finds the node on the CUDA provider."""
+    import onnx
+
+    from halut_onnx.runtime import halut_placement
+
+    codes = rng.integers(0, 16, size=(64, 32), dtype=np.uint8)
+    w = lookup_weights(rng, 48, 32)
+    onnx.save(single_node_model(LOOKUP, codes, w), tmp_path / "lookup.onnx")
+    assert halut_placement(tmp_path / "lookup.onnx", feeds(LOOKUP, codes, w), provider="cuda") == {
+        "CUDAExecutionProvider": 1}
