@@ -58,8 +58,11 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)) if ttype.elem_type else None
         shape = None
         if ttype.HasField("shape"):
+            # A negative dim_value is dynamic: exporters such as paddle2onnx write -1 for the batch dim (onnxruntime
+            # accepts any size there), where ONNX would have a dim_param.
             shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim
+                d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None)
+                for d in ttype.shape.dim
             )
         specs.append(InputSpec(value.name, dtype, shape))
     return specs

@@ -24,6 +24,22 @@ def test_model_inputs_reads_declared_types(rng):
         ("a", np.float32, ("N", 8)), ("b", np.float32, (2, 8))]
 
 
+def test_negative_dim_value_is_a_dynamic_dim(rng, tmp_path):
+    """paddle2onnx declares the batch dim as dim_value -1 (PP-OCR's cls model: [-1, 3, ?, ?]); onnxruntime takes any
+    size there, and so must the calibration check and bench's random inputs."""
+    model = _two_input_model(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    specs = model_inputs(model)
+    assert specs[0].shape == (None, 8)
+    np.savez(tmp_path / "0.npz", a=np.ones((5, 8), np.float32), b=np.ones((2, 8), np.float32))
+    [(_, feed)] = list(CalibrationSet(tmp_path, specs))
+    assert feed["a"].shape == (5, 8)
+
+    from halut_onnx.bench import random_feed
+
+    assert random_feed(specs, 3, {}, rng)["a"].shape == (3, 8)
+
+
 def _calib(tmp_path, rng, files):
     for name, content in files.items():
         path = tmp_path / name
