@@ -1,5 +1,6 @@
 """Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight, and 2-D Conv nodes
-(group 1) with a constant weight.
+(group 1) with a constant weight. Constant: an initializer or a Constant node's output, also through the
+value-preserving ops of WEIGHT_CHAIN_OPS.
 
 A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, rank >= 2), ``W_eff`` a (D, M) constant and
 ``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul whose only consumer is
@@ -95,15 +96,34 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+#: value-preserving ops that exporters put between a weight and its layer: torch writes Identity for a parameter
+#: shared by several layers, fp16-stored models Cast their weights up, some exporters Transpose a Linear's weight
+WEIGHT_CHAIN_OPS = ("Identity", "Cast", "Transpose")
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for an activation."""
+    """The value of an initializer or of a Constant node's output, also through WEIGHT_CHAIN_OPS on one; None for
+    an activation."""
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor.inputs[0].domain in ("", None):
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
+    if len(tensor.inputs) != 1 or tensor.inputs[0].domain not in ("", None):
+        return None
+    node = tensor.inputs[0]
+    if node.op == "Constant":
+        value = node.attrs.get("value")
+        return np.asarray(value.values) if isinstance(value, gs.Constant) else None
+    if node.op not in WEIGHT_CHAIN_OPS or len(node.inputs) != 1:
+        return None
+    value = constant_value(node.inputs[0])
+    if value is None or node.op == "Identity":
+        return value
+    if node.op == "Transpose":
+        perm = node.attrs.get("perm")
+        return np.ascontiguousarray(np.transpose(value, None if perm is None else [int(a) for a in perm]))
+    to = node.attrs.get("to")
+    if to is None:
+        return None
+    return value.astype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
 
 
 def _rank(tensor: gs.Tensor) -> int | None:

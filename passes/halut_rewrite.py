@@ -32,7 +32,7 @@ from halut_onnx.ops import (
     LOOKUP_CONV,
 )
 
-from .candidates import LayerCandidate
+from .candidates import WEIGHT_CHAIN_OPS, LayerCandidate, constant_value
 from .functions import functions_for
 
 ENCODER_OPS = {"tree": ENCODE_TREE, "pq": ENCODE_PQ}
@@ -80,6 +80,24 @@ def _default_opset(model: onnx.ModelProto) -> int:
     raise ValueError("the model imports no default-domain (ai.onnx) opset")
 
 
+def _drop_dead_weight_chain(graph: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the Constant / Identity / Cast / Transpose nodes that only produced a replaced layer's weight (no
+    consumer left, not a graph output), so that the converted model does not keep the original weights."""
+    if constant_value(tensor) is None:
+        return
+    outputs = {t.name for t in graph.outputs}
+    while isinstance(tensor, gs.Variable) and not tensor.outputs and tensor.name not in outputs \
+            and len(tensor.inputs) == 1:
+        node = tensor.inputs[0]
+        if node.op not in ("Constant", *WEIGHT_CHAIN_OPS) or node.domain not in ("", None) or len(node.outputs) != 1:
+            return
+        upstream = node.inputs[0] if node.inputs else None
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.remove(node)
+        tensor = upstream
+
+
 def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.ModelProto:
     """A new model with every layer of ``rewrites`` replaced; ``model`` (with unique node names) is not changed."""
     opset = _default_opset(model)
@@ -88,6 +106,7 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
     tensors = graph.tensors()
     docs: dict[str, str] = {}
     used_ops: set[str] = set()
+    freed: list[gs.Tensor] = []  # inputs of the replaced nodes
     for rewrite in rewrites:
         cand, layer = rewrite.candidate, rewrite.layer
         names = node_names(cand.name)
@@ -97,6 +116,7 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
             # the function body when X comes from an op onnx cannot infer (ai.onnx.ml, custom domains).
             x.dtype = np.float32
         for old in cand.replaced_nodes:
+            freed.extend(nodes[old].inputs)
             nodes[old].outputs.clear()
             nodes[old].inputs.clear()
             graph.nodes.remove(nodes[old])
@@ -121,6 +141,8 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
         )
         docs[names["encode"]] = docs[names["lookup"]] = rewrite.doc_string
         used_ops.update((encode_op, lookup_op))
+    for tensor in freed:  # after every rewrite, so that the activations the encoders now read are not taken
+        _drop_dead_weight_chain(graph, tensor)
     graph.toposort()
     out = gs.export_onnx(graph)
 

@@ -81,6 +81,78 @@ def test_ineligible_matmuls_say_why(rng, b, a_type, reason):
     assert _find(model)[1] == {"fc": reason}
 
 
+def _chain_model(rng, chain, shared=2):
+    """``shared`` MatMuls x_i @ B, B produced from the initializer W by ``chain``: the ops exporters put between a
+    weight and its layers (torch: Identity for a shared parameter)."""
+    inits = {"w": rng.standard_normal((32, 16)).astype(np.float32)}
+    nodes, source = [], "w"
+    for i, (op, attrs) in enumerate(chain):
+        if op == "Cast" and attrs["to"] == TensorProto.FLOAT:
+            inits["w"] = inits["w"].astype(np.float16)
+        if op == "Transpose":
+            inits["w"] = np.ascontiguousarray(inits["w"].T)
+        nodes.append(helper.make_node(op, [source], [f"w{i}"], name=f"{op.lower()}{i}", **attrs))
+        source = f"w{i}"
+    inputs, outputs = [], []
+    for k in range(shared):
+        nodes.append(helper.make_node("MatMul", [f"x{k}", source], [f"y{k}"], name=f"fc{k}"))
+        inputs.append(helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, ["N", 32]))
+        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, ["N", 16]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)]), inits["w"]
+
+
+@pytest.mark.parametrize("chain,weight", [
+    ([("Identity", {})], lambda w: w),
+    ([("Transpose", {"perm": [1, 0]})], lambda w: w.T),
+    ([("Transpose", {})], lambda w: w.T),
+    ([("Cast", {"to": TensorProto.FLOAT})], lambda w: w.astype(np.float32)),
+    ([("Cast", {"to": TensorProto.FLOAT}), ("Identity", {}), ("Transpose", {"perm": [1, 0]})],
+     lambda w: w.astype(np.float32).T),
+], ids=["identity", "transpose", "transpose-default", "cast", "cast-identity-transpose"])
+def test_weights_through_value_preserving_ops_are_constants(rng, chain, weight):
+    model, w = _chain_model(rng, chain)
+    candidates, skipped = _find(model)
+    assert sorted(candidates) == ["fc0", "fc1"] and not skipped
+    np.testing.assert_array_equal(candidates["fc0"].weight, weight(w))
+
+
+def test_cast_to_float16_weight_is_still_refused(rng):
+    model, _ = _chain_model(rng, [("Cast", {"to": TensorProto.FLOAT16})], shared=1)
+    assert _find(model)[1] == {"fc0": "constant B is float16; the Halut ops take float32"}
+
+
+@pytest.mark.parametrize("converted,kept", [(("fc0", "fc1"), set()), (("fc0",), {"identity0", "w"})])
+def test_rewrite_drops_a_weight_chain_nothing_else_reads(rng, converted, kept):
+    """Replacing every layer that reads a shared weight removes its Identity and the original weight; a layer left
+    in place keeps both."""
+    model, _ = _chain_model(rng, [("Identity", {})])
+    name_nodes(model)
+    candidates, _ = _find(model)
+    rewrites = [LayerRewrite(candidates[n], _fake_layer(rng, 32, 16, 4, "tree"), "") for n in converted]
+    out = rewrite_model(model, rewrites)
+    onnx.checker.check_model(out, full_check=True)
+    left = {n.name for n in out.graph.node if n.domain == ""} | {t.name for t in out.graph.initializer
+                                                                 if not t.name.startswith("fc")}
+    assert left == kept | ({"fc1"} if "fc1" not in converted else set())
+
+
+def test_rewrite_keeps_the_cast_that_makes_its_activation(rng):
+    """skl2onnx casts the model input before the first MatMul: that Cast feeds the encoder and must stay, though it
+    has no consumer for a moment while the MatMul is replaced."""
+    x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 32])
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["xf", "w"], ["y"], name="fc")]
+    w = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w")
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [w]),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    candidates, _ = _find(model)
+    out = rewrite_model(model, [LayerRewrite(candidates["fc"], _fake_layer(rng, 32, 16, 4, "pq"), "")])
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.name for n in out.graph.node] == ["cast", "fc/halut_encode", "fc/halut_lookup"]
+
+
 def test_name_nodes_makes_names_unique(rng):
     model = mlp(rng)
     model.graph.node[1].name = ""
