@@ -22,7 +22,8 @@ static int failures = 0;
 
 static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
   const char* kind = nchw ? "nchw" : "rows";
-  EXPECT(p.threads % 32 == 0 && p.threads >= 32 && p.threads <= kThreads, "%s threads %d", kind, p.threads);
+  EXPECT(p.threads % 32 == 0 && p.threads >= 32 && p.threads <= (nchw ? kThreads : kLookupThreadsPerSm),
+         "%s threads %d", kind, p.threads);
   EXPECT(p.tile_m % 4 == 0 && p.tile_m >= 4, "%s tile_m %d", kind, p.tile_m);
   // Every output column is covered by exactly the column tiles.
   EXPECT(int64_t(p.grid_x) * p.tile_m >= M && int64_t(p.grid_x - 1) * p.tile_m < M, "%s grid_x %u tile %d M %d",
@@ -41,8 +42,16 @@ static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32
   if (p.lut_in_shared) {
     EXPECT(p.smem_bytes == size_t(C) * 16 * p.tile_m, "%s smem %zu for C %d tile %d", kind, p.smem_bytes, C,
            p.tile_m);
-    EXPECT(p.smem_bytes <= size_t(dev.smem_optin) / 2, "%s smem %zu over half the opt-in %d", kind, p.smem_bytes,
-           dev.smem_optin);
+    EXPECT(p.smem_bytes <= size_t(dev.smem_optin) / (nchw ? 2 : 1), "%s smem %zu over the opt-in %d", kind,
+           p.smem_bytes, dev.smem_optin);
+    if (!nchw) {
+      // The widest tile that fits, and 768 threads per SM in as many blocks as the SM's shared memory holds.
+      EXPECT(p.tile_m == 128 || int64_t(C) * 16 * p.tile_m * 2 > dev.smem_optin, "rows tile %d for C %d",
+             p.tile_m, C);
+      const int64_t blocks = std::min<int64_t>(3, std::max<int64_t>(1, dev.smem_per_sm / int64_t(p.smem_bytes + 1024)));
+      EXPECT(p.threads * blocks == kLookupThreadsPerSm, "rows threads %d for %lld blocks", p.threads,
+             (long long)blocks);
+    }
     // Each block writes at least as much output as the LUT tile it loads (when there are rows for it).
     if (rows >= 4 * int64_t(C)) {
       EXPECT(rows / p.grid_y >= 4 * int64_t(C) - p.rows_per_pass, "%s %lld rows over %u row tiles, C %d", kind,
@@ -50,8 +59,8 @@ static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32
     }
   } else {
     EXPECT(p.smem_bytes == 0, "%s global path with smem %zu", kind, p.smem_bytes);
-    EXPECT(int64_t(C) * 16 * (nchw ? kNchwColumns : 16) > dev.smem_optin / 2, "%s fell back to global memory for C %d", kind,
-           C);
+EXPECT(int64_t(C) * 16 * (nchw ? kNchwColumns : 16) > dev.smem_optin / (nchw ? 2 : 1),
+           "%s fell back to global memory for C %d", kind, C);
   }
 }
 
@@ -78,8 +87,15 @@ int main() {
   }
   // The tile the H100 gets for the benchmark shapes: the whole 128-column LUT tile in shared memory at C = 32.
   const LookupPlan p = plan_lookup(65536, 32, 512, h100);
-  EXPECT(p.lut_in_shared && p.tile_m == 128 && p.grid_x == 4, "H100 C=32 M=512: tile %d shared %d", p.tile_m,
-         int(p.lut_in_shared));
+  EXPECT(p.lut_in_shared && p.tile_m == 128 && p.grid_x == 4 && p.threads == 256, "H100 C=32 M=512: tile %d "
+         "shared %d threads %d", p.tile_m, int(p.lut_in_shared), p.threads);
+  // C = 64 (the converter's choice near D = 128): one block of 768 threads with the conflict-free 128-column tile;
+  // C = 128 (D >= 256): 64 columns, one block; C = 900: 16 columns in shared memory.
+  const LookupPlan p64 = plan_lookup(65536, 64, 512, h100), p128 = plan_lookup(65536, 128, 512, h100);
+  EXPECT(p64.tile_m == 128 && p64.threads == 768 && p128.tile_m == 64 && p128.threads == 768,
+         "H100 C=64: tile %d threads %d; C=128: tile %d threads %d", p64.tile_m, p64.threads, p128.tile_m,
+         p128.threads);
+  EXPECT(plan_lookup(65536, 900, 512, h100).lut_in_shared, "H100 C=900 in shared memory");
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

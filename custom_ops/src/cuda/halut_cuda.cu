@@ -261,8 +261,9 @@ __device__ __forceinline__ void add_sums(const Lanes<kWords>& l, uint32_t (&acc)
 }
 
 // float(S) for an accumulator of start_sums / add_sums; `shift` = fl32(1.5 * 2^23 + 128 C). A shared-memory LUT
-// tile (kShared) holds C * 16 bytes per column, at least 8 columns, in half the opt-in shared memory (C <= 908 on
-// an H100; kMagicMaxC would take 2 MB), so only the global-memory kernels need the conversion, for large C.
+// tile (kShared) holds C * 16 bytes per column, for 16 columns at least (8 in half the opt-in for NCHW), within the
+// opt-in shared memory (C <= 908 on an H100; kMagicMaxC would take 4 MB), so only the global-memory kernels need
+// the conversion, for large C.
 template <bool kShared>
 __device__ __forceinline__ float sum_value(uint32_t acc, int32_t C, float shift) {
   if (kShared || C <= kMagicMaxC) return __fsub_rn(__uint_as_float(acc), shift);
@@ -327,11 +328,10 @@ __device__ __forceinline__ void sum_16_shared(const char* tile, uint32_t base, c
   add_pair(l, shared_line<kTile, 14>(tile, base, q.w), shared_line<kTile, 15>(tile, base, q.w), one);
 }
 
-// Three blocks per SM: what the 64 KB tile of C = 32 allows, and a register cap (85) that the kernel fits unspilled
-// but for the 16-column tile of C = 228 .. 454 (16 bytes: one reload per row).
-// `one` must be 1 (see add_words).
+// Blocks of up to 768 threads, 768 per SM (plan_lookup): a register cap of 85 that the kernel fits unspilled but for
+// the 16-column tile of C = 455 .. 908 (16 bytes: one reload per row). `one` must be 1 (see add_words).
 template <int kTile, bool kShared>
-__global__ void __launch_bounds__(kThreads, 3) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
+__global__ void __launch_bounds__(kLookupThreadsPerSm, 1) lookup_kernel(const uint8_t* __restrict__ codes, int64_t rows,
                                                           LutWeights w, float* __restrict__ y, int load,
                                                           bool vector_ok, uint32_t one) {
   constexpr int kLanes = kTile / 16;  // threads per row

@@ -91,18 +91,32 @@ inline unsigned row_tiles(int64_t rows, int64_t rows_per_pass, int32_t C, unsign
 
 }  // namespace detail
 
+// The row-major lookup keeps 768 threads (24 warps) per SM in one to three blocks: the register cap of its launch
+// bounds, 65536 / 768 = 85 per thread, is what its hot loop needs unspilled.
+constexpr int kLookupThreadsPerSm = 768;
+
 // Row-major Y[rows][M]: a block owns tile_m consecutive columns, a thread 16 of them (one 16-byte LUT load per
-// codebook), tile_m / 16 threads per row. The tile's LUT sits in shared memory when it fits in half the opt-in
-// limit (two resident blocks per SM), at the widest of 128, 64, 32 or 16 columns: 128 makes a quarter warp one
-// row, whose 16-byte loads are conflict-free. Past that the LUT is read from global memory, 128 columns per block.
+// codebook), tile_m / 16 threads per row. The tile's LUT sits in shared memory at the widest of 128, 64, 32 or 16
+// columns that fits the opt-in limit, in as many blocks per SM (up to 3) as the SM's shared memory holds, of
+// 768 / blocks threads each. 128 columns make a quarter warp one row, whose 16-byte loads are conflict-free; in a
+// narrower tile a quarter warp spans 2 to 8 rows, whose codes conflict when they differ within a bank column (with
+// random codes 1.44x the wavefronts at 64 columns, 1.8x at 32), so the width wins over blocks per SM: C = 57 .. 113
+// takes one block of 768 threads with a 128-column tile rather than three with 64 columns. Past the opt-in limit
+// at 16 columns the LUT is read from global memory, 128 columns per block of 256 threads.
 inline LookupPlan plan_lookup(int64_t rows, int32_t C, int32_t M, const DeviceInfo& dev) {
   LookupPlan p;
-  const int64_t budget = dev.smem_optin / 2;
+  const int64_t limit = dev.smem_optin;
   p.tile_m = 128;
-  while (p.tile_m > 16 && int64_t(C) * kCodes * p.tile_m > budget) p.tile_m /= 2;
-  p.lut_in_shared = int64_t(C) * kCodes * p.tile_m <= budget;
-  if (!p.lut_in_shared) p.tile_m = 128;
-  p.smem_bytes = p.lut_in_shared ? size_t(C) * kCodes * p.tile_m : 0;
+  while (p.tile_m > 16 && int64_t(C) * kCodes * p.tile_m > limit) p.tile_m /= 2;
+  p.lut_in_shared = int64_t(C) * kCodes * p.tile_m <= limit;
+  if (p.lut_in_shared) {
+    p.smem_bytes = size_t(C) * kCodes * p.tile_m;
+    // The runtime reserves 1 KB of shared memory per block.
+    const int64_t blocks = std::clamp<int64_t>(int64_t(dev.smem_per_sm) / int64_t(p.smem_bytes + 1024), 1, 3);
+    p.threads = kLookupThreadsPerSm / int(blocks);
+  } else {
+    p.tile_m = 128;
+  }
   p.rows_per_pass = p.threads / (p.tile_m / 16);
   p.grid_x = unsigned((int64_t(M) + p.tile_m - 1) / p.tile_m);
   p.grid_y = detail::row_tiles(rows, p.rows_per_pass, C, p.grid_x, p, dev);
