@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .options import ConvertOptions
+from .runtime import PROVIDERS
 
 
 def _user_errors(fn):
@@ -156,7 +157,7 @@ def inspect_cmd(model: str) -> None:
 @click.option("--data", "data_dir", required=True, type=click.Path(),
               help="Evaluation data, in the calibration format.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
               help="onnxruntime execution provider of both models (cuda: onnxruntime-gpu).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @_user_errors
@@ -284,7 +285,7 @@ def _parse_dims(values) -> dict[str, int]:
 @click.option("--data", "data_dir", type=click.Path(), default=None,
               help="Time on the first file of this directory (calibration format) instead of random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
               help="onnxruntime execution provider of both models (cuda: onnxruntime-gpu; times include the copies "
                    "of inputs and outputs, as session.run does them).")
 @_user_errors
