@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 # --provider names and the execution providers a session asks for, in order: onnxruntime runs a node on the first
 # that has a kernel for it, so with "cuda" a Halut node without a CUDA kernel falls back to the CPU.
 PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
-HALUT_OPS = frozenset({ops.ENCODE_TREE, ops.ENCODE_PQ, ops.LOOKUP, ops.ENCODE_TREE_CONV, ops.ENCODE_PQ_CONV,
-                       ops.LOOKUP_CONV})
 
 
 def execution_providers(provider: str) -> list[str]:
@@ -88,6 +86,6 @@ def halut_placement(path: str | os.PathLike, feed: dict, threads: int | None = N
     nodes = {}
     for event in events:
         args = event.get("args", {})
-        if event.get("cat") == "Node" and args.get("op_name") in HALUT_OPS:
+        if event.get("cat") == "Node" and args.get("op_name") in ops.ALL_OPS:
             nodes[event.get("name")] = args.get("provider", "?")
     return dict(Counter(nodes.values()))
