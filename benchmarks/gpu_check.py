@@ -35,15 +35,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from halut_onnx import reference  # noqa: E402  (numpy only: importable on the GPU machine)
-from halut_onnx.ops import (  # noqa: E402  (plain names)
-    ALL_OPS as HALUT_OPS,
-    ENCODE_PQ,
-    ENCODE_PQ_CONV,
-    ENCODE_TREE,
-    ENCODE_TREE_CONV,
-    LOOKUP,
-    LOOKUP_CONV,
-)
+from halut_onnx import ops  # noqa: E402  (plain names)
+
+ENCODE_TREE, ENCODE_PQ, LOOKUP = ops.ENCODE_TREE, ops.ENCODE_PQ, ops.LOOKUP
+ENCODE_TREE_CONV, ENCODE_PQ_CONV, LOOKUP_CONV = ops.ENCODE_TREE_CONV, ops.ENCODE_PQ_CONV, ops.LOOKUP_CONV
+HALUT_OPS = set(ops.ALL_OPS)
 WEIGHTS = {
     ENCODE_TREE: ("split_dims", "thresholds"), ENCODE_PQ: ("vectors", "biases"), LOOKUP: ("lut", "scale", "offset"),
     ENCODE_TREE_CONV: ("split_dims", "thresholds"), ENCODE_PQ_CONV: ("vectors", "biases"),
