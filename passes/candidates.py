@@ -55,7 +55,7 @@ class LayerCandidate:
     output_name: str  # the tensor the lookup will produce (the folded Add's output when there is one)
     weight: np.ndarray  # (D, M) float32, alpha and transB applied
     bias: np.ndarray | None  # (M,) float32, beta applied; None when the layer has no bias
-    weight_name: str
+    weight_name: str  # the initializer (or Constant output) the weight is computed from
     bias_node: str | None = None  # the Add folded into the lookup, if any
     input_rank: int | None = None  # A's rank when shape inference knows it
     description: str = ""  # what the rewrite replaces, for the lookup node's doc_string
@@ -126,6 +126,14 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return value.astype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
 
 
+def constant_source(tensor: gs.Tensor) -> gs.Tensor:
+    """The initializer or Constant output that ``tensor`` is computed from through WEIGHT_CHAIN_OPS (itself if
+    none): the name onnxruntime's optimised graph keeps, its optimiser removing the Identity nodes."""
+    while len(tensor.inputs) == 1 and tensor.inputs[0].op in WEIGHT_CHAIN_OPS and len(tensor.inputs[0].inputs) == 1:
+        tensor = tensor.inputs[0].inputs[0]
+    return tensor
+
+
 def _rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return None if shape is None else len(shape)
@@ -174,7 +182,7 @@ def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     out = node.outputs[0]
     candidate = LayerCandidate(
         name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name, weight=weight, bias=None,
-        weight_name=b.name, input_rank=_rank(a),
+        weight_name=constant_source(b).name, input_rank=_rank(a),
     )
     # Fold a following bias Add: the MatMul's only consumer, the other operand a constant per-column vector.
     if out.name not in graph_outputs and len(out.outputs) == 1:
@@ -225,7 +233,7 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
     attrs = ", ".join(f"{k}={node.attrs[k]}" for k in ("transB", "alpha", "beta") if k in node.attrs)
     return LayerCandidate(
         name=node.name, op_type="Gemm", input_name=a.name, output_name=node.outputs[0].name, weight=weight,
-        bias=bias, weight_name=b.name, input_rank=2,
+        bias=bias, weight_name=constant_source(b).name, input_rank=2,
         description=f"Gemm {node.name!r} (B {b.name!r} {list(np.shape(constant_value(b)))}"
         + (f", {attrs}" if attrs else "") + (", bias C" if bias is not None else "") + ")",
     )
@@ -281,7 +289,7 @@ def _conv(node: gs.Node) -> LayerCandidate | str:
     D = per_group * kh * kw
     return LayerCandidate(
         name=node.name, op_type="Conv", input_name=x.name, output_name=node.outputs[0].name,
-        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=w.name, input_rank=4,
+        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=constant_source(w).name, input_rank=4,
         description=f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, {geometry.attributes()}"
         + (", bias B" if bias is not None else "") + ")",
         conv=geometry,
