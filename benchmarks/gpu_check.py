@@ -120,8 +120,10 @@ def _single_cases(rng: np.random.Generator):
     lut[10:] = 127
     yield "lookup extreme tables C=300", LOOKUP, rng.integers(0, 16, size=(40, 300), dtype=np.uint8), \
         {"lut": lut, "scale": np.ones(20, np.float32), "offset": np.zeros(20, np.float32)}, None, True
-    # Large M and row counts off every block size, on both lookup kernels' tiles (shared and global LUT paths).
-    for N, C, M in ((200, 32, 3072), (333, 1500, 40), (257, 64, 1030)):
+    # Large M and row counts off every block size, on both lookup kernels' tiles (shared and global LUT paths), and
+    # each plan of the row-major lookup on an H100 / H200: 3 blocks of 256 threads (C = 32), one of 768 with the
+    # 128-column tile (C = 64), 64 columns (C = 128), 16 columns (C = 600), global memory (C = 1500).
+    for N, C, M in ((200, 32, 3072), (333, 1500, 40), (257, 64, 1030), (301, 128, 200), (100, 600, 48)):
         yield f"lookup N={N} C={C} M={M}", LOOKUP, rng.integers(0, 256, size=(N, C), dtype=np.uint8), \
             lookup_weights(rng, M, C), None, True
     for gid, shape, attrs in GEOMETRIES:
