@@ -35,8 +35,9 @@ def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def layer_times_in_model(model: onnx.ModelProto, feed: dict, weights: dict[str, str]) -> dict[str, float]:
     """Median ms of each layer's node(s) when ``model`` runs ``feed`` at 1 thread. ``weights`` maps a layer name to
-    the name of its weight initializer. Layers whose weight is not found in the optimised graph (a fusion that
-    changed its values) are left out; a node that holds several layers' weights is shared between them equally."""
+    the name of its weight initializer (layers may share one). Layers whose weight is not found in the optimised
+    graph (a fusion that changed its values) are left out; a node that holds several layers' weights is shared between
+    them equally."""
     import onnxruntime as ort
 
     from .library import session_options
@@ -74,13 +75,17 @@ def layer_times_in_model(model: onnx.ModelProto, feed: dict, weights: dict[str, 
             if t is not None and len(t.dims) >= 2:
                 fingerprints[node.name].append(_fingerprint(onnx.numpy_helper.to_array(t)))
     holder: dict[str, str] = {}  # layer -> the one optimised node that holds its weight
+    sharing: dict[str, list[str]] = defaultdict(list)  # weight -> its layers, in graph order
     for layer, weight in weights.items():
-        if weight not in inits:
-            continue
+        if weight in inits:
+            sharing[weight].append(layer)
+    for weight, layers in sharing.items():
         fp = _fingerprint(onnx.numpy_helper.to_array(inits[weight]))
         found = [node for node, fps in fingerprints.items() if any(_same(fp, other) for other in fps)]
-        if len(found) == 1 and found[0] in node_ms:
-            holder[layer] = found[0]
+        # Layers that share one weight (torch's exporter deduplicates equal parameters) hold it in as many nodes,
+        # which the optimised graph keeps in graph order.
+        if len(found) == len(layers) and all(node in node_ms for node in found):
+            holder.update(zip(layers, found))
     share = Counter(holder.values())
     out = {layer: node_ms[node] / share[node] for layer, node in holder.items()}
     missing = sorted(set(weights) - set(out))

@@ -455,6 +455,27 @@ def test_layer_times_in_model_find_each_layer_by_its_weight(rng):
     assert set(times) == {"fc1", "fc2", "fc3"} and all(t > 0 for t in times.values())
 
 
+def test_layer_times_in_model_pair_layers_that_share_a_weight(rng):
+    """Two MatMuls read one initializer (torch's exporter deduplicates equal parameters): both are found, each in
+    its own node, the larger one slower."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from halut_onnx.model_timing import layer_times_in_model
+
+    w = numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["ya"], name="small"),
+         helper.make_node("MatMul", ["b", "w"], ["yb"], name="large")], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 256]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2048, 256])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("ya", "yb")], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"a": rng.standard_normal((4, 256)).astype(np.float32),
+            "b": rng.standard_normal((2048, 256)).astype(np.float32)}
+    times = layer_times_in_model(model, feed, {"small": "w", "large": "w"})
+    assert set(times) == {"small", "large"} and times["large"] > 4 * times["small"] > 0
+
+
 def test_time_saving_is_the_layer_in_the_model_when_found():
     from halut_onnx.analyze import SensitivityRow
 
