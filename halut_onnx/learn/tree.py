@@ -50,9 +50,6 @@ def _best_split(X, j, mean, order):
     n, d = X.shape
     if n < 2:
         return 0.0, NO_SPLIT
-    keys = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        keys[i] = X[i, j]
     # Running sums of values centred on the bucket mean, in float64: far less cancellation than raw x and x^2.
     total = np.zeros(d, dtype=np.float64)
     for i in range(n):
@@ -65,8 +62,8 @@ def _best_split(X, j, mean, order):
         r = order[i]
         for col in range(d):
             left[col] += np.float64(X[r, col]) - mean[col]
-        a = keys[r]
-        b = keys[order[i + 1]]
+        a = X[r, j]
+        b = X[order[i + 1], j]
         if a < b:  # a split can only fall between distinct values
             inv_l = 1.0 / np.float64(i + 1)
             inv_r = 1.0 / np.float64(n - i - 1)
@@ -82,8 +79,8 @@ def _best_split(X, j, mean, order):
         for col in range(d):
             g += total[col] * total[col] / n
         return g, NO_SPLIT
-    a = keys[order[best_pos]]
-    b = keys[order[best_pos + 1]]
+    a = X[order[best_pos], j]
+    b = X[order[best_pos + 1], j]
     thr = np.float32((np.float64(a) + np.float64(b)) * 0.5)
     if thr >= b:  # the midpoint rounded up onto b: b would go left
         thr = a
