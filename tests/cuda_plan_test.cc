@@ -59,7 +59,7 @@ static void check(const LookupPlan& p, bool nchw, int64_t rows, int32_t C, int32
     }
   } else {
     EXPECT(p.smem_bytes == 0, "%s global path with smem %zu", kind, p.smem_bytes);
-EXPECT(int64_t(C) * 16 * (nchw ? kNchwColumns : 16) > dev.smem_optin / (nchw ? 2 : 1),
+    EXPECT(int64_t(C) * 16 * (nchw ? kNchwColumns : 16) > dev.smem_optin / (nchw ? 2 : 1),
            "%s fell back to global memory for C %d", kind, C);
   }
 }

@@ -111,8 +111,7 @@ inline LookupPlan plan_lookup(int64_t rows, int32_t C, int32_t M, const DeviceIn
   p.lut_in_shared = int64_t(C) * kCodes * p.tile_m <= limit;
   if (p.lut_in_shared) {
     p.smem_bytes = size_t(C) * kCodes * p.tile_m;
-    // The runtime reserves 1 KB of shared memory per block.
-    const int64_t blocks = std::clamp<int64_t>(int64_t(dev.smem_per_sm) / int64_t(p.smem_bytes + 1024), 1, 3);
+    const int64_t blocks = std::min<int64_t>(3, detail::resident_blocks(dev, kLookupThreadsPerSm / 3, p.smem_bytes));
     p.threads = kLookupThreadsPerSm / int(blocks);
   } else {
     p.tile_m = 128;
