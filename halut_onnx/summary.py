@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .ops import DOMAIN, ENCODE_PQ, ENCODE_TREE, LOOKUP
+from .ops import DOMAIN, ENCODE_PQ, ENCODE_PQ_CONV, ENCODE_TREE, ENCODE_TREE_CONV, LOOKUP, LOOKUP_CONV
 from .records import KEY_SETTINGS, KEY_VERSION, LayerRecord, get_metadata, read_records
 
-ENCODER_NAMES = {ENCODE_TREE: "tree", ENCODE_PQ: "pq"}
+ENCODER_NAMES = {ENCODE_TREE: "tree", ENCODE_PQ: "pq", ENCODE_TREE_CONV: "tree", ENCODE_PQ_CONV: "pq"}
 LOOKUP_SUFFIX = "/halut_lookup"
 
 
@@ -43,7 +43,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     producers = {out: node for node in model.graph.node for out in node.output}
     layers = []
     for node in model.graph.node:
-        if node.domain != DOMAIN or node.op_type != LOOKUP:
+        if node.domain != DOMAIN or node.op_type not in (LOOKUP, LOOKUP_CONV):
             continue
         name = node.name[: -len(LOOKUP_SUFFIX)] if node.name.endswith(LOOKUP_SUFFIX) else node.name
         lut_shape = tuple(inits[node.input[1]].dims) if node.input[1] in inits else None

@@ -17,6 +17,7 @@ from halut_onnx.calibrate import CalibrationSet, collect_rows, model_inputs
 from halut_onnx.convert import ConvertOptions, convert_model
 from halut_onnx.ops import ENCODE_PQ_CONV, ENCODE_TREE_CONV, LOOKUP_CONV
 from halut_onnx.passes import find_layers
+from halut_onnx.summary import summarize
 
 CASES = [g for g in GEOMETRIES if g[0] in ("1x1", "3x3_s2_asym", "3x3_d2", "5x5", "same_upper_s2", "valid_d2")]
 
@@ -68,6 +69,9 @@ def test_convert_single_conv(tmp_path, rng, case, encoder):
     encode = out.graph.node[0]
     got_attrs = {a.name: helper.get_attribute_value(a) for a in encode.attribute}
     assert got_attrs["kernel_shape"] == attrs["kernel_shape"]
+    D = shape[1] * int(np.prod(attrs["kernel_shape"]))
+    assert [(i.name, i.op_type, i.D, i.M, i.C, i.encoder, i.lut_bytes) for i in summarize(out).layers] == [
+        ("conv", "Conv", D, 6, shape[1], encoder, 6 * shape[1] * 16)]  # what `inspect` lists
 
     X = smooth_images(rng, shape)
     p = _params(out)
