@@ -223,7 +223,7 @@ class CollectedRows:
     rows_dropped: int  # rows with non-finite values, left out of the sample
     problem: str | None = None  # why this layer cannot be learned from the data (e.g. its input was not 2-D+)
     # for timing the layer on the first file as it is, which the analysis also times the model on
-    image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the first file
+    image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the first file (1-D: H = 1)
     first_file_rows: int | None = None  # rows (a Conv: output positions) the first file gave
 
 
@@ -270,10 +270,11 @@ def _session(model: onnx.ModelProto, tmpdir: str):
 
 
 def _add_patches(sampler: ReservoirSampler, value: np.ndarray, geometry, D: int) -> str | None:
-    """Offers the patch rows of an NCHW activation to ``sampler``; a problem description when it cannot."""
-    if value.ndim != 4 or value.dtype != np.float32:
-        return "a Conv needs float32 [B, Cin, H, W]"
-    n, width, extract = patch_extractor(value, geometry)
+    """Offers the patch rows of a Conv's input (NCHW, or NCL for a 1-D Conv) to ``sampler``; a problem
+    description when it cannot."""
+    if value.ndim != (3 if geometry.conv1d else 4) or value.dtype != np.float32:
+        return "a 1-D Conv needs float32 [B, Cin, L]" if geometry.conv1d else "a Conv needs float32 [B, Cin, H, W]"
+    n, width, extract = patch_extractor(geometry.as_nchw(value), geometry)
     if width != D:
         return f"its patches have {width} elements, the weight expects D={D}"
     sampler.add_lazy(n, D, extract, np.float32)
@@ -332,7 +333,7 @@ def collect_rows(
                         problems[layer] = f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on " \
                                           f"{path.name}; {problem}"
                     else:
-                        image_shapes.setdefault(layer, tuple(int(v) for v in value.shape[1:]))
+                        image_shapes.setdefault(layer, tuple(int(v) for v in conv[0].as_nchw(value).shape[1:]))
                         first_rows.setdefault(layer, samplers[layer].seen - before)
                     continue
                 if value.ndim < 2 or value.shape[-1] != D or value.dtype != np.float32:

@@ -143,6 +143,7 @@ def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
                 linear = x @ self.weight + self.linear_bias
             else:
                 g = self.geometry
+                x = g.as_nchw(x)
                 B, _, H, W = x.shape
                 (top, left, bottom, right), Ho, Wo = conv_pads(H, W, **g.kwargs())
                 xp = F.pad(x, (left, right, top, bottom))
@@ -151,6 +152,8 @@ def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
                 y = self.lookup(rows).view(B, Ho, Wo, -1).permute(0, 3, 1, 2)
                 kernel = self.weight.T.reshape(-1, x.shape[1], *g.kernel_shape)
                 linear = F.conv2d(xp, kernel, self.linear_bias, stride=g.strides, dilation=g.dilations)
+                if g.conv1d:
+                    y, linear = y.squeeze(2), linear.squeeze(2)
             return y + (linear - linear.detach())
 
     return HalutTorchLayer()

@@ -56,8 +56,15 @@ def _spatial_pads(x: torch.Tensor, a: dict) -> tuple[int, int, int, int]:
 
 
 def _conv(x, w, b=None, **a):
+    if x.dim() == 3 and w.dim() == 3:  # 1-D: the 2-D Conv over a height-1 image, as the Halut conv ops see it
+        one = {"kernel_shape": [1, *a.get("kernel_shape", w.shape[2:])], "strides": [1, *a.get("strides", [1])],
+               "dilations": [1, *a.get("dilations", [1])], "auto_pad": a.get("auto_pad", "NOTSET"),
+               "group": a.get("group", 1)}
+        if "pads" in a:
+            one["pads"] = [0, a["pads"][0], 0, a["pads"][1]]
+        return _conv(x.unsqueeze(2), w.unsqueeze(2), b, **one).squeeze(2)
     if x.dim() != 4:
-        raise ValueError(f"only 2-D Conv has a torch form here; found input of rank {x.dim()}")
+        raise ValueError(f"only 1-D and 2-D Conv have a torch form here; found input of rank {x.dim()}")
     a.setdefault("kernel_shape", list(w.shape[2:]))
     top, left, bottom, right = _spatial_pads(x, a)
     x = F.pad(x, (left, right, top, bottom))

@@ -1,11 +1,12 @@
-"""Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight, and 2-D Conv nodes
-(group 1) with a constant weight. Constant: an initializer or a Constant node's output, also through the
+"""Find the layers a Halut rewrite can replace: MatMul / Gemm nodes with a constant 2-D weight, and 1-D or 2-D Conv
+nodes (group 1) with a constant weight. Constant: an initializer or a Constant node's output, also through the
 value-preserving ops of WEIGHT_CHAIN_OPS.
 
 A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, rank >= 2), ``W_eff`` a (D, M) constant and
 ``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul whose only consumer is
 an Add of a constant bias (folded into the lookup's offset). A Conv is the same product over its patch rows
-(docs/ops.md, "Conv ops"): ``W_eff = W.reshape(Cout, Cin * kh * kw).T`` and its bias input. Every other MatMul / Gemm / Conv node is reported as
+(docs/ops.md, "Conv ops"): ``W_eff = W.reshape(Cout, Cin * kh * kw).T`` and its bias input; a 1-D Conv is the 2-D
+one with kernel ``(1, k)`` over its input seen as ``[B, Cin, 1, L]``. Every other MatMul / Gemm / Conv node is reported as
 skipped with a reason; all other nodes are never touched.
 """
 
@@ -23,13 +24,22 @@ LAYER_OPS = ("MatMul", "Gemm", "Conv")
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """The geometry attributes of a 2-D Conv, as the Halut conv encode ops take them (defaults filled in)."""
+    """The geometry attributes of a 2-D Conv, as the Halut conv encode ops take them (defaults filled in).
+
+    ``conv1d``: the node is a 1-D Conv, this the same product over its input ``[B, Cin, L]`` unsqueezed to
+    ``[B, Cin, 1, L]`` (kernel ``(1, k)``, no padding in the height); its output is squeezed back to ``[B, M, Lo]``.
+    """
 
     kernel_shape: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilations: tuple[int, int] = (1, 1)
     auto_pad: str = "NOTSET"
+    conv1d: bool = False
+
+    def as_nchw(self, x):
+        """An input of the node (numpy array or torch tensor) as the NCHW image the 2-D geometry applies to."""
+        return x[:, :, None, :] if self.conv1d else x
 
     def kwargs(self) -> dict:
         """Keyword arguments of ``halut_onnx.reference.im2col``."""
@@ -249,33 +259,40 @@ def _conv(node: gs.Node) -> LayerCandidate | str:
         return "weight W is an activation"
     if weight.dtype != np.float32:
         return f"weight W is {weight.dtype.name}; the Halut ops take float32"
-    if weight.ndim != 4:
-        return f"{weight.ndim - 2}-D Conv (weight rank {weight.ndim}); only 2-D Conv is converted"
+    if weight.ndim not in (3, 4):
+        return f"{weight.ndim - 2}-D Conv (weight rank {weight.ndim}); only 1-D and 2-D Conv are converted"
+    conv1d = weight.ndim == 3
     rank = _rank(x)
-    if rank is not None and rank != 4:
-        return f"input X has rank {rank}; a 2-D Conv needs NCHW (rank 4)"
+    if rank is not None and rank != weight.ndim:
+        layout = "NCL (rank 3)" if conv1d else "NCHW (rank 4)"
+        return f"input X has rank {rank}; a {weight.ndim - 2}-D Conv needs {layout}"
     group = int(node.attrs.get("group", 1))
-    Cout, per_group, kh, kw = (int(d) for d in weight.shape)
+    Cout, per_group, *kernel_dims = (int(d) for d in weight.shape)
+    taps = int(np.prod(kernel_dims))
     if group != 1:
         if per_group == 1:
-            return (f"depthwise Conv (group={group}, D={kh * kw} per output channel): too few inputs per "
+            return (f"depthwise Conv (group={group}, D={taps} per output channel): too few inputs per "
                     "output for table lookup (accuracy collapses) and already cheap")
-        return (f"grouped Conv (group={group}, D={per_group * kh * kw} per group) is not converted: "
+        return (f"grouped Conv (group={group}, D={per_group * taps} per group) is not converted: "
                 "it would need one encoder and LUT per group (docs/conv.md)")
-    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", (kh, kw)))
-    if kernel != (kh, kw):
-        return f"kernel_shape {list(kernel)} differs from the weight's {[kh, kw]}"
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", kernel_dims))
+    if kernel != tuple(kernel_dims):
+        return f"kernel_shape {list(kernel)} differs from the weight's {kernel_dims}"
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-    pads = tuple(int(p) for p in node.attrs.get("pads", (0, 0, 0, 0)))
-    if len(pads) != 4 or min(pads) < 0:
-        return f"pads {list(pads)} are not 4 ints >= 0"
+    spatial = len(kernel_dims)
+    pads = tuple(int(p) for p in node.attrs.get("pads", (0,) * 2 * spatial))
+    strides = tuple(int(v) for v in node.attrs.get("strides", (1,) * spatial))
+    dilations = tuple(int(v) for v in node.attrs.get("dilations", (1,) * spatial))
+    if len(pads) != 2 * spatial or min(pads) < 0:
+        return f"pads {list(pads)} are not {2 * spatial} ints >= 0"
+    if len(strides) != spatial or len(dilations) != spatial:
+        return f"strides {list(strides)} or dilations {list(dilations)} do not have {spatial} values"
+    if conv1d:  # the same product over a height-1 image: nothing to pad, stride or dilate in the height
+        kernel, strides, dilations, pads = (1, *kernel), (1, *strides), (1, *dilations), (0, pads[0], 0, pads[1])
     # ONNX pads are [top, left, bottom, right] (x1_begin, x2_begin, x1_end, x2_end): the ops' order.
-    geometry = ConvGeometry(
-        kernel_shape=(kh, kw), strides=tuple(int(v) for v in node.attrs.get("strides", (1, 1))),
-        pads=pads, dilations=tuple(int(v) for v in node.attrs.get("dilations", (1, 1))),
-        auto_pad=auto_pad if auto_pad else "NOTSET",
-    )
+    geometry = ConvGeometry(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
+                            auto_pad=auto_pad if auto_pad else "NOTSET", conv1d=conv1d)
     if geometry.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
         return f"auto_pad {geometry.auto_pad!r} is not a Conv mode"
     bias = None
@@ -286,11 +303,13 @@ def _conv(node: gs.Node) -> LayerCandidate | str:
         bias = np.asarray(value, dtype=np.float32).reshape(-1)
         if bias.shape != (Cout,):
             return f"bias B has shape {list(value.shape)}, expected [{Cout}]"
-    D = per_group * kh * kw
+    D = per_group * taps
     return LayerCandidate(
         name=node.name, op_type="Conv", input_name=x.name, output_name=node.outputs[0].name,
-        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=constant_source(w).name, input_rank=4,
-        description=f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, {geometry.attributes()}"
+        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=constant_source(w).name,
+        input_rank=weight.ndim,
+        description=f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, "
+        + ("1-D, as 2-D over [B, Cin, 1, L]: " if conv1d else "") + f"{geometry.attributes()}"
         + (", bias B" if bias is not None else "") + ")",
         conv=geometry,
     )

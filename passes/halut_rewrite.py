@@ -4,7 +4,8 @@ Each converted layer ``<name>`` becomes ``<name>/halut_encode`` (``HalutEncodeTr
 ``<name>/halut_codes`` into ``<name>/halut_lookup`` (``HalutLookup``), which produces the replaced node's (or the
 folded Add's) output tensor under its original name. A Conv becomes the conv forms of the ops
 (``HalutEncodeTreeConv`` / ``HalutEncodePQConv`` with the Conv's geometry attributes, ``HalutLookupConv``), which
-read NCHW and write NCHW. The op parameters are initializers named
+read NCHW and write NCHW; a 1-D Conv's input is unsqueezed to a height-1 image for them and their output squeezed
+back (``<name>/halut_unsqueeze``, ``<name>/halut_squeeze``). The op parameters are initializers named
 ``<name>.halut.<input>`` (split_dims, thresholds or vectors, biases; lut, scale, offset).
 
 graphsurgeon's export rebuilds the ModelProto, so the model-level fields it does not carry (IR version, opset
@@ -49,8 +50,11 @@ class LayerRewrite:
 
 
 def node_names(name: str) -> dict[str, str]:
-    """The names the rewrite gives to the nodes and the codes tensor of layer ``name``."""
-    return {"encode": f"{name}/halut_encode", "lookup": f"{name}/halut_lookup", "codes": f"{name}/halut_codes"}
+    """The names the rewrite gives to the nodes and the tensors between them of layer ``name`` (a 1-D Conv also
+    gets the Unsqueeze / Squeeze to and from the 2-D image the conv ops take)."""
+    return {"encode": f"{name}/halut_encode", "lookup": f"{name}/halut_lookup", "codes": f"{name}/halut_codes",
+            "unsqueeze": f"{name}/halut_unsqueeze", "squeeze": f"{name}/halut_squeeze",
+            "image": f"{name}/halut_image", "image_out": f"{name}/halut_image_out"}
 
 
 def initializer_name(name: str, op_input: str) -> str:
@@ -71,6 +75,14 @@ def _encoder_inputs(name: str, layer) -> tuple[str, list[gs.Constant]]:
     else:
         raise ValueError(f"layer {name!r}: unknown encoder {layer.encoder!r} (expected 'tree' or 'pq')")
     return ENCODER_OPS[layer.encoder], [gs.Constant(initializer_name(name, k), v) for k, v in params.items()]
+
+
+def _height_axis(op: str, tensor: gs.Tensor, name: str, opset: int) -> tuple[list[gs.Tensor], dict]:
+    """Inputs and attributes of an Unsqueeze / Squeeze of axis 2 (the height a 1-D Conv's input lacks): the axes
+    are an attribute before opset 13 and an input from it on."""
+    if opset < 13:
+        return [tensor], {"axes": [2]}
+    return [tensor, gs.Constant(initializer_name(name, f"{op.lower()}_axes"), np.array([2], np.int64))], {}
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -125,6 +137,13 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
         if cand.conv is not None:
             encode_op, lookup_op = CONV_ENCODER_OPS[layer.encoder], LOOKUP_CONV
             encode_attrs = cand.conv.attributes()
+            if cand.conv.conv1d:
+                image, image_out = gs.Variable(names["image"], np.float32), gs.Variable(names["image_out"], np.float32)
+                inputs, attrs = _height_axis("Unsqueeze", x, cand.name, opset)
+                graph.nodes.append(gs.Node("Unsqueeze", names["unsqueeze"], attrs, inputs, [image]))
+                inputs, attrs = _height_axis("Squeeze", image_out, cand.name, opset)
+                graph.nodes.append(gs.Node("Squeeze", names["squeeze"], attrs, inputs, [y]))
+                x, y = image, image_out
         codes = gs.Variable(names["codes"])
         lookup_params = {
             "lut": np.ascontiguousarray(layer.lut_q, dtype=np.int8),

@@ -113,3 +113,128 @@ def test_patch_calibration_is_bounded_and_uniform(tmp_path, rng):
     assert len(set(index.tolist())) == 300
     images = index // 120
     assert set(images.tolist()) == set(range(8))  # all images represented
+
+
+# ------------------------------------------------------------------------------- 1-D Conv
+# (id, X shape [B, Cin, L], 1-D geometry attributes, the 2-D geometry the conv ops get for it)
+GEOMETRIES_1D = [
+    ("k3_pad1", (2, 8, 40), dict(kernel_shape=[3], pads=[1, 1]),
+     dict(kernel_shape=[1, 3], pads=[0, 1, 0, 1])),
+    ("k5_s2_asym", (3, 6, 37), dict(kernel_shape=[5], strides=[2], pads=[2, 1]),
+     dict(kernel_shape=[1, 5], strides=[1, 2], pads=[0, 2, 0, 1])),
+    ("k3_d2_nobias", (2, 8, 33), dict(kernel_shape=[3], dilations=[2]),
+     dict(kernel_shape=[1, 3], dilations=[1, 2])),
+    ("same_upper_s2", (2, 6, 35), dict(kernel_shape=[4], strides=[2], auto_pad="SAME_UPPER"),
+     dict(kernel_shape=[1, 4], strides=[1, 2], auto_pad="SAME_UPPER")),
+    ("k1", (2, 24, 30), dict(kernel_shape=[1]), dict(kernel_shape=[1, 1])),
+]
+
+
+def smooth_signals(rng, shape):
+    """Sequences a 1-D conv sees: low-rank channel mixing of 3 smooth signals (noise averaged over 5 steps)."""
+    B, Cin, L = shape
+    base = rng.standard_normal((B, 3, L + 4))
+    blurred = sum(base[:, :, i : i + L] for i in range(5)) / 5
+    mix = np.random.default_rng(7).standard_normal((Cin, 3))
+    return np.einsum("ck,bkl->bcl", mix, blurred).astype(np.float32)
+
+
+def conv1d_model(rng, Cin, attrs, Cout=6, bias=True, opset=17):
+    k = attrs["kernel_shape"][0]
+    inits = {"W": (rng.standard_normal((Cout, Cin, k)) / np.sqrt(Cin * k)).astype(np.float32)}
+    if bias:
+        inits["B"] = rng.standard_normal(Cout).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "W", *(["B"] if bias else [])], ["y"], name="conv", **attrs)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", Cin, "L"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", Cout, "Lo"])
+    return make_model([node], [x], [y], inits, opset=opset)
+
+
+@pytest.mark.parametrize("case", GEOMETRIES_1D, ids=[c[0] for c in GEOMETRIES_1D])
+def test_conv1d_is_a_candidate_with_its_2d_geometry(rng, case):
+    _, shape, attrs, as_2d = case
+    model = onnx.shape_inference.infer_shapes(conv1d_model(rng, shape[1], attrs))
+    (cand,), skipped = find_layers(model)
+    assert skipped == []
+    expected = {"strides": [1, 1], "dilations": [1, 1], "auto_pad": "NOTSET", **as_2d}
+    if expected["auto_pad"] == "NOTSET":
+        expected.setdefault("pads", [0, 0, 0, 0])
+    assert cand.conv.conv1d and cand.conv.attributes() == expected
+    W = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_array_equal(cand.weight, W.reshape(len(W), -1).T)  # patch element d = ci * k + tap
+
+
+def test_conv3d_and_misshapen_conv1d_are_skipped_with_reasons(rng):
+    w3 = rng.standard_normal((4, 2, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["v", "w3"], ["v_out"], name="conv3d"),
+             helper.make_node("Conv", ["s", "w1"], ["s_out"], name="conv1d_bad_pads", kernel_shape=[3],
+                              pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2, 5, 5, 5]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2, 9])]
+    outputs = [helper.make_empty_tensor_value_info(n) for n in ("v_out", "s_out")]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [
+        onnx.numpy_helper.from_array(w3, "w3"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 2, 3)).astype(np.float32), "w1")])
+    _, skipped = find_layers(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [(s.name, s.reason) for s in skipped] == [
+        ("conv3d", "3-D Conv (weight rank 5); only 1-D and 2-D Conv are converted"),
+        ("conv1d_bad_pads", "pads [1, 1, 1, 1] are not 2 ints >= 0"),
+    ]
+
+
+@pytest.mark.parametrize("encoder", ["tree", "pq"])
+@pytest.mark.parametrize("case", GEOMETRIES_1D, ids=[c[0] for c in GEOMETRIES_1D])
+def test_convert_conv1d(tmp_path, rng, case, encoder):
+    """A 1-D Conv becomes Unsqueeze -> conv encode -> conv lookup -> Squeeze; its output equals the conv ops'
+    reference on the height-1 image, with the library and through the function bodies."""
+    name, shape, attrs, as_2d = case
+    model = conv1d_model(rng, shape[1], attrs, bias="nobias" not in name)
+    path = tmp_path / "conv1d.onnx"
+    onnx.save(model, path)
+    calib = write_calibration(tmp_path / "calib", "x", smooth_signals(rng, (64, *shape[1:])), per_file=16)
+    C = shape[1]
+    result = convert_model(path, calib, tmp_path / "out.onnx",
+                           ConvertOptions(encoder=encoder, codebooks=C, max_rows=3000, progress=False))
+    D = shape[1] * attrs["kernel_shape"][0]
+    assert [(r.name, r.status, r.D) for r in result.layers] == [("conv", "converted", D)]
+    out = result.model
+    encode_op = ENCODE_TREE_CONV if encoder == "tree" else ENCODE_PQ_CONV
+    assert [(n.op_type, n.domain) for n in out.graph.node] == [
+        ("Unsqueeze", ""), (encode_op, "ai.halut"), (LOOKUP_CONV, "ai.halut"), ("Squeeze", "")]
+    assert [(i.name, i.op_type, i.D, i.C) for i in summarize(out).layers] == [("conv", "Conv", D, C)]
+
+    X = smooth_signals(rng, shape)
+    p = _params(out)
+    geo = geometry_kwargs(as_2d)
+    image = X[:, :, None, :]
+    codes = (reference.encode_tree_conv(image, p["split_dims"], p["thresholds"], **geo) if encoder == "tree"
+             else reference.encode_pq_conv(image, p["vectors"], p["biases"], **geo))
+    expected = reference.lookup_conv(codes, p["lut"], p["scale"], p["offset"])[:, :, 0, :]
+    got = make_session(out).run(None, {"x": X})[0]
+    np.testing.assert_array_equal(got, expected)
+    fallback = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
+    if encoder == "tree":
+        np.testing.assert_array_equal(fallback, expected)
+    else:
+        assert np.mean(fallback != expected) < 0.01
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0]
+    assert got.shape == original.shape
+    nmse = float(np.sum((got - original) ** 2) / np.sum(original**2))
+    assert nmse < 0.35, nmse  # the bound of the 2-D conversions on the same kind of data
+
+
+def test_convert_conv1d_before_opset_13_gives_axes_as_attributes(tmp_path, rng):
+    """Unsqueeze / Squeeze take their axes as an attribute before opset 13 and as an input from it on."""
+    model = conv1d_model(rng, 8, dict(kernel_shape=[3], pads=[1, 1]), opset=11)
+    calib = write_calibration(tmp_path / "calib", "x", smooth_signals(rng, (64, 8, 40)), per_file=16)
+    out = convert_model(model, calib, None, ConvertOptions(codebooks=8, progress=False)).model
+    squeezes = [n for n in out.graph.node if n.op_type in ("Unsqueeze", "Squeeze")]
+    assert [(n.input[1:], [helper.get_attribute_value(a) for a in n.attribute]) for n in squeezes] == [
+        ([], [[2]]), ([], [[2]])]
+    X = smooth_signals(rng, (2, 8, 40))
+    got = make_session(out).run(None, {"x": X})[0]
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0]
+    assert got.shape == original.shape == (2, 6, 40)
+    assert float(np.sum((got - original) ** 2) / np.sum(original**2)) < 0.35

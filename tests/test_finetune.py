@@ -23,18 +23,19 @@ GEOMETRIES = {
     "matmul": None,
     "conv same_upper": ConvGeometry((2, 2), auto_pad="SAME_UPPER"),
     "conv strided": ConvGeometry((3, 3), strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2)),
+    "conv1d strided": ConvGeometry((1, 3), strides=(1, 2), pads=(0, 1, 0, 2), conv1d=True),
 }
 
 
 def _layer(rng, encoder: str, geometry):
-    """A learned layer, its candidate and its input (rows, or an NCHW batch for a conv)."""
+    """A learned layer, its candidate and its input (rows, or an NCHW / NCL batch for a conv)."""
     cin, M = 3, 5
     if geometry is None:
         X = rng.standard_normal((400, 12)).astype(np.float32)
         rows = X
     else:
-        X = rng.standard_normal((4, cin, 9, 11)).astype(np.float32)
-        rows = reference.im2col(X, **geometry.kwargs())
+        X = rng.standard_normal((4, cin, 11) if geometry.conv1d else (4, cin, 9, 11)).astype(np.float32)
+        rows = reference.im2col(geometry.as_nchw(X), **geometry.kwargs())
     D = rows.shape[1]
     W = rng.standard_normal((D, M)).astype(np.float32)
     b = rng.standard_normal(M).astype(np.float32)
@@ -57,8 +58,11 @@ def test_layer_module_computes_the_float_lut_forward(rng, encoder, kind):
     assert (codes == ref_codes).mean() >= (0.995 if encoder == "pq" else 1.0)
     expected = reference.lookup_float(codes.astype(np.uint8), layer.lut, layer.lut_bias)
     if cand.conv is not None:
-        _, Ho, Wo = reference.conv_pads(X.shape[2], X.shape[3], **cand.conv.kwargs())
+        X4 = cand.conv.as_nchw(X)
+        _, Ho, Wo = reference.conv_pads(X4.shape[2], X4.shape[3], **cand.conv.kwargs())
         expected = expected.reshape(X.shape[0], Ho, Wo, -1).transpose(0, 3, 1, 2)
+        if cand.conv.conv1d:
+            expected = expected[:, :, 0, :]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
 
 
@@ -76,15 +80,17 @@ def test_gradient_reaches_the_input_straight_through_the_original_layer(rng, kin
     if cand.conv is None:
         linear = x_ref @ W
     else:
-        top, left, bottom, right = reference.conv_pads(X.shape[2], X.shape[3], **cand.conv.kwargs())[0]
-        padded = torch.nn.functional.pad(x_ref, (left, right, top, bottom))
+        x4 = cand.conv.as_nchw(x_ref)
+        top, left, bottom, right = reference.conv_pads(x4.shape[2], x4.shape[3], **cand.conv.kwargs())[0]
+        padded = torch.nn.functional.pad(x4, (left, right, top, bottom))
         kernel = W.T.reshape(W.shape[1], X.shape[1], *cand.conv.kernel_shape)
         linear = torch.nn.functional.conv2d(padded, kernel, stride=cand.conv.strides, dilation=cand.conv.dilations)
-    (linear * g).sum().backward()
+        g4 = cand.conv.as_nchw(g)
+    (linear * (g if cand.conv is None else g4)).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), x_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
     # and the LUT's gradient: each entry sums g over the rows whose code picks it
     codes = module.last_codes.numpy()
-    g_rows = g.numpy() if cand.conv is None else g.numpy().transpose(0, 2, 3, 1).reshape(-1, layer.M)
+    g_rows = g.numpy() if cand.conv is None else g4.numpy().transpose(0, 2, 3, 1).reshape(-1, layer.M)
     expected = np.zeros((layer.C * 16, layer.M))
     for c in range(layer.C):
         np.add.at(expected, c * 16 + codes[:, c], g_rows)

@@ -280,8 +280,8 @@ def test_gemm_variants(rng, attrs, c_shape, reason):
 
 
 def test_conv_candidates_and_skips(rng):
-    """A group-1 Conv is a candidate (weight reshaped to (Cin*kh*kw, Cout)); depthwise, grouped and 1-D Convs and a
-    rank-1 MatMul are skipped with their reasons."""
+    """A group-1 Conv, 2-D or 1-D, is a candidate (weight reshaped to (Cin*kh*kw, Cout)); depthwise and grouped
+    Convs and a rank-1 MatMul are skipped with their reasons."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])
     v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [32])
     s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4, 7])
@@ -304,12 +304,12 @@ def test_conv_candidates_and_skips(rng):
               "(accuracy collapses) and already cheap",
         "grouped": "grouped Conv (group=2, D=18 per group) is not converted: it would need one encoder and LUT per "
                    "group (docs/conv.md)",
-        "conv1d": "1-D Conv (weight rank 3); only 2-D Conv is converted",
         "vec": "input A has rank 1; needs rank >= 2",
     }
+    assert sorted(candidates) == ["conv", "conv1d"] and candidates["conv1d"].conv.conv1d
     cand = candidates["conv"]
     assert cand.conv.attributes() == dict(kernel_shape=[3, 3], strides=[2, 1], dilations=[1, 1], auto_pad="NOTSET",
-                                          pads=[1, 0, 2, 1])
+                                          pads=[1, 0, 2, 1]) and not cand.conv.conv1d
     X = f32(2, 4, 5, 5)
     want = ort.InferenceSession(model.SerializeToString()).run(["c"], {"x": X, "v": f32(32), "s": f32(1, 4, 7)})[0]
     rows = reference.im2col(X, **cand.conv.kwargs()) @ cand.weight + cand.bias

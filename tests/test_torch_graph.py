@@ -105,6 +105,26 @@ def test_conv_net_matches_onnxruntime(rng, opset):
         np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
 
 
+def test_conv1d_matches_onnxruntime(rng):
+    """1-D Convs (explicit asymmetric pads with stride, dilation, SAME_UPPER, groups, no attributes at all)."""
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w0", "b0"], ["h0"], kernel_shape=[5], strides=[2], pads=[2, 1]),
+        n("Conv", ["h0", "w1"], ["h1a"], dilations=[2], pads=[2, 2]),
+        n("Conv", ["h1a", "w4"], ["h1"], auto_pad="SAME_UPPER"),
+        n("Conv", ["h1", "w2"], ["h2"], group=2, pads=[1, 1]),
+        n("Conv", ["h2", "w3"], ["y"]),
+    ]
+    inits = {"w0": f(6, 4, 5), "b0": f(6), "w1": f(6, 6, 3), "w2": f(8, 3, 3), "w3": f(5, 8, 2),
+             "w4": f(6, 6, 4)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 23])
+    model = _model(nodes, [x], [helper.make_empty_tensor_value_info("y")], inits, 17)
+    ref, ours = _both(model, {"x": f(2, 4, 23)})
+    assert ours[0].shape == ref[0].shape == (2, 5, 10)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
 def test_mlp_ops_match_onnxruntime(rng):
     """Gemm (alpha, beta, transB), Flatten, Clip, LeakyRelu, Tanh, Concat, LogSoftmax at opset 13."""
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
