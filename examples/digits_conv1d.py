@@ -1,0 +1,146 @@
+"""Handwritten digits with a small 1-D CNN: train in torch, export with torch.onnx, replace its three Conv1d layers
+and its Linear by Halut table lookups, compare test accuracy.
+
+    python examples/digits_conv1d.py [--out DIR] [--quick]
+
+Each 8x8 digit is read as a sequence of 8 steps (the image columns) of 8 channels (the rows), pixels scaled to
+0..1, split 70/30 stratified (random_state=0) as in digits_mlp.py. The network: Conv1d 8->32 (k=3, pad 1), ReLU,
+Conv1d 32->64 (k=3, stride 2, pad 1), ReLU, Conv1d 64->64 (k=3, pad 1), ReLU, Flatten, Linear 256->10; trained with
+Adam for 60 epochs (torch seed 0, one thread). torch.onnx's default (dynamo) exporter writes it with a dynamic
+batch. The training rows are the calibration data, the test rows the evaluation data. ``--quick`` converts with
+the default settings (pq encoder) and with the tree encoder only.
+
+It needs torch (the ``finetune`` and ``test`` extras have it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_tools as tools  # noqa: E402
+
+INPUT, OUTPUT = "x", "logits"
+SETTINGS_QUICK = [("default", []), ("--encoder tree", ["--encoder", "tree"])]
+SETTINGS_FULL = SETTINGS_QUICK + [
+    (f"-C {c} --encoder {enc}", ["-C", str(c), "--encoder", enc]) for enc in ("pq", "tree") for c in (8, 16)
+] + [("--budget agreement=0.99", ["--budget", "agreement=0.99"])]
+CALIB_BATCH = 128
+EPOCHS = 60
+
+
+def load():
+    """(x_train, x_test, y_train, y_test): digits as [N, 8 channels, 8 steps] float32 in 0..1."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    features, labels = load_digits(return_X_y=True)
+    sequences = (features / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    return train_test_split(sequences, labels, test_size=0.3, random_state=0, stratify=labels)
+
+
+def train(x_train: np.ndarray, y_train: np.ndarray):
+    import torch
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order on every machine
+    try:
+        net = torch.nn.Sequential(
+            torch.nn.Conv1d(8, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv1d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv1d(64, 64, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(64 * 4, 10),
+        )
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+        x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+        for _ in range(EPOCHS):
+            order = torch.randperm(len(x))
+            for start in range(0, len(x), 64):
+                batch = order[start : start + 64]
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return net.eval()
+
+
+def export(net, example: np.ndarray, path: Path) -> Path:
+    """torch.onnx's default exporter, batch dynamic; its progress lines go to stderr."""
+    import contextlib
+
+    import torch
+
+    with contextlib.redirect_stdout(sys.stderr):
+        torch.onnx.export(net, (torch.from_numpy(example[:2]),), str(path), input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return path
+
+
+def write_rows(folder: Path, rows: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.npz"):
+        old.unlink()
+    for k, start in enumerate(range(0, len(rows), CALIB_BATCH)):
+        np.savez(folder / f"{k:04d}.npz", **{INPUT: rows[start : start + CALIB_BATCH]})
+    return folder
+
+
+def accuracy(model_path: Path, rows: np.ndarray, labels: np.ndarray, halut: bool) -> float:
+    logits = tools.session(model_path, halut=halut).run([OUTPUT], {INPUT: rows})[0]
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def run(out: Path, quick: bool) -> list[dict]:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    x_train, x_test, y_train, y_test = load()
+    net = train(x_train, y_train)
+    with torch.no_grad():
+        torch_acc = float((net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
+    original = export(net, x_test, out / "digits_conv1d.onnx")
+    write_rows(out / "calib", x_train)
+    onnx_acc = accuracy(original, x_test, y_test, halut=False)
+    if abs(onnx_acc - torch_acc) > 1e-12:
+        raise RuntimeError(f"the ONNX export disagrees with torch: accuracy {onnx_acc} vs {torch_acc}")
+    print(f"torch test accuracy {100 * torch_acc:.2f} %; ONNX export equal")
+
+    results = []
+    for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
+        slug = label.replace("--encoder ", "").replace("-C ", "C").replace("--budget ", "").replace(" ", "_")
+        converted = tools.convert(original, out / "calib", out / f"digits_conv1d.{slug}.onnx", options)
+        acc = accuracy(converted, x_test, y_test, halut=True)
+        results.append({"setting": label, "layers": tools.converted_layers(converted), "original": onnx_acc,
+                        "converted": acc, "drop": onnx_acc - acc})
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(args.out or Path(tmp), args.quick)
+    print(f"Halut custom-op library: {tools.library_status()}")
+    print(
+        tools.format_table(
+            ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],
+            [
+                [r["setting"], f"{r['layers']} of 4", f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
+                 f"{100 * r['drop']:.2f}"]
+                for r in results
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
