@@ -1,10 +1,12 @@
 """Speed of the Conv ops: per Conv layer, Halut (encode + lookup, NCHW in and out) against onnxruntime's fp32 Conv
 on the same shapes.
 
-    python benchmarks/bench_conv.py [--runs 20] [--quick]
+    python benchmarks/bench_conv.py [--runs 20] [--quick] [--conv1d]
 
 3x3 convs, Cin = Cout = 64 and 128, 56x56 and 28x28, batch 1 and 8, 1 and 2 threads, C = Cin (one codebook per
-input channel: its 9 taps). Parameters are random with the learner's structure (tree split dims inside each
+input channel: its 9 taps). ``--conv1d``: 1-D convs as the converter writes them (Unsqueeze, the conv ops with kernel
+1x3, Squeeze) against onnxruntime's 1-D Conv: k = 3, Cin = Cout = 384 and 512 (speech encoders' widths), length
+1500, batch 1, C = 32 and 64. Parameters are random with the learner's structure (tree split dims inside each
 codebook's slice): speed does not depend on learned values. Both models are timed in one process, interleaved
 (round robin, fastest of runs: the least disturbed by other work on a shared machine). Prints the ratio onnxruntime / Halut (above 1: Halut faster) and the split of the
 Halut time between encode and lookup. 1-thread rows time the calling thread's CPU time (robust to other load),
@@ -31,25 +33,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from example_tools import format_table  # noqa: E402
 
 GEOMETRY = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+GEOMETRY_1D = dict(kernel_shape=[1, 3], pads=[0, 1, 0, 1])  # what the converter gives a Conv1d with k=3, pads [1, 1]
 
 
-def _model(nodes, inits, Cin, out_type, opsets) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", Cin, "H", "W"])
+def _model(nodes, inits, Cin, out_type, opsets, conv1d: bool = False) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", Cin, "L"] if conv1d else ["N", Cin, "H", "W"])
     y = helper.make_tensor_value_info("y", out_type, None)
     graph = helper.make_graph(nodes, "conv", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, ir_version=10, opset_imports=opsets)
 
 
-def conv_model(Cin: int, Cout: int, rng) -> onnx.ModelProto:
-    inits = {"W": (rng.standard_normal((Cout, Cin, 3, 3)) / np.sqrt(9 * Cin)).astype(np.float32),
+def conv_model(Cin: int, Cout: int, rng, conv1d: bool = False) -> onnx.ModelProto:
+    kernel = (3,) if conv1d else (3, 3)
+    inits = {"W": (rng.standard_normal((Cout, Cin, *kernel)) / np.sqrt(Cin * np.prod(kernel))).astype(np.float32),
              "B": rng.standard_normal(Cout).astype(np.float32)}
-    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **GEOMETRY)
-    return _model([node], inits, Cin, TensorProto.FLOAT, [helper.make_opsetid("", 17)])
+    geometry = dict(kernel_shape=[3], pads=[1, 1]) if conv1d else GEOMETRY
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **geometry)
+    return _model([node], inits, Cin, TensorProto.FLOAT, [helper.make_opsetid("", 17)], conv1d)
 
 
-def halut_model(Cin: int, Cout: int, C: int, encoder: str, rng, stage: str = "both") -> onnx.ModelProto:
-    """encode + lookup (stage "both"), or the encode alone ("encode")."""
-    D = Cin * 9
+def halut_model(Cin: int, Cout: int, C: int, encoder: str, rng, stage: str = "both",
+                conv1d: bool = False) -> onnx.ModelProto:
+    """encode + lookup (stage "both"), or the encode alone ("encode"); for a 1-D conv between the Unsqueeze and
+    Squeeze the converter puts around them."""
+    geometry = GEOMETRY_1D if conv1d else GEOMETRY
+    D = Cin * int(np.prod(geometry["kernel_shape"]))
     bounds = slice_bounds(D, C)
     if encoder == "tree":
         dims = np.stack([rng.integers(bounds[c], bounds[c + 1], 4) for c in range(C)]).astype(np.int64)
@@ -62,13 +70,20 @@ def halut_model(Cin: int, Cout: int, C: int, encoder: str, rng, stage: str = "bo
     lut = {"lut": rng.integers(-128, 128, (Cout, C, 16)).astype(np.int8),
            "scale": np.full(Cout, 0.01, np.float32), "offset": rng.standard_normal(Cout).astype(np.float32)}
     codes = "y" if stage == "encode" else "codes"
-    nodes = [helper.make_node(op, ["x", *enc], [codes], domain=DOMAIN, name="enc", **GEOMETRY)]
+    image, out = ("image", "image_out") if conv1d else ("x", "y")
+    nodes = [helper.make_node(op, [image, *enc], [codes], domain=DOMAIN, name="enc", **geometry)]
     inits = dict(enc)
     if stage != "encode":
-        nodes.append(helper.make_node(LOOKUP_CONV, ["codes", *lut], ["y"], domain=DOMAIN, name="lookup"))
+        nodes.append(helper.make_node(LOOKUP_CONV, ["codes", *lut], [out], domain=DOMAIN, name="lookup"))
         inits.update(lut)
+    if conv1d:
+        inits["axes"] = np.array([2], np.int64)
+        nodes.insert(0, helper.make_node("Unsqueeze", ["x", "axes"], ["image"]))
+        if stage != "encode":
+            nodes.append(helper.make_node("Squeeze", ["image_out", "axes"], ["y"]))
     out_type = TensorProto.UINT8 if stage == "encode" else TensorProto.FLOAT
-    return _model(nodes, inits, Cin, out_type, [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    return _model(nodes, inits, Cin, out_type, [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                  conv1d)
 
 
 def session(model: onnx.ModelProto, threads: int, halut: bool):
@@ -102,23 +117,31 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--encoder", default="tree", choices=["tree", "pq"])
     parser.add_argument("--quick", action="store_true", help="the target shape only (3x3, 128, 28x28, batch 8)")
+    parser.add_argument("--conv1d", action="store_true", help="1-D convs (k=3, 384 and 512 channels, length 1500)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    shapes = [(128, 28, 8)] if args.quick else [(c, hw, b) for c in (64, 128) for hw in (56, 28) for b in (1, 8)]
+    if args.conv1d:  # (channels, C, input shape)
+        cases = [(c, C, (1, c, 1500)) for c in (384, 512) for C in (32, 64)]
+    else:
+        cases = [(c, c, (b, c, hw, hw)) for c in (64, 128) for hw in (56, 28) for b in (1, 8)]
+        cases = cases[-1:] if args.quick else cases
     rows = []
-    for channels, hw, batch in shapes:
-        x = rng.standard_normal((batch, channels, hw, hw)).astype(np.float32)
-        models = [conv_model(channels, channels, rng), halut_model(channels, channels, channels, args.encoder, rng),
-                  halut_model(channels, channels, channels, args.encoder, rng, stage="encode")]
+    for channels, C, shape in cases:
+        x = rng.standard_normal(shape).astype(np.float32)
+        models = [conv_model(channels, channels, rng, args.conv1d),
+                  halut_model(channels, channels, C, args.encoder, rng, conv1d=args.conv1d),
+                  halut_model(channels, channels, C, args.encoder, rng, stage="encode", conv1d=args.conv1d)]
         for threads in (1, 2):
             conv_s, halut_s, encode_s = time_interleaved(
                 [session(models[0], threads, False), session(models[1], threads, True),
                  session(models[2], threads, True)], x, args.runs, cpu_time=threads == 1)
-            rows.append([f"3x3 {channels}->{channels}", f"{hw}x{hw}", batch, threads, channels,
+            kernel = "k3" if args.conv1d else "3x3"
+            rows.append([f"{kernel} {channels}->{channels}", "x".join(map(str, shape[2:])), shape[0], threads, C,
                          f"{conv_s / halut_s:.2f}", f"{100 * min(encode_s / halut_s, 1):.0f} %"])
             print(rows[-1], f"(ort {1e3 * conv_s:.2f} ms, halut {1e3 * halut_s:.2f} ms)", file=sys.stderr)
     print(f"encoder {args.encoder}; CPU kernels: {halut_onnx.library.get_library_path()}")
-    print(format_table(["layer", "HxW", "batch", "threads", "C", "onnxruntime / halut", "encode share"], rows))
+    print(format_table(["layer", "L" if args.conv1d else "HxW", "batch", "threads", "C", "onnxruntime / halut",
+                        "encode share"], rows))
 
 
 if __name__ == "__main__":
