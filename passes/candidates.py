@@ -338,4 +338,25 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
             skipped.append(SkippedLayer(node.name, node.op, found))
         else:
             candidates.append(found)
+    skipped.extend(_subgraph_layers(model.graph))
     return candidates, skipped
+
+
+def _subgraph_layers(graph: onnx.GraphProto, path: str = "") -> list[SkippedLayer]:
+    """The MatMul / Gemm / Conv nodes inside the subgraphs of If / Loop / Scan nodes, as skipped layers (named
+    ``<node>/<attribute>/<inner node>``): the rewrite replaces main-graph layers only, and a model whose layers all
+    sit in a loop body should say so rather than report no layer at all."""
+    found = []
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                prefix = f"{path}{node.name or node.op_type}/{attr.name}/"
+                for index, inner in enumerate(body.node):
+                    if inner.op_type in LAYER_OPS and inner.domain in ("", "ai.onnx"):
+                        found.append(SkippedLayer(
+                            prefix + (inner.name or f"{inner.op_type}_{index}"), inner.op_type,
+                            f"inside the {attr.name!r} subgraph of {node.op_type} {node.name!r}: only layers of "
+                            "the main graph are converted"))
+                found.extend(_subgraph_layers(body, prefix))
+    return found

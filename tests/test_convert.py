@@ -183,6 +183,21 @@ def test_user_errors(mlp_case, tmp_path, rng):
         convert_model(attention, calib, None, ConvertOptions(**FAST))
     assert str(err.value) == ("no eligible layer in the model: 1 MatMul/Gemm/Conv nodes skipped: scores: input B is "
                               "an activation (activation x activation product)")
+    # Layers only inside an If's branches: named and explained, not "no layer"
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("MatMul", ["q", "w"], [f"{name}_y"], name=f"{name}_mm")], name, [],
+        [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 4])])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    branched = make_model(
+        [helper.make_node("If", ["cond"], ["y"], name="pick", then_branch=branch("then"), else_branch=branch("else"))],
+        [q, cond], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], {"w": onnx.numpy_helper.to_array(w)})
+    with pytest.raises(ConversionError) as err:
+        convert_model(branched, calib, None, ConvertOptions(**FAST))
+    assert str(err.value) == (
+        "no eligible layer in the model: 2 MatMul/Gemm/Conv nodes skipped: pick/else_branch/else_mm: inside the "
+        "'else_branch' subgraph of If 'pick': only layers of the main graph are converted; pick/then_branch/then_mm: "
+        "inside the 'then_branch' subgraph of If 'pick': only layers of the main graph are converted")
     with pytest.raises(ConversionError) as err:
         convert_model(path, calib, tmp_path / "nowhere" / "out.onnx", ConvertOptions(**FAST))
     assert str(err.value) == f"output folder {tmp_path / 'nowhere'} does not exist"
