@@ -8,8 +8,8 @@ Two halves, because the GPU machine has neither onnx nor the project's learning 
 
 --prepare writes single-node models of all six ops for the shapes the CPU tests use (random weights and the
 learned weights and real activations of converted models), the expected outputs from halut_onnx.reference, the
-converted digits MLP and PP-OCR rec (Conv layers) with inputs and CPU outputs, the speed models, and a copy of the
-built custom-op library. The GPU run needs only numpy, onnxruntime-gpu and (for the cuBLAS rows) torch; it checks
+converted digits MLP, digits 1-D CNN and PP-OCR rec (Conv layers) with inputs and CPU outputs, the speed models,
+and a copy of the built custom-op library. The GPU run needs only numpy, onnxruntime-gpu and (for the cuBLAS rows) torch; it checks
 each op bit for bit, checks that the Halut nodes ran on the CUDA provider, compares the real models with the CPU
 within float tolerance, times the kernels against cuBLAS, prints aligned tables and exits 1 on any mismatch.
 """
@@ -316,12 +316,14 @@ def prepare(out: Path, real: bool, baselines: list[str]) -> None:
     if real:
         work = out / "work"
         env = dict(os.environ)
-        for script, sub in (("digits_mlp.py", "digits"), ("ppocr_rec_conv.py", "ppocr")):
+        for script, sub in (("digits_mlp.py", "digits"), ("digits_conv1d.py", "conv1d"), ("ppocr_rec_conv.py", "ppocr")):
             print(f"running examples/{script} --quick (converted models for the real-model check)", flush=True)
             subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(work / sub)],
                            check=True, env=env, stdout=subprocess.DEVNULL)
         real_models = [("digits MLP pq", work / "digits" / "digits_mlp.default.onnx", work / "digits" / "eval"),
                        ("digits MLP tree", work / "digits" / "digits_mlp.tree.onnx", work / "digits" / "eval"),
+                       ("digits 1-D CNN (3 Conv1d in Unsqueeze / Squeeze, pq)",
+                        work / "conv1d" / "digits_conv1d.default.onnx", work / "conv1d" / "calib"),
                        ("PP-OCR rec (4 Conv layers, pq)", work / "ppocr" / "rec_conv.onnx", work / "ppocr" / "calib")]
         (out / "models").mkdir()
         for i, (name, path, data) in enumerate(real_models):
