@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import click
 
@@ -105,8 +106,10 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     options = ConvertOptions(**flags)  # the flags are the fields, one to one
+    start = time.perf_counter()
     with logging_redirect_tqdm():  # warnings print above the progress bars instead of through them
         result = convert_model(model, calib_dir, output, options)
+    seconds = time.perf_counter() - start
     rows = [
         [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8]
         for r in result.converted
@@ -118,7 +121,8 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     if result.skipped:
         click.echo("")
         click.echo(_skipped_table(result.skipped))
-    click.echo(f"\nWrote {output}: {len(result.converted)} layers converted, {len(result.skipped)} skipped.")
+    click.echo(f"\nWrote {output}: {len(result.converted)} layers converted, {len(result.skipped)} skipped, in "
+               f"{seconds:.1f} s.")
     report = getattr(result, "budget", None)
     if report is not None:
         from .budget_report import budget_summary
