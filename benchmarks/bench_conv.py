@@ -82,8 +82,8 @@ def halut_model(Cin: int, Cout: int, C: int, encoder: str, rng, stage: str = "bo
         if stage != "encode":
             nodes.append(helper.make_node("Squeeze", ["image_out", "axes"], ["y"]))
     out_type = TensorProto.UINT8 if stage == "encode" else TensorProto.FLOAT
-    return _model(nodes, inits, Cin, out_type, [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                  conv1d)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
+    return _model(nodes, inits, Cin, out_type, opsets, conv1d)
 
 
 def session(model: onnx.ModelProto, threads: int, halut: bool):

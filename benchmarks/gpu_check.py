@@ -316,7 +316,8 @@ def prepare(out: Path, real: bool, baselines: list[str]) -> None:
     if real:
         work = out / "work"
         env = dict(os.environ)
-        for script, sub in (("digits_mlp.py", "digits"), ("digits_conv1d.py", "conv1d"), ("ppocr_rec_conv.py", "ppocr")):
+        examples = (("digits_mlp.py", "digits"), ("digits_conv1d.py", "conv1d"), ("ppocr_rec_conv.py", "ppocr"))
+        for script, sub in examples:
             print(f"running examples/{script} --quick (converted models for the real-model check)", flush=True)
             subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(work / sub)],
                            check=True, env=env, stdout=subprocess.DEVNULL)
