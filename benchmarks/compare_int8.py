@@ -1,0 +1,294 @@
+"""Halut against onnxruntime's own int8 quantization, whole models, one run per model: end metric on held-out
+evaluation data, speedup over fp32 at one thread, and the time each conversion or quantization took.
+
+    python benchmarks/compare_int8.py digits [--out DIR] [--quick] [--runs 30]
+    python benchmarks/compare_int8.py conv1d [--out DIR] [--quick]
+    python benchmarks/compare_int8.py rec [--out DIR] [--quick] [--calib 144] [--eval 48] [--max-rows 16384]
+        [--heldout-files 0.34]
+    python benchmarks/compare_int8.py det [--out DIR] [--quick] [--calib 8] [--eval 16] [--max-rows 16384]
+
+Rows: the fp32 original; onnxruntime int8 dynamic (``quantize_dynamic``, int8 weights, per tensor and per channel);
+int8 static QDQ (``quantize_static``, QuantFormat.QDQ, uint8 activations, int8 per-channel weights, MinMax
+calibration on the calibration files Halut learns from); ``halut-onnx convert`` at its defaults, every eligible
+layer; and ``halut-onnx convert --budget`` with the budget the examples use for that model. Both int8 rows quantize
+the model after ``quant_pre_process`` (shape inference, no graph optimisation: its MatMul + Add -> Gemm fusion
+makes per-channel QDQ quantization fail in onnxruntime 1.32).
+
+The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, ppocr_data.py, budget_tables.py),
+imported, not copied. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians,
+measured twice interleaved, the better kept), all in this process at one thread, Halut models with the custom-op
+library registered. Conversion times are wall times: ``halut-onnx convert`` as a command (its start-up included),
+the quantizers as Python calls (pre-processing and, for static, calibration included). Nothing is written outside
+--out (default: a temp dir). Timings are noisy on a shared machine: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import example_tools as tools  # noqa: E402
+
+from halut_onnx.bench import latencies  # noqa: E402
+from halut_onnx.runtime import make_session  # noqa: E402
+
+MATRIX_OPS = ("MatMul", "Gemm", "Conv")
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul")
+HEADERS = ["model", "row", "layers", "metric", "vs fp32", "speedup 1 thread", "build s"]
+
+
+@dataclass
+class Case:
+    """One model, its data and its end metric (value for a model path and whether it is a Halut model)."""
+
+    name: str
+    model: Path
+    calib: Path  # .npz files, one batch each: Halut's --calib and the static quantizer's calibration data
+    feed: dict[str, np.ndarray]  # what is timed
+    feed_note: str
+    metric: Callable[[Path, bool], float]
+    metric_name: str  # e.g. "test acc %": the metric column shows 100 * value
+    higher_is_better: bool
+    budget: list[str] | None  # halut-onnx convert options of the budget row; None: no budget row
+    halut_options: list[str] = field(default_factory=list)  # options every Halut row adds (--max-rows)
+    extra_halut: list[tuple[str, list[str]]] = field(default_factory=list)  # (label, options) more Halut rows
+
+
+# ------------------------------------------------------------------------------------------ building the rows
+def eligible_layers(path: Path) -> int:
+    """MatMul / Gemm / Conv nodes whose weight (second input) is an initializer or Constant."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return sum(node.op_type in MATRIX_OPS and len(node.input) > 1 and node.input[1] in constants
+               for node in graph.node)
+
+
+def quantized_layers(path: Path) -> int:
+    """Integer matrix ops of a dynamic model, or float matrix ops whose weight comes from a DequantizeLinear (QDQ)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return sum(node.op_type in INTEGER_OPS or (node.op_type in MATRIX_OPS and node.input[1] in dequantized)
+               for node in graph.node)
+
+
+class FolderReader:
+    """onnxruntime's CalibrationDataReader over a calibration folder: one feed per .npz file, in name order."""
+
+    def __init__(self, folder: Path):
+        self.files = iter(sorted(folder.glob("*.npz")))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        path = next(self.files, None)
+        if path is None:
+            return None
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+
+def preprocess(model: Path, out: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(model), str(out), skip_optimization=True)
+    return out
+
+
+def int8_dynamic(case: Case, out: Path, per_channel: bool) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    pre = preprocess(case.model, out.with_suffix(".pre.onnx"))
+    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    return out
+
+
+def int8_static(case: Case, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(FolderReader, CalibrationDataReader):
+        pass
+
+    pre = preprocess(case.model, out.with_suffix(".pre.onnx"))
+    # MinMax calibration holds every file's intermediate outputs at once; its CalibMaxIntermediateOutputs would
+    # bound that but in onnxruntime 1.32 drops each full chunk without taking its ranges ("No data is collected")
+    quantize_static(str(pre), str(out), Reader(case.calib), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return out
+
+
+def halut(case: Case, out: Path, options: Sequence[str]) -> Path:
+    return tools.convert(case.model, case.calib, out, [*case.halut_options, *options])
+
+
+def variants(case: Case, out: Path) -> list[tuple[str, Callable[[], Path], bool]]:
+    """(label, build, is_halut) of every row after fp32."""
+    stem = case.model.stem
+    rows = [
+        ("ORT int8 dynamic", lambda: int8_dynamic(case, out / f"{stem}.dyn.onnx", False), False),
+        ("ORT int8 dynamic per-channel", lambda: int8_dynamic(case, out / f"{stem}.dynpc.onnx", True), False),
+        ("ORT int8 static QDQ", lambda: int8_static(case, out / f"{stem}.qdq.onnx"), False),
+        ("halut default", lambda: halut(case, out / f"{stem}.halut.onnx", []), True),
+    ]
+    for k, (label, options) in enumerate(case.extra_halut):
+        rows.append((label, lambda k=k, options=options: halut(case, out / f"{stem}.extra{k}.onnx", options), True))
+    if case.budget is not None:
+        rows.append(("halut " + " ".join(case.budget),
+                     lambda: halut(case, out / f"{stem}.budget.onnx", case.budget), True))
+    return rows
+
+
+def compare(case: Case, out: Path, runs: int) -> list[list[str]]:
+    """Build every row's model, measure its end metric, then time all of them against fp32 in this process."""
+    base = case.metric(case.model, False)
+    built = []
+    for label, build, is_halut in variants(case, out):
+        start = time.perf_counter()
+        try:
+            path = build()
+        except Exception as exc:  # a quantizer or converter failure is a result to report, not a crash
+            print(f"{case.name}, {label}: failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+            built.append((label, None, is_halut, time.perf_counter() - start))
+            continue
+        built.append((label, path, is_halut, time.perf_counter() - start))
+        print(f"{case.name}, {label}: built in {built[-1][3]:.1f} s", file=sys.stderr)
+
+    reference, _ = make_session(case.model, threads=1)
+    rows = [[case.name, "fp32", f"{eligible_layers(case.model)} eligible", f"{100 * base:.2f}", "-", "1.00x", "-"]]
+    for label, path, is_halut, seconds in built:
+        if path is None:
+            rows.append([case.name, label, "failed", "-", "-", "-", f"{seconds:.2f}"])
+            continue
+        value = case.metric(path, is_halut)
+        session, loaded = make_session(path, threads=1, halut=is_halut)
+        if is_halut and not loaded:
+            raise RuntimeError("the Halut custom-op library did not load: timings would be of the ONNX fallbacks")
+        ref_ms, ms = latencies(reference, session, case.feed, runs, warmup=2)
+        layers = tools.converted_layers(path) if is_halut else quantized_layers(path)
+        rows.append([case.name, label, layers, f"{100 * value:.2f}", f"{100 * (value - base):+.2f}",
+                     f"{ref_ms / ms:.2f}x", f"{seconds:.2f}"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the models
+def digits_case(out: Path, args) -> Case:
+    import digits_mlp
+
+    model, x_train, x_test, _, y_test = digits_mlp.train()
+    original = digits_mlp.export(model, out / "digits_mlp.onnx")
+    calib = out / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, len(x_train), 64)):  # budget_tables.py's layout: 20 files, 5 held out
+        np.savez(calib / f"{k:04d}.npz", X=x_train[start : start + 64])
+    return Case("digits MLP", original, calib, {digits_mlp.INPUT: x_test}, f"the {len(x_test)} test rows at once",
+                lambda path, is_halut: digits_mlp.accuracy(path, x_test, y_test, halut=is_halut), "test acc %", True,
+                ["--budget", "agreement=0.99"])
+
+
+def conv1d_case(out: Path, args) -> Case:
+    import digits_conv1d
+
+    x_train, x_test, y_train, y_test = digits_conv1d.load()
+    net = digits_conv1d.train(x_train, y_train)
+    original = digits_conv1d.export(net, x_test, out / "digits_conv1d.onnx")
+    calib = digits_conv1d.write_rows(out / "calib", x_train)
+    return Case("digits 1-D CNN", original, calib, {digits_conv1d.INPUT: x_test},
+                f"the {len(x_test)} test sequences at once",
+                lambda path, is_halut: digits_conv1d.accuracy(path, x_test, y_test, halut=is_halut), "test acc %",
+                True, ["--budget", "agreement=0.99"])
+
+
+def rec_case(out: Path, args) -> Case:
+    import ppocr_data
+
+    model = ppocr_data.rec_model_path()
+    charset = ppocr_data.rec_charset(model)
+    name = ppocr_data.input_name(model)
+    calib_lines, eval_lines = ppocr_data.rec_lines(args.calib, args.eval, model)
+    calib = ppocr_data.make_rec_set(calib_lines, seed=0)
+    evaluation = ppocr_data.make_rec_set(eval_lines, seed=1)
+    ppocr_data.write_set(out / "calib", name, calib.batches)
+
+    def cer(path: Path, is_halut: bool) -> float:
+        texts, _ = ppocr_data.run_rec(tools.session(path, halut=is_halut), evaluation.batches, charset)
+        return ppocr_data.cer(evaluation.references, texts)
+
+    matmuls = tools.only_layers(tools.matmul_layer_names(model))
+    budget = None if args.quick else ["--budget", "ctc=0.99", "--objective", "macs", "--heldout-files",
+                                      str(args.heldout_files)]
+    return Case(f"{model.stem}", model, out / "calib", {name: evaluation.batches[0]},
+                f"one evaluation batch {list(evaluation.batches[0].shape)}", cer, "CER %", False, budget,
+                ["--max-rows", str(args.max_rows)], [("halut default, MatMuls only", matmuls)])
+
+
+def det_case(out: Path, args) -> Case:
+    import ppocr_data
+
+    model = ppocr_data.det_model_path()
+    name = ppocr_data.input_name(model)
+    lines_per_page = 12  # budget_tables.py det's pages
+    calib_lines, eval_lines = ppocr_data.rec_lines(args.calib * lines_per_page, args.eval * lines_per_page,
+                                                   ppocr_data.rec_model_path())
+    calib_pages, _, _ = ppocr_data.make_det_set(calib_lines, args.calib, lines_per_page, seed=0)
+    eval_pages, _, _ = ppocr_data.make_det_set(eval_lines, args.eval, lines_per_page, seed=1)
+    ppocr_data.write_set(out / "calib", name, calib_pages)
+    original = tools.session(model)
+    ref_boxes = [ppocr_data.det_boxes(original.run(None, {name: page})[0]) for page in eval_pages]
+
+    def hmean(path: Path, is_halut: bool) -> float:
+        session = tools.session(path, halut=is_halut)
+        boxes = [ppocr_data.det_boxes(session.run(None, {name: page})[0]) for page in eval_pages]
+        return ppocr_data.det_hmean(ref_boxes, boxes)["hmean"]
+
+    budget = None if args.quick else ["--budget", "cosine=0.97", "--heldout-files", str(args.heldout_files)]
+    return Case(f"{model.stem}", model, out / "calib", {name: eval_pages[0]},
+                f"one evaluation page {list(eval_pages[0].shape)}", hmean, "box hmean % vs fp32's boxes", True,
+                budget, ["--max-rows", str(args.max_rows)])
+
+
+CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=list(CASES))
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer timing runs; rec, det: fewer lines/pages and no budget row")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per model (default 30; rec 10, det 5)")
+    parser.add_argument("--calib", type=int, default=None, help="rec: calibration lines (144); det: pages (8)")
+    parser.add_argument("--eval", type=int, default=None, help="rec: evaluation lines (48); det: pages (16)")
+    parser.add_argument("--max-rows", type=int, default=16384, help="rec, det: halut-onnx convert --max-rows")
+    parser.add_argument("--heldout-files", type=float, default=0.34, help="rec, det: the budget row's share of "
+                        "held-out calibration files")
+    args = parser.parse_args(argv)
+    big = args.model in ("rec", "det")
+    if args.calib is None:
+        args.calib = {"rec": 48 if args.quick else 144, "det": 4 if args.quick else 8}.get(args.model, 0)
+    if args.eval is None:
+        args.eval = {"rec": 24 if args.quick else 48, "det": 4 if args.quick else 16}.get(args.model, 0)
+    runs = args.runs or (5 if args.quick else {"rec": 10, "det": 5}.get(args.model, 30))
+    import onnxruntime as ort
+
+    print(f"onnxruntime {ort.__version__}; Halut custom-op library: {tools.library_status()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        case = CASES[args.model](out, args)
+        rows = compare(case, out, runs)
+    sizes = f"; {args.calib} calibration, {args.eval} evaluation {'pages' if args.model == 'det' else 'lines'}" \
+        if big else ""
+    print(f"{case.name}: metric {case.metric_name} ({'higher' if case.higher_is_better else 'lower'} is better)"
+          f"{sizes}; timed on {case.feed_note}, {runs} runs")
+    print(tools.format_table(HEADERS, rows))
+
+
+if __name__ == "__main__":
+    main()
