@@ -15,7 +15,7 @@ WEIGHT_NAMES = {
 }
 
 # (id, X shape [B, Cin, H, W], geometry attributes): odd sizes, stride 2, dilation 2, asymmetric pads, batch > 1,
-# 1x1 / 3x3 / 5x5 kernels, every auto_pad mode.
+# 1x1 / 3x3 / 5x5 kernels, every auto_pad mode, height-1 images.
 GEOMETRIES = [
     ("1x1", (2, 8, 7, 9), dict(kernel_shape=[1, 1])),
     ("1x1_s2", (1, 6, 9, 8), dict(kernel_shape=[1, 1], strides=[2, 2])),
@@ -28,6 +28,10 @@ GEOMETRIES = [
     ("same_lower_4x4", (1, 4, 9, 7), dict(kernel_shape=[4, 4], strides=[2, 1], auto_pad="SAME_LOWER")),
     ("valid_d2", (2, 3, 11, 12), dict(kernel_shape=[3, 3], dilations=[2, 2], auto_pad="VALID")),
     ("no_output", (1, 2, 2, 2), dict(kernel_shape=[3, 3])),
+    # 1-D Convs as the converter gives them to the ops: a height-1 image, a 1 x k kernel (70 positions: more than one
+    # 64-position block of the AVX-512 encoders in the one output row)
+    ("conv1d_k3_s2", (2, 6, 1, 37), dict(kernel_shape=[1, 3], strides=[1, 2], pads=[0, 1, 0, 1])),
+    ("conv1d_k5_same", (1, 8, 1, 70), dict(kernel_shape=[1, 5], auto_pad="SAME_UPPER")),
 ]
 
 
