@@ -1,0 +1,151 @@
+"""benchmarks/compare_int8.py on the digits MLP (quick): the table's rows and columns, int8 models that are what
+onnxruntime's quantizers should make (weights within half a quantization step, accuracy near fp32's), and Halut rows
+equal to what the examples give."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "examples"))
+
+ROWS = ["fp32", "ORT int8 dynamic", "ORT int8 dynamic per-channel", "ORT int8 static QDQ", "halut default",
+        "halut --budget agreement=0.99"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(table rows as cell lists keyed by row name, the --out folder) of one quick digits run."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    pytest.importorskip("onnxruntime.quantization")
+    import contextlib
+    import io
+
+    import compare_int8
+    import example_tools
+
+    if example_tools.library_status() != "registered":
+        pytest.skip(f"Halut custom-op library {example_tools.library_status()}")
+    out = tmp_path_factory.mktemp("compare_int8")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        compare_int8.main(["digits", "--quick", "--out", str(out)])
+    lines = printed.getvalue().splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("model "))
+    header = lines[start].split()
+    rows = {}
+    for line in lines[start + 2 :]:
+        cells = [c for c in line.split("  ") if c.strip()]
+        rows[cells[1].strip()] = [c.strip() for c in cells]
+    return header, rows, out
+
+
+@pytest.fixture(scope="module")
+def trained(run):
+    """digits_mlp.train()'s (model, x_train, x_test, y_train, y_test), trained once for the tests that check
+    against it."""
+    import digits_mlp
+
+    return digits_mlp.train()
+
+
+def test_table_has_every_row_and_column(run):
+    header, rows, _ = run
+    assert header == "model row layers metric vs fp32 speedup 1 thread build s".split()
+    assert list(rows) == ROWS
+    for name, cells in rows.items():
+        assert len(cells) == 7 and cells[0] == "digits MLP", cells
+        assert float(cells[5].rstrip("x")) > 0
+        if name != "fp32":
+            assert float(cells[6]) >= 0
+    assert rows["fp32"][2] == "3 eligible"
+    for name in ROWS[1:5]:
+        assert rows[name][2] == "3", (name, rows[name])
+
+
+def test_fp32_row_is_scikit_learns_accuracy_and_int8_stays_near_it(run, trained):
+    _, rows, _ = run
+    model, _, x_test, _, y_test = trained
+    sklearn_acc = 100 * model.score(x_test, y_test)
+    assert float(rows["fp32"][3]) == pytest.approx(sklearn_acc, abs=0.005)
+    for name in ROWS[1:4]:
+        acc = float(rows[name][3])
+        assert abs(acc - sklearn_acc) <= 2.0, (name, acc, sklearn_acc)
+        assert float(rows[name][4]) == pytest.approx(acc - float(rows["fp32"][3]), abs=0.011)
+
+
+def _dequantized_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each int8 weight initializer that a DequantizeLinear or MatMulInteger reads: (int8 values, scale
+    broadcast to them)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    found = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and inits.get(node.input[0], np.empty(0)).dtype == np.int8:
+            q, scale = inits[node.input[0]], inits[node.input[1]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            if scale.ndim:
+                shape[axis] = -1
+            found[node.input[0]] = (q, scale.reshape(shape))
+            assert not np.any(inits[node.input[2]]) if len(node.input) > 2 else True  # symmetric int8 weights
+    return found
+
+
+def test_static_qdq_weights_are_the_fp32_weights_within_half_a_step(run):
+    """An independent check that quantize_static did what it says: every MatMul's int8 weight, times its
+    per-column scale, is the original fp32 weight to within half a step, the scale is max|w| / 127 per column."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, _, out = run
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "digits_mlp.onnx")).graph.initializer}
+    matrices = {k: v for k, v in original.items() if v.ndim == 2}
+    quantized = _dequantized_weights(out / "digits_mlp.qdq.onnx")
+    matched = 0
+    for q, scale in quantized.values():
+        candidates = [w for w in matrices.values() if w.shape == q.shape]
+        if not candidates:
+            continue
+        w = min(candidates, key=lambda w: np.abs(w - q * scale).max())
+        assert scale.shape == (1, q.shape[1])  # per channel: one scale per output column
+        np.testing.assert_allclose(scale, np.abs(w).max(axis=0, keepdims=True) / 127, rtol=1e-5)
+        assert np.all(np.abs(w - q.astype(np.float64) * scale) <= scale / 2 * (1 + 1e-5))
+        matched += 1
+    assert matched == 3
+
+
+def test_dynamic_model_runs_its_matmuls_in_integers(run):
+    import onnx
+
+    _, _, out = run
+    for name in ("digits_mlp.dyn.onnx", "digits_mlp.dynpc.onnx"):
+        ops = [n.op_type for n in onnx.load(str(out / name)).graph.node]
+        assert ops.count("MatMulInteger") == 3 and ops.count("DynamicQuantizeLinear") == 3, ops
+        assert "MatMul" not in ops
+
+
+def test_halut_default_row_is_the_examples_default(run, trained, tmp_path):
+    """digits_mlp.py's own data layout (256-row files) and conversion give the same test accuracy as the row."""
+    import digits_mlp
+    import example_tools
+
+    _, rows, _ = run
+    model, x_train, x_test, _, y_test = trained
+    original = digits_mlp.export(model, tmp_path / "digits_mlp.onnx")
+    digits_mlp.write_rows(tmp_path / "calib", x_train)
+    converted = example_tools.convert(original, tmp_path / "calib", tmp_path / "default.onnx")
+    acc = 100 * digits_mlp.accuracy(converted, x_test, y_test, halut=True)
+    assert float(rows["halut default"][3]) == pytest.approx(acc, abs=0.005)
+    assert rows["halut default"][2] == "3"
+    # the budget keeps the accuracy it promises on held-out files within a point on the test rows
+    assert float(rows["halut --budget agreement=0.99"][3]) >= float(rows["fp32"][3]) - 1.0
