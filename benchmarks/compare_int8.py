@@ -96,9 +96,16 @@ class FolderReader:
 
 
 def preprocess(model: Path, out: Path) -> Path:
+    """onnxruntime's recommended pre-processing: symbolic shape inference, or ONNX's own where the symbolic one
+    gives up (PP-OCR rec: "Incomplete symbolic shape inference")."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(model), str(out), skip_optimization=True)
+    try:
+        quant_pre_process(str(model), str(out), skip_optimization=True)
+    except Exception as exc:
+        print(f"{model.name}: quant_pre_process: {str(exc).strip().splitlines()[-1]}; again with ONNX shape "
+              "inference only", file=sys.stderr)
+        quant_pre_process(str(model), str(out), skip_optimization=True, skip_symbolic_shape=True)
     return out
 
 
