@@ -31,7 +31,7 @@ class LayerRecord:
     M: int | None = None
     C: int | None = None
     encoder: str | None = None
-    bias_node: str | None = None  # the Add folded into the lookup
+    bias_node: str | None = None  # the bias Add (or a Conv's BatchNormalization) folded into the lookup
     rows_seen: int | None = None  # calibration rows of this layer's input in all
     rows_train: int | None = None
     rows_heldout: int | None = None

@@ -66,7 +66,7 @@ class LayerCandidate:
     weight: np.ndarray  # (D, M) float32, alpha and transB applied
     bias: np.ndarray | None  # (M,) float32, beta applied; None when the layer has no bias
     weight_name: str  # the initializer (or Constant output) the weight is computed from
-    bias_node: str | None = None  # the Add folded into the lookup, if any
+    bias_node: str | None = None  # the node folded into the lookup, if any: a bias Add (a Conv's: or BatchNormalization)
     input_rank: int | None = None  # A's rank when shape inference knows it
     description: str = ""  # what the rewrite replaces, for the lookup node's doc_string
     conv: ConvGeometry | None = None  # set for a Conv: the rows are its patches (input NCHW, output NCHW)
@@ -181,6 +181,33 @@ def _weight(node: gs.Node, b: gs.Tensor) -> tuple[np.ndarray | None, str | None]
     return value, None
 
 
+def _channel_affine(node: gs.Node, y: gs.Tensor, Cout: int, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(a, b)`` when ``node`` maps a Conv's output ``y`` (rank ``rank``, channels on axis 1) to ``a * y + b`` per
+    output channel with constants: an Add of a per-channel (or scalar) constant, or a BatchNormalization in
+    inference mode. None for anything else."""
+    if node.domain not in ("", None):
+        return None
+    if node.op == "Add" and len(node.inputs) == 2:
+        other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
+        value = None if other is y else constant_value(other)
+        if value is None or value.dtype != np.float32 or value.ndim > rank:
+            return None
+        full = (1,) * (rank - value.ndim) + value.shape  # numpy broadcasting aligns shapes on the right
+        if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, Cout):
+            return None
+        return np.ones(Cout, np.float32), np.broadcast_to(value.reshape(-1), (Cout,)).astype(np.float32)
+    if node.op == "BatchNormalization" and len(node.inputs) == 5 and not int(node.attrs.get("training_mode", 0)):
+        if any(o.outputs for o in node.outputs[1:]):  # running statistics read downstream: a training graph
+            return None
+        values = [constant_value(t) for t in node.inputs[1:]]
+        if any(v is None or v.shape != (Cout,) for v in values):
+            return None
+        scale, shift, mean, var = (v.astype(np.float64) for v in values)
+        a = scale / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+        return a.astype(np.float32), (shift - mean * a).astype(np.float32)
+    return None
+
+
 def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     a, b = node.inputs[0], node.inputs[1]
     reason = _check_activation(node, a)
@@ -249,7 +276,7 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
     )
 
 
-def _conv(node: gs.Node) -> LayerCandidate | str:
+def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     x, w = node.inputs[0], node.inputs[1]
     reason = _check_activation(node, x)
     if reason:
@@ -304,13 +331,27 @@ def _conv(node: gs.Node) -> LayerCandidate | str:
         if bias.shape != (Cout,):
             return f"bias B has shape {list(value.shape)}, expected [{Cout}]"
     D = per_group * taps
+    W_eff = np.ascontiguousarray(weight.reshape(Cout, D).T)
+    description = (f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, "
+                   + ("1-D, as 2-D over [B, Cin, 1, L]: " if conv1d else "") + f"{geometry.attributes()}"
+                   + (", bias B" if bias is not None else "") + ")")
+    # Fold the bias Add or BatchNormalization that follows (exporters such as paddle2onnx write a Conv's bias as an
+    # Add): onnxruntime fuses it into the original Conv, so left outside the lookup it would be one more pass over
+    # the output that only the converted model pays; folded, the layer also learns the output the model uses.
+    out, folded = node.outputs[0], None
+    if out.name not in graph_outputs and len(out.outputs) == 1:
+        follower = out.outputs[0]
+        affine = _channel_affine(follower, out, Cout, weight.ndim)
+        if affine is not None:
+            a, b = affine
+            W_eff = np.ascontiguousarray(W_eff * a, dtype=np.float32)
+            bias = (b if bias is None else a * bias + b).astype(np.float32)
+            folded = follower
+            description += f" + {follower.op} {follower.name!r} (folded)"
     return LayerCandidate(
-        name=node.name, op_type="Conv", input_name=x.name, output_name=node.outputs[0].name,
-        weight=np.ascontiguousarray(weight.reshape(Cout, D).T), bias=bias, weight_name=constant_source(w).name,
-        input_rank=weight.ndim,
-        description=f"Conv {node.name!r} (W {w.name!r} {list(weight.shape)}, "
-        + ("1-D, as 2-D over [B, Cin, 1, L]: " if conv1d else "") + f"{geometry.attributes()}"
-        + (", bias B" if bias is not None else "") + ")",
+        name=node.name, op_type="Conv", input_name=x.name,
+        output_name=(folded or node).outputs[0].name, weight=W_eff, bias=bias, weight_name=constant_source(w).name,
+        bias_node=folded.name if folded is not None else None, input_rank=weight.ndim, description=description,
         conv=geometry,
     )
 
@@ -329,7 +370,7 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
         if node.op not in LAYER_OPS or node.domain not in ("", None):
             continue
         if node.op == "Conv":
-            found = _conv(node)
+            found = _conv(node, graph_outputs)
         elif node.op == "MatMul":
             found = _matmul(node, graph_outputs)
         else:

@@ -238,3 +238,84 @@ def test_convert_conv1d_before_opset_13_gives_axes_as_attributes(tmp_path, rng):
         None, {"x": X})[0]
     assert got.shape == original.shape == (2, 6, 40)
     assert float(np.sum((got - original) ** 2) / np.sum(original**2)) < 0.35
+
+
+# ------------------------------------------------------------------------------- folding what follows a Conv
+def _follower_model(rng, follower: str, Cin=6, Cout=5, conv1d=False, extra_output=False):
+    """x -> Conv (no bias) -> ``follower`` -> y; followers: per-channel / scalar / per-column Add, BatchNormalization
+    (inference, training mode)."""
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    kernel = [3] if conv1d else [3, 3]
+    inits = {"W": f(Cout, Cin, *kernel) / 4}
+    spatial = [1] if conv1d else [1, 1]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", kernel_shape=kernel, pads=[1] * 2 * len(kernel))]
+    if follower.startswith("add"):
+        shape = {"add_channel": [1, Cout, *spatial], "add_channel_short": [Cout, *spatial], "add_scalar": [],
+                 "add_last_axis": [Cout]}[follower]
+        inits["b"] = f(*shape)
+        nodes.append(helper.make_node("Add", ["b", "c"], ["y"], name="follower"))
+    else:
+        inits.update(scale=f(Cout), shift=f(Cout), mean=f(Cout), var=np.abs(f(Cout)) + 0.1)
+        training = follower == "bn_training"
+        nodes.append(helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"],
+                                      ["y", "running_mean", "running_var"] if training else ["y"],
+                                      name="follower", epsilon=1e-3, training_mode=int(training)))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", Cin, "L"] if conv1d else ["N", Cin, "H", "W"])
+    out_shape = ["N", Cout, "Lo"] if conv1d else ["N", Cout, "Ho", "Wo"]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, out_shape))
+    return make_model(nodes, [x], outputs, inits)
+
+
+@pytest.mark.parametrize("follower,conv1d,folded", [
+    ("add_channel", False, True), ("add_channel_short", False, True), ("add_scalar", False, True),
+    ("add_channel", True, True), ("bn", False, True), ("bn", True, True),
+    ("add_last_axis", False, False),  # [Cout] broadcasts along W, not over channels
+    ("bn_training", False, False),
+])
+def test_conv_folds_the_bias_add_or_batchnorm_that_follows(rng, follower, conv1d, folded):
+    """The candidate's W and bias reproduce the Conv and what follows it, computed by onnxruntime."""
+    model = onnx.shape_inference.infer_shapes(_follower_model(rng, follower, conv1d=conv1d))
+    (cand,), _ = find_layers(model)
+    assert (cand.bias_node, cand.output_name) == (("follower", "y") if folded else (None, "c"))
+    X = rng.standard_normal((2, 6, 7) if conv1d else (2, 6, 7, 5)).astype(np.float32)  # W = Cout: [Cout] broadcasts
+    out = "y" if folded else "c"
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if not folded:
+        probe.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 5, "Ho", "Wo"]))
+    if follower == "bn_training":
+        return  # onnxruntime runs training-mode BatchNormalization only in training builds; the refusal is the test
+    want = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run([out], {"x": X})[0]
+    rows = reference.im2col(cand.conv.as_nchw(X), **cand.conv.kwargs()) @ cand.weight
+    rows = rows + (0 if cand.bias is None else cand.bias)
+    got = rows.reshape(2, 1 if conv1d else 7, -1, 5).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got[:, :, 0, :] if conv1d else got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_output_read_elsewhere_keeps_its_follower(rng):
+    model = onnx.shape_inference.infer_shapes(_follower_model(rng, "bn", extra_output=True))
+    (cand,), _ = find_layers(model)
+    assert (cand.bias_node, cand.output_name) == (None, "c")
+
+
+@pytest.mark.parametrize("follower", ["add_channel", "bn"])
+def test_convert_conv_with_folded_follower(tmp_path, rng, follower):
+    """The converted graph has no Add / BatchNormalization left; its output is the conv ops' reference with the
+    learned parameters, and close to the original's."""
+    model = _follower_model(rng, follower, Cin=8, Cout=6)
+    calib = write_calibration(tmp_path / "calib", "x", smooth_images(rng, (48, 8, 12, 11)), per_file=12)
+    result = convert_model(model, calib, None, ConvertOptions(codebooks=8, max_rows=3000, progress=False))
+    assert [(r.name, r.status, r.bias_node) for r in result.layers] == [("conv", "converted", "follower")]
+    out = result.model
+    assert [n.op_type for n in out.graph.node] == [ENCODE_PQ_CONV, LOOKUP_CONV]
+    assert [o.name for o in out.graph.output] == ["y"] and out.graph.node[1].output == ["y"]
+    X = smooth_images(rng, (2, 8, 12, 11))
+    p = _params(out)
+    codes = reference.encode_pq_conv(X, p["vectors"], p["biases"], kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+    got = make_session(out).run(None, {"x": X})[0]
+    np.testing.assert_array_equal(got, reference.lookup_conv(codes, p["lut"], p["scale"], p["offset"]))
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0]
+    assert float(np.sum((got - original) ** 2) / np.sum((original - original.mean()) ** 2)) < 0.35
