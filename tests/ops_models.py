@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -86,27 +88,28 @@ def lookup_weights(rng: np.random.Generator, M: int, C: int) -> dict[str, np.nda
 
 
 def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
+    """The CPU feature flags Linux reports (x86 "flags", AArch64 "Features"; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return set()
 
 
-# What each forced path of the library needs (src/cpu/dispatch.cc).
+# What each forced path of the library needs (src/cpu/dispatch.cc), per architecture: a build holds only its own
+# architecture's kernels (the NEON ones are tested on x86-64 under qemu: tests/test_neon_kernels.py).
 ISA_FLAGS = {
     "scalar": set(),
     "avx2": {"avx2"},
     "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni"},
-}
+} if platform.machine() not in ("aarch64", "arm64") else {"scalar": set(), "neon": {"asimd"}}
 
 
 def isa_params():
-    """pytest params over the library's instruction sets, skipping those this CPU lacks."""
+    """pytest params over this architecture's instruction sets, skipping those this CPU lacks."""
     import pytest
 
     flags = cpu_flags()

@@ -1,5 +1,5 @@
 // Pointer-level CPU kernels of the Halut ops: no onnxruntime types, no validation (the host layer in src/host has
-// done it), no exceptions. One implementation per instruction set (scalar.cc, avx2.cc, avx512.cc), each compiled
+// done it), no exceptions. One implementation per instruction set (scalar.cc, avx2.cc, avx512.cc, neon.cc), each compiled
 // for its own target; dispatch.cc picks one at run time. The per-ISA files include only this header and intrinsics
 // (no STL), so no inline template gets compiled with instructions the running CPU may lack.
 #pragma once
@@ -66,5 +66,6 @@ inline size_t lookup_scratch_bytes(int64_t Cpad, int64_t Mpad) {
 const IsaKernels& scalar_kernels();
 const IsaKernels& avx2_kernels();
 const IsaKernels& avx512_kernels();
+const IsaKernels& neon_kernels();  // AArch64 builds only
 
 }  // namespace halut::cpu
