@@ -47,6 +47,27 @@ def _params(model):
     return {k.split(".halut.")[1]: v for k, v in inits.items() if k.startswith("conv.halut.")}
 
 
+def _check_converted(out, model, X, image, encoder, geo) -> float:
+    """The converted model's output on X equals the conv ops' reference on ``image`` (X as the ops see it) with
+    the learned parameters, with the library and (exactly for tree; near-ties may flip a pq code) through the
+    function bodies; returns its NMSE against the original model's output (the learner's measure)."""
+    p = _params(out)
+    codes = (reference.encode_tree_conv(image, p["split_dims"], p["thresholds"], **geo) if encoder == "tree"
+             else reference.encode_pq_conv(image, p["vectors"], p["biases"], **geo))
+    expected = reference.lookup_conv(codes, p["lut"], p["scale"], p["offset"]).reshape(-1)
+    got = make_session(out).run(None, {"x": X})[0]
+    np.testing.assert_array_equal(got.reshape(-1), expected)
+    fallback = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
+    if encoder == "tree":
+        np.testing.assert_array_equal(fallback.reshape(-1), expected)
+    else:
+        assert np.mean(fallback.reshape(-1) != expected) < 0.01
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0]
+    assert got.shape == original.shape
+    return float(np.sum((got - original) ** 2) / np.sum(original**2))
+
+
 @pytest.mark.parametrize("encoder", ["tree", "pq"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_convert_single_conv(tmp_path, rng, case, encoder):
@@ -74,22 +95,7 @@ def test_convert_single_conv(tmp_path, rng, case, encoder):
         ("conv", "Conv", D, 6, shape[1], encoder, 6 * shape[1] * 16)]  # what `inspect` lists
 
     X = smooth_images(rng, shape)
-    p = _params(out)
-    geo = geometry_kwargs(attrs)
-    codes = (reference.encode_tree_conv(X, p["split_dims"], p["thresholds"], **geo) if encoder == "tree"
-             else reference.encode_pq_conv(X, p["vectors"], p["biases"], **geo))
-    expected = reference.lookup_conv(codes, p["lut"], p["scale"], p["offset"])
-    got = make_session(out).run(None, {"x": X})[0]
-    np.testing.assert_array_equal(got, expected)
-    # The function bodies alone (no library): exact for tree, near-ties may flip a pq code.
-    fallback = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
-    if encoder == "tree":
-        np.testing.assert_array_equal(fallback, expected)
-    else:
-        assert np.mean(fallback != expected) < 0.01
-    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": X})[0]
-    nmse = float(np.sum((got - original) ** 2) / np.sum(original**2))  # the learner's measure
+    nmse = _check_converted(out, model, X, X, encoder, geometry_kwargs(attrs))
     # C = Cin codebooks on 3-dim data: the lookup explains most of the output variance.
     print(case[0], encoder, nmse, result.layers[0].heldout_nmse_int8)
     assert nmse < 0.35, nmse
@@ -204,23 +210,7 @@ def test_convert_conv1d(tmp_path, rng, case, encoder):
     assert [(i.name, i.op_type, i.D, i.C) for i in summarize(out).layers] == [("conv", "Conv", D, C)]
 
     X = smooth_signals(rng, shape)
-    p = _params(out)
-    geo = geometry_kwargs(as_2d)
-    image = X[:, :, None, :]
-    codes = (reference.encode_tree_conv(image, p["split_dims"], p["thresholds"], **geo) if encoder == "tree"
-             else reference.encode_pq_conv(image, p["vectors"], p["biases"], **geo))
-    expected = reference.lookup_conv(codes, p["lut"], p["scale"], p["offset"])[:, :, 0, :]
-    got = make_session(out).run(None, {"x": X})[0]
-    np.testing.assert_array_equal(got, expected)
-    fallback = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
-    if encoder == "tree":
-        np.testing.assert_array_equal(fallback, expected)
-    else:
-        assert np.mean(fallback != expected) < 0.01
-    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": X})[0]
-    assert got.shape == original.shape
-    nmse = float(np.sum((got - original) ** 2) / np.sum(original**2))
+    nmse = _check_converted(out, model, X, X[:, :, None, :], encoder, geometry_kwargs(as_2d))
     assert nmse < 0.35, nmse  # the bound of the 2-D conversions on the same kind of data
 
 
