@@ -13,9 +13,7 @@ and with the tree encoder only.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +64,7 @@ def export(model, path: Path) -> Path:
 
 
 def write_rows(folder: Path, rows: np.ndarray) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.npz"):
-        old.unlink()
-    for k, start in enumerate(range(0, len(rows), CALIB_BATCH)):
-        np.savez(folder / f"{k:04d}.npz", **{INPUT: rows[start : start + CALIB_BATCH]})
-    return folder
+    return tools.write_batches(folder, INPUT, rows, CALIB_BATCH)
 
 
 def accuracy(model_path: Path, rows: np.ndarray, labels: np.ndarray, halut: bool) -> float:
@@ -111,24 +104,7 @@ def run(out: Path, quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = run(args.out or Path(tmp), args.quick)
-    print(f"Halut custom-op library: {tools.library_status()}")
-    print(
-        tools.format_table(
-            ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],
-            [
-                [r["setting"], r["layers"], f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
-                 f"{100 * r['drop']:.2f}"]
-                for r in results
-            ],
-        )
-    )
-
+    tools.accuracy_example_main(__doc__.split("\n\n")[0], run, argv)
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,39 @@ def only_layers(names: Sequence[str]) -> list[str]:
     return ["--include", "^(?:" + "|".join(re.escape(name) for name in names) + ")$"]
 
 
+def write_batches(folder: Path, name: str, rows, batch: int) -> Path:
+    """Calibration / evaluation files: ``folder/0000.npz``, ... with array ``name`` of up to ``batch`` rows each (the
+    folder's old .npz files removed first)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.npz"):
+        old.unlink()
+    for k, start in enumerate(range(0, len(rows), batch)):
+        np.savez(folder / f"{k:04d}.npz", **{name: rows[start : start + batch]})
+    return folder
+
+
+def accuracy_example_main(description: str, run, argv=None, layers_cell=str) -> None:
+    """The command line of the accuracy examples: ``[--out DIR] [--quick]``, then ``run(out, quick)``'s results
+    (dicts of setting, layers, original, converted, drop) as a table; ``layers_cell`` formats the layer count."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(args.out or Path(tmp), args.quick)
+    print(f"Halut custom-op library: {library_status()}")
+    print(format_table(
+        ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],
+        [[r["setting"], layers_cell(r["layers"]), f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
+          f"{100 * r['drop']:.2f}"] for r in results],
+    ))
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """An aligned text table: text columns left-aligned, numbers right-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
