@@ -25,9 +25,10 @@ from .errors import ConversionError
 from .learn import HalutLayer, LearnOptions, learn_layer
 from .learn.layer import heldout_errors
 from .metrics import OutputComparison, loss, metric_output
-from .model_io import load_model
+from .model_io import load_model, with_min_opset
 from .options import ConvertOptions
 from .passes import LayerCandidate, LayerRewrite, find_layers, name_nodes, rewrite_model
+from .passes.functions import MIN_OPSET
 from .selection import MAX_DEFAULT_CODEBOOKS, MIN_DEFAULT_CODEBOOKS, select_layers
 
 log = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ def prepare(model, options: ConvertOptions):
     """(work model with named nodes, eligible candidates in graph order, skipped layers)."""
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     work = onnx.ModelProto()
-    work.CopyFrom(original)
+    work.CopyFrom(with_min_opset(original, MIN_OPSET, "the model" if original is model else str(model)))
     name_nodes(work)
     try:
         inferred = onnx.shape_inference.infer_shapes(work)

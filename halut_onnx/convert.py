@@ -19,7 +19,7 @@ from . import __version__
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .errors import ConversionError
 from .learn import LearnOptions, learn_layer
-from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic
+from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic, with_min_opset
 from .options import ConvertOptions
 from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
 from .passes.functions import MIN_OPSET
@@ -44,10 +44,6 @@ class ConvertResult:
     @property
     def skipped(self) -> list[LayerRecord]:
         return [r for r in self.layers if not r.converted]
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -167,11 +163,8 @@ def convert_model(
             raise ConversionError(f"the output path {output_path} is the input model; write the output elsewhere")
         original = load_model(model)
     work = onnx.ModelProto()
-    work.CopyFrom(original)
+    work.CopyFrom(with_min_opset(original, MIN_OPSET, source))
     name_nodes(work)
-    opset = _default_opset(work)
-    if opset < MIN_OPSET:
-        raise ConversionError(f"{source} imports default-domain opset {opset}; halut-onnx needs opset >= {MIN_OPSET}")
 
     candidates, not_eligible = find_layers(_infer(work))
     selected, not_selected = select_layers(

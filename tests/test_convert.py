@@ -13,6 +13,7 @@ from halut_models import IR_VERSION, OPSET, low_rank, make_model, mlp, write_cal
 from halut_onnx import __version__, reference
 from halut_onnx.convert import ConvertOptions, convert_model
 from halut_onnx.errors import ConversionError
+from halut_onnx.library import session_options
 from halut_onnx.learn import LearnOptions
 from halut_onnx.selection import default_codebooks
 
@@ -221,3 +222,36 @@ def test_library_runs_the_converted_model_like_the_fallback(mlp_case, tmp_path):
 def test_default_codebook_rule():
     assert [default_codebooks(D) for D in (3, 6, 16, 24, 64, 100, 128, 4096)] == [3, 4, 8, 16, 32, 64, 64, 64]
     assert ConvertOptions().layer_encoder == LearnOptions().encoder  # one default for the CLI and the API
+
+
+def test_old_opset_model_is_upgraded_and_converts(mlp_case, tmp_path, rng, caplog):
+    """An opset-9 model (the rewrite needs 11) converts after onnx's version converter upgrades it to 13."""
+    path, calib, x = mlp_case
+    old = onnx.load(str(path))
+    old.opset_import[0].version = 9  # MatMul, Add, Relu and Gemm read the same at opset 9
+    onnx.checker.check_model(old, full_check=True)
+    with caplog.at_level("WARNING"):
+        out = convert_model(old, calib, None, ConvertOptions(**FAST)).model
+    assert [(o.domain, o.version) for o in out.opset_import if o.domain in ("", "ai.onnx")] == [("", 13)]
+    assert "the model imports default-domain opset 9, older than the 11 the rewrite needs: upgraded to opset 13" in \
+        caplog.text
+    assert sum(n.domain == "ai.halut" for n in out.graph.node) == 4
+    want = ort.InferenceSession(old.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(out.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert np.sum((got - want) ** 2) / np.sum(want**2) < 0.1
+
+
+def test_old_opset_the_converter_cannot_upgrade_is_a_clear_error(mlp_case, monkeypatch):
+    path, calib, _ = mlp_case
+    old = onnx.load(str(path))
+    old.opset_import[0].version = 9
+
+    def refuse(model, target):
+        raise RuntimeError("No Adapter From Version $9 for Gemm\nmore detail")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    with pytest.raises(ConversionError) as err:
+        convert_model(old, calib, None, ConvertOptions(**FAST))
+    assert str(err.value) == ("the model imports default-domain opset 9; halut-onnx needs opset >= 11 and onnx's "
+                              "version converter could not upgrade it to 13: No Adapter From Version $9 for Gemm")
