@@ -96,8 +96,9 @@ def _dequantized_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
             shape = [1] * q.ndim
             if scale.ndim:
                 shape[axis] = -1
+            if len(node.input) > 2:
+                assert not np.any(inits[node.input[2]]), node.input[2]  # int8 weights are symmetric: zero point 0
             found[node.input[0]] = (q, scale.reshape(shape))
-            assert not np.any(inits[node.input[2]]) if len(node.input) > 2 else True  # symmetric int8 weights
     return found
 
 
