@@ -102,20 +102,24 @@ class FolderReader:
 def preprocess(model: Path, out: Path) -> Path:
     """onnxruntime's recommended pre-processing: symbolic shape inference, or ONNX's own where the symbolic one
     gives up (PP-OCR rec: "Incomplete symbolic shape inference")."""
-    import contextlib
+    import os
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model, out = model.resolve(), out.resolve()
     # where symbolic shape inference fails it saves the model (sym_shape_infer_temp.onnx and a <uuid>.data) in the
-    # current directory: run it in the output folder
-    with contextlib.chdir(out.parent):
+    # current directory: run it in the output folder (os.chdir: contextlib.chdir needs Python 3.11)
+    cwd = os.getcwd()
+    os.chdir(out.parent)
+    try:
         try:
             quant_pre_process(str(model), str(out), skip_optimization=True)
         except Exception as exc:
             print(f"{model.name}: quant_pre_process: {str(exc).strip().splitlines()[-1]}; again with ONNX shape "
                   "inference only", file=sys.stderr)
             quant_pre_process(str(model), str(out), skip_optimization=True, skip_symbolic_shape=True)
+    finally:
+        os.chdir(cwd)
     processed = onnx.load(str(out))
     opset = next((o.version for o in processed.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
     if opset < QDQ_OPSET:
