@@ -10,7 +10,7 @@ Adam for 60 epochs (torch seed 0, one thread). torch.onnx's default (dynamo) exp
 batch. The training rows are the calibration data, the test rows the evaluation data. ``--quick`` converts with
 the default settings (pq encoder) and with the tree encoder only.
 
-It needs torch (the ``finetune`` and ``test`` extras have it).
+It needs torch and onnxscript, which torch.onnx's default exporter uses (the ``test`` extra has both).
 """
 
 from __future__ import annotations

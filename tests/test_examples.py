@@ -241,6 +241,7 @@ def test_digits_quick_run_meets_issue_4_target(digits_quick):
 def test_digits_conv1d_quick_run_converts_every_layer(tmp_path):
     """The torch-exported 1-D CNN: its three Conv1d layers and its Linear converted, accuracy kept."""
     pytest.importorskip("torch", reason="the 1-D CNN example trains in torch: pip install -e '.[test]'")
+    pytest.importorskip("onnxscript", reason="torch.onnx's default exporter needs onnxscript: pip install -e '.[test]'")
     result = subprocess.run([sys.executable, str(EXAMPLES / "digits_conv1d.py"), "--quick", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
