@@ -164,12 +164,13 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         store[choice_key(choice)] = (layers, comparison.values(), se)
         return value, se
 
+    # (no measured row at all: the objective left every setting out, which the no-layer error below explains)
     measured_rows = [r for r in analysis.rows if r.error is None and r.skipped is None]
-    if budget.metric == "agreement" and all(r.agreement is None for r in measured_rows):
+    if budget.metric == "agreement" and measured_rows and all(r.agreement is None for r in measured_rows):
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} has no classes to agree on "
                               "(top-1 agreement needs a last axis of more than one class, or integer labels); "
                               "use cosine=... or nmse=..., or --metric-output")
-    if budget.metric == "ctc" and all(r.ctc is None for r in measured_rows):
+    if budget.metric == "ctc" and measured_rows and all(r.ctc is None for r in measured_rows):
         raise ConversionError(f"--budget {budget}: output {analysis.metric_output!r} is not a CTC sequence output "
                               "(ctc needs a float output [samples, time, classes] with more than one class); "
                               "use agreement=..., cosine=... or nmse=..., or --metric-output")

@@ -140,6 +140,15 @@ def test_time_objective_converts_only_layers_that_run_faster(case):
                                          r"thread\); --objective macs converts by multiply-adds removed instead$"):
         convert_under_budget(folder / "m.onnx", folder / "calib", None,
                              ConvertOptions(progress=False, budget="cosine=0.5"), slower)
+    # As an analysis by time leaves them: every setting skipped, none measured. The error is the same for any
+    # metric (an agreement budget said the output had no classes, of rows that were never run).
+    unmeasured = copy.copy(slower)
+    unmeasured.rows = [dataclasses.replace(r, skipped="saves no time") for r in slower.rows]
+    for metric in ("agreement=0.5", "ctc=0.5"):
+        with pytest.raises(ValueError, match=rf"^no layer can be converted within --budget {metric}: in the kernel "
+                                             r"timings no setting of any layer runs faster"):
+            convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                                 ConvertOptions(progress=False, budget=metric), unmeasured)
 
 
 def test_settings_that_save_nothing_by_the_objective_are_not_measured(case):
