@@ -33,9 +33,10 @@ def run(tmp_path_factory):
     if example_tools.library_status() != "registered":
         pytest.skip(f"Halut custom-op library {example_tools.library_status()}")
     out = tmp_path_factory.mktemp("compare_int8")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, logged = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(logged):
         compare_int8.main(["digits", "--quick", "--out", str(out)])
+    _budget_failure.append(logged.getvalue())
     lines = printed.getvalue().splitlines()
     start = next(k for k, line in enumerate(lines) if line.startswith("model "))
     header = lines[start].split()
@@ -44,6 +45,21 @@ def run(tmp_path_factory):
         cells = [c for c in line.split("  ") if c.strip()]
         rows[cells[1].strip()] = [c.strip() for c in cells]
     return header, rows, out
+
+
+_budget_failure: list[str] = []  # what the run wrote to stderr (a failed row's reason)
+BUDGET = "halut --budget agreement=0.99"
+# The budget's default objective (time) converts only layers its kernel timings find faster than onnxruntime's;
+# on this MLP that can be none (the whole converted model runs at about 0.8x), and then the row fails with this.
+NO_FASTER_LAYER = ("halut --budget agreement=0.99: failed: Error: no layer can be converted within --budget "
+                   "agreement=0.99: in the kernel timings no setting of any layer runs faster")
+
+
+def _budget_built(rows) -> bool:
+    if rows[BUDGET][2] == "failed":
+        assert NO_FASTER_LAYER in _budget_failure[0], _budget_failure[0]
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +77,8 @@ def test_table_has_every_row_and_column(run):
     assert list(rows) == ROWS
     for name, cells in rows.items():
         assert len(cells) == 7 and cells[0] == "digits MLP", cells
+        if name == BUDGET and not _budget_built(rows):
+            continue
         assert float(cells[5].rstrip("x")) > 0
         if name != "fp32":
             assert float(cells[6]) >= 0
@@ -149,4 +167,5 @@ def test_halut_default_row_is_the_examples_default(run, trained, tmp_path):
     assert float(rows["halut default"][3]) == pytest.approx(acc, abs=0.005)
     assert rows["halut default"][2] == "3"
     # the budget keeps the accuracy it promises on held-out files within a point on the test rows
-    assert float(rows["halut --budget agreement=0.99"][3]) >= float(rows["fp32"][3]) - 1.0
+    if _budget_built(rows):
+        assert float(rows[BUDGET][3]) >= float(rows["fp32"][3]) - 1.0
