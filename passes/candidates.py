@@ -149,13 +149,37 @@ def _rank(tensor: gs.Tensor) -> int | None:
     return None if shape is None else len(shape)
 
 
-def _bias_vector(value: np.ndarray, M: int, max_rank: int) -> np.ndarray | None:
-    """``value`` as an (M,) vector when adding it to a (..., M) output is adding it to every row; else None."""
-    if value.ndim > max_rank or any(d != 1 for d in value.shape[:-1]):
+def _bias_vector(value: np.ndarray, n: int, rank: int, axis: int) -> np.ndarray | None:
+    """``value`` as an (n,) vector when adding it to an output of rank ``rank`` adds one entry per index along
+    ``axis`` (a MatMul's last axis, a Conv's channel axis 1), the same to every other position; else None."""
+    if value.ndim > rank:  # adding it would broadcast the output to a higher rank
         return None
-    if value.ndim and value.shape[-1] not in (1, M):
+    full = (1,) * (rank - value.ndim) + value.shape  # numpy broadcasting aligns shapes on the right
+    axis %= rank
+    if any(d != 1 for i, d in enumerate(full) if i != axis) or full[axis] not in (1, n):
         return None
-    return np.broadcast_to(value.reshape(-1), (M,)).astype(np.float32)
+    return np.broadcast_to(value.reshape(-1), (n,)).astype(np.float32)
+
+
+def _follower(out: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
+    """The default-domain node that alone reads a layer's output ``out`` (not a graph output): what the layer's
+    lookup may fold in."""
+    if out.name in graph_outputs or len(out.outputs) != 1:
+        return None
+    node = out.outputs[0]
+    return node if node.domain in ("", None) else None
+
+
+def _added_bias(node: gs.Node, y: gs.Tensor, n: int, rank: int, axis: int) -> np.ndarray | None:
+    """The (n,) bias ``node`` adds to ``y`` when it is an Add of ``y`` and a float32 constant that is the same along
+    every axis but ``axis`` (``_bias_vector``); else None."""
+    if node.op != "Add" or len(node.inputs) != 2:
+        return None
+    other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
+    value = None if other is y else constant_value(other)
+    if value is None or value.dtype != np.float32:
+        return None
+    return _bias_vector(value, n, rank, axis)
 
 
 def _check_activation(node: gs.Node, a: gs.Tensor) -> str | None:
@@ -182,20 +206,12 @@ def _weight(node: gs.Node, b: gs.Tensor) -> tuple[np.ndarray | None, str | None]
 
 
 def _channel_affine(node: gs.Node, y: gs.Tensor, Cout: int, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(a, b)`` when ``node`` maps a Conv's output ``y`` (rank ``rank``, channels on axis 1) to ``a * y + b`` per
-    output channel with constants: an Add of a per-channel (or scalar) constant, or a BatchNormalization in
-    inference mode. None for anything else."""
-    if node.domain not in ("", None):
-        return None
-    if node.op == "Add" and len(node.inputs) == 2:
-        other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
-        value = None if other is y else constant_value(other)
-        if value is None or value.dtype != np.float32 or value.ndim > rank:
-            return None
-        full = (1,) * (rank - value.ndim) + value.shape  # numpy broadcasting aligns shapes on the right
-        if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, Cout):
-            return None
-        return np.ones(Cout, np.float32), np.broadcast_to(value.reshape(-1), (Cout,)).astype(np.float32)
+    """``(a, b)`` when ``node`` (a ``_follower``) maps a Conv's output ``y`` (rank ``rank``, channels on axis 1) to
+    ``a * y + b`` per output channel with constants: an Add of a per-channel (or scalar) constant, or a
+    BatchNormalization in inference mode. None for anything else."""
+    bias = _added_bias(node, y, Cout, rank, 1)
+    if bias is not None:
+        return np.ones(Cout, np.float32), bias
     if node.op == "BatchNormalization" and len(node.inputs) == 5 and not int(node.attrs.get("training_mode", 0)):
         if any(o.outputs for o in node.outputs[1:]):  # running statistics read downstream: a training graph
             return None
@@ -222,19 +238,12 @@ def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
         weight_name=constant_source(b).name, input_rank=_rank(a),
     )
     # Fold a following bias Add: the MatMul's only consumer, the other operand a constant per-column vector.
-    if out.name not in graph_outputs and len(out.outputs) == 1:
-        add = out.outputs[0]
-        if add.op == "Add" and add.domain in ("", None) and len(add.inputs) == 2:
-            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-            value = constant_value(other)
-            # Adding a higher-rank bias would broadcast the output to a higher rank: only fold what keeps the rank.
-            max_rank = candidate.input_rank or 2
-            if value is not None and value.dtype == np.float32 and other is not out:
-                bias = _bias_vector(value, candidate.M, max_rank)
-                if bias is not None:
-                    candidate.bias = bias
-                    candidate.bias_node = add.name
-                    candidate.output_name = add.outputs[0].name
+    add = _follower(out, graph_outputs)
+    bias = None if add is None else _added_bias(add, out, candidate.M, candidate.input_rank or 2, -1)
+    if bias is not None:
+        candidate.bias = bias
+        candidate.bias_node = add.name
+        candidate.output_name = add.outputs[0].name
     candidate.description = f"MatMul {node.name!r} (B {b.name!r} {list(weight.shape)})" + (
         f" + Add {candidate.bias_node!r} (bias folded)" if candidate.bias_node else ""
     )
@@ -263,7 +272,7 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
             return "bias C is an activation"
         if value.dtype != np.float32:
             return f"bias C is {value.dtype.name}; the Halut ops take float32"
-        bias = _bias_vector(value, weight.shape[1], 2)
+        bias = _bias_vector(value, weight.shape[1], 2, -1)
         if bias is None:
             return f"bias C of shape {tuple(value.shape)} differs between rows"
         bias = (bias * beta).astype(np.float32) if beta != 1 else bias
@@ -339,8 +348,8 @@ def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     # Add): onnxruntime fuses it into the original Conv, so left outside the lookup it would be one more pass over
     # the output that only the converted model pays; folded, the layer also learns the output the model uses.
     out, folded = node.outputs[0], None
-    if out.name not in graph_outputs and len(out.outputs) == 1:
-        follower = out.outputs[0]
+    follower = _follower(out, graph_outputs)
+    if follower is not None:
         affine = _channel_affine(follower, out, Cout, weight.ndim)
         if affine is not None:
             a, b = affine
