@@ -32,6 +32,7 @@ from halut_onnx.ops import (
     LOOKUP,
     LOOKUP_CONV,
 )
+from halut_onnx.model_io import default_opset
 
 from .candidates import WEIGHT_CHAIN_OPS, LayerCandidate, constant_value
 from .functions import functions_for
@@ -85,13 +86,6 @@ def _height_axis(op: str, tensor: gs.Tensor, name: str, opset: int) -> tuple[lis
     return [tensor, gs.Constant(initializer_name(name, f"{op.lower()}_axes"), np.array([2], np.int64))], {}
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    raise ValueError("the model imports no default-domain (ai.onnx) opset")
-
-
 def _drop_dead_weight_chain(graph: gs.Graph, tensor: gs.Tensor) -> None:
     """Remove the Constant / Identity / Cast / Transpose nodes that only produced a replaced layer's weight (no
     consumer left, not a graph output), so that the converted model does not keep the original weights."""
@@ -112,7 +106,9 @@ def _drop_dead_weight_chain(graph: gs.Graph, tensor: gs.Tensor) -> None:
 
 def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.ModelProto:
     """A new model with every layer of ``rewrites`` replaced; ``model`` (with unique node names) is not changed."""
-    opset = _default_opset(model)
+    opset = default_opset(model)
+    if not opset:
+        raise ValueError("the model imports no default-domain (ai.onnx) opset")
     graph = gs.import_onnx(model)
     nodes = {node.name: node for node in graph.nodes}
     tensors = graph.tensors()
