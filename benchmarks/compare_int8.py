@@ -219,10 +219,7 @@ def digits_case(out: Path, args) -> Case:
 
     model, x_train, x_test, _, y_test = digits_mlp.train()
     original = digits_mlp.export(model, out / "digits_mlp.onnx")
-    calib = out / "calib"
-    calib.mkdir(parents=True, exist_ok=True)
-    for k, start in enumerate(range(0, len(x_train), 64)):  # budget_tables.py's layout: 20 files, 5 held out
-        np.savez(calib / f"{k:04d}.npz", X=x_train[start : start + 64])
+    calib = tools.write_batches(out / "calib", digits_mlp.INPUT, x_train, 64)  # budget_tables.py's layout: 20 files
     return Case("digits MLP", original, calib, {digits_mlp.INPUT: x_test}, f"the {len(x_test)} test rows at once",
                 lambda path, is_halut: digits_mlp.accuracy(path, x_test, y_test, halut=is_halut), "test acc %", True,
                 ["--budget", "agreement=0.99"])
