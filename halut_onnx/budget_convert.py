@@ -231,6 +231,12 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
                                   "--objective macs converts by multiply-adds removed instead")
         best = min(savers, key=lambda o: o.loss, default=None)
         hint = f"; the best single layer is {best.layer} ({best.setting}) with a loss of {best.loss:.4g}" if best else ""
+        # a layer within the budget that the timings say is no faster is a different answer from "too lossy"
+        slow = sorted({o.layer for o in options_list if o.loss <= budget.max_loss and not (o.saving and o.saving > 0)})
+        if slow and objective == "time":
+            hint += (f"; {len(slow)} layer(s) fit the budget but run no faster than the original in the kernel "
+                     f"timings ({', '.join(slow[:3])}{', ...' if len(slow) > 3 else ''}): --objective macs "
+                     "converts them")
         raise ConversionError(f"no layer can be converted within --budget {budget}{hint}")
     layers, values, se = measured[choice_key(chosen)]
     plan = plan_of(chosen)

@@ -140,6 +140,16 @@ def test_time_objective_converts_only_layers_that_run_faster(case):
                                          r"thread\); --objective macs converts by multiply-adds removed instead$"):
         convert_under_budget(folder / "m.onnx", folder / "calib", None,
                              ConvertOptions(progress=False, budget="cosine=0.5"), slower)
+    # Layers that fit the budget but are no faster are named apart from the fast one that is too lossy (fc2's
+    # measured loss, far above 0.001).
+    mixed = copy.copy(timed)
+    mixed.rows = [r if r.layer == "fc2" else dataclasses.replace(r, cosine=1.0) for r in timed.rows]
+    with pytest.raises(ValueError, match=r"^no layer can be converted within --budget cosine=0\.999; the best "
+                                         r"single layer is fc2 \(\w+ C=\d+\) with a loss of [0-9.e-]+; 2 layer\(s\) "
+                                         r"fit the budget but run no faster than the original in the kernel timings "
+                                         r"\(fc1, fc3\): --objective macs converts them$"):
+        convert_under_budget(folder / "m.onnx", folder / "calib", None,
+                             ConvertOptions(progress=False, budget="cosine=0.999"), mixed)
     # As an analysis by time leaves them: every setting skipped, none measured. The error is the same for any
     # metric (an agreement budget said the output had no classes, of rows that were never run).
     unmeasured = copy.copy(slower)
