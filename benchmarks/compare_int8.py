@@ -6,6 +6,7 @@ evaluation data, speedup over fp32 at one thread, and the time each conversion o
     python benchmarks/compare_int8.py rec [--out DIR] [--quick] [--calib 144] [--eval 48] [--max-rows 16384]
         [--heldout-files 0.34]
     python benchmarks/compare_int8.py det [--out DIR] [--quick] [--calib 8] [--eval 16] [--max-rows 16384]
+    python benchmarks/compare_int8.py magika [--out DIR] [--quick] [--calib 1024] [--eval 2000]
 
 Rows: the fp32 original; onnxruntime int8 dynamic (``quantize_dynamic``, int8 weights, per tensor and per channel);
 int8 static QDQ (``quantize_static``, QuantFormat.QDQ, uint8 activations, int8 per-channel weights, MinMax
@@ -14,7 +15,8 @@ layer; and ``halut-onnx convert --budget`` with the budget the examples use for 
 the model after ``quant_pre_process`` (shape inference, no graph optimisation: its MatMul + Add -> Gemm fusion
 makes per-channel QDQ quantization fail in onnxruntime 1.32).
 
-The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, ppocr_data.py, budget_tables.py),
+The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, ppocr_data.py, budget_tables.py,
+magika_data.py),
 imported, not copied. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians,
 measured twice interleaved, the better kept), all in this process at one thread, Halut models with the custom-op
 library registered. Conversion times are wall times: ``halut-onnx convert`` as a command (its start-up included),
@@ -139,7 +141,9 @@ def int8_dynamic(case: Case, out: Path, per_channel: bool) -> Path:
     return out
 
 
-def int8_static(case: Case, out: Path) -> Path:
+def int8_static(case: Case, out: Path, op_types: Sequence[str] | None = None) -> Path:
+    """Static QDQ int8 of every op type the quantizer handles, or of ``op_types`` only (the layers Halut replaces:
+    the default also quantizes Add, Mul and the like, which breaks Magika's LayerNorms)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(FolderReader, CalibrationDataReader):
@@ -149,7 +153,8 @@ def int8_static(case: Case, out: Path) -> Path:
     # no CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops each full chunk of outputs without taking its
     # ranges ("No data is collected"); MinMax keeps only each tensor's min and max per file, so none is needed
     quantize_static(str(pre), str(out), Reader(case.calib), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=list(op_types) if op_types else None)
     return out
 
 
@@ -164,6 +169,8 @@ def variants(case: Case, out: Path) -> list[tuple[str, Callable[[], Path], bool]
         ("ORT int8 dynamic", lambda: int8_dynamic(case, out / f"{stem}.dyn.onnx", False), False),
         ("ORT int8 dynamic per-channel", lambda: int8_dynamic(case, out / f"{stem}.dynpc.onnx", True), False),
         ("ORT int8 static QDQ", lambda: int8_static(case, out / f"{stem}.qdq.onnx"), False),
+        ("ORT int8 static QDQ, matrix ops only",
+         lambda: int8_static(case, out / f"{stem}.qdqmat.onnx", MATRIX_OPS), False),
         ("halut default", lambda: halut(case, out / f"{stem}.halut.onnx", []), True),
     ]
     for k, (label, options) in enumerate(case.extra_halut):
@@ -286,7 +293,27 @@ def det_case(out: Path, args) -> Case:
                 budget, ["--max-rows", str(args.max_rows)])
 
 
-CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case}
+def magika_case(out: Path, args) -> Case:
+    import magika_data
+
+    corpus = magika_data.make_corpus(args.calib, args.eval)
+    calib = tools.write_batches(out / "calib", magika_data.INPUT, corpus.calib, 64)
+    model = magika_data.model_path()
+    reference = magika_data.labels_of(tools.session(model), corpus.evaluation)
+
+    def agreement(path: Path, is_halut: bool) -> float:
+        labels = magika_data.labels_of(tools.session(path, halut=is_halut), corpus.evaluation)
+        return float(np.mean(labels == reference))
+
+    feed = corpus.evaluation[:100]
+    # by time no layer fits: the embedding is lossless but no faster, the conv too lossy
+    budget = None if args.quick else ["--budget", "agreement=0.99", "--objective", "macs"]
+    return Case("Magika standard_v3_3", model, calib, {magika_data.INPUT: feed}, f"{len(feed)} evaluation files",
+                agreement, "label agreement % with fp32", True, budget,
+                extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
+
+
+CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case, "magika": magika_case}
 
 
 def main(argv=None) -> None:
@@ -296,18 +323,22 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer timing runs; rec, det: fewer lines/pages and no budget row")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per model (default 30; rec 10, det 5)")
-    parser.add_argument("--calib", type=int, default=None, help="rec: calibration lines (144); det: pages (8)")
-    parser.add_argument("--eval", type=int, default=None, help="rec: evaluation lines (48); det: pages (16)")
+    parser.add_argument("--calib", type=int, default=None,
+                        help="rec: calibration lines (144); det: pages (8); magika: files (1024)")
+    parser.add_argument("--eval", type=int, default=None,
+                        help="rec: evaluation lines (48); det: pages (16); magika: files (2000)")
     parser.add_argument("--max-rows", type=int, default=16384, help="rec, det: halut-onnx convert --max-rows")
     parser.add_argument("--heldout-files", type=float, default=0.34, help="rec, det: the budget row's share of "
                         "held-out calibration files")
     args = parser.parse_args(argv)
-    big = args.model in ("rec", "det")
+    big = args.model in ("rec", "det", "magika")
     if args.calib is None:
-        args.calib = {"rec": 48 if args.quick else 144, "det": 4 if args.quick else 8}.get(args.model, 0)
+        args.calib = {"rec": 48 if args.quick else 144, "det": 4 if args.quick else 8,
+                      "magika": 256 if args.quick else 1024}.get(args.model, 0)
     if args.eval is None:
-        args.eval = {"rec": 24 if args.quick else 48, "det": 4 if args.quick else 16}.get(args.model, 0)
-    runs = args.runs or (5 if args.quick else {"rec": 10, "det": 5}.get(args.model, 30))
+        args.eval = {"rec": 24 if args.quick else 48, "det": 4 if args.quick else 16,
+                     "magika": 256 if args.quick else 2000}.get(args.model, 0)
+    runs = args.runs or (5 if args.quick else {"rec": 10, "det": 5, "magika": 10}.get(args.model, 30))
     import onnxruntime as ort
 
     print(f"onnxruntime {ort.__version__}; Halut custom-op library: {tools.library_status()}")
@@ -316,8 +347,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         case = CASES[args.model](out, args)
         rows = compare(case, out, runs)
-    sizes = f"; {args.calib} calibration, {args.eval} evaluation {'pages' if args.model == 'det' else 'lines'}" \
-        if big else ""
+    unit = {"det": "pages", "magika": "files"}.get(args.model, "lines")
+    sizes = f"; {args.calib} calibration, {args.eval} evaluation {unit}" if big else ""
     print(f"{case.name}: metric {case.metric_name} ({'higher' if case.higher_is_better else 'lower'} is better)"
           f"{sizes}; timed on {case.feed_note}, {runs} runs")
     print(tools.format_table(HEADERS, rows))
