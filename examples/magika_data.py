@@ -166,7 +166,9 @@ def make_corpus(calib_files: int, eval_files: int, roots: Sequence[Path] | None 
     if len(calib) < calib_files or len(evaluation) < eval_files:
         raise ValueError(f"only {len(calib)} calibration and {len(evaluation)} evaluation files found under "
                          f"{', '.join(map(str, roots or default_roots()))}; asked for {calib_files} and {eval_files}")
-    return Corpus(np.stack([e[2] for e in calib]), np.stack([e[2] for e in evaluation]), [e[1] for e in evaluation])
+    width = config.beg_size + config.end_size
+    return Corpus(np.array([e[2] for e in calib], np.int32).reshape(-1, width),
+                  np.array([e[2] for e in evaluation], np.int32).reshape(-1, width), [e[1] for e in evaluation])
 
 
 def _order(entry) -> int:
