@@ -28,6 +28,11 @@ from .selection import SelectedLayer, select_layers
 
 log = logging.getLogger(__name__)
 
+# A layer's held-out NMSE above which convert says so in its notes. Measured: PP-OCR rec's MatMuls at the default
+# C (0.01-0.02) cost 0.14 points of CER; Magika's conv (0.42) leaves 31 % label agreement; transformer projections
+# at 0.2-0.5 collapsed a 6-layer encoder (docs/examples.md, README).
+HIGH_NMSE = 0.1
+
 __all__ = ["ConvertOptions", "ConvertResult", "convert_model"]
 
 
@@ -112,6 +117,11 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[Laye
     record.heldout_nmse_int8 = float(rep.heldout_nmse_int8)
     record.lut_bytes = int(layer.lut_q.nbytes)
     record.notes += list(rep.warnings)
+    if record.heldout_nmse_int8 > HIGH_NMSE:
+        record.notes.append(
+            f"held-out NMSE {record.heldout_nmse_int8:.3g}: above {HIGH_NMSE:g} a layer keeps too little of its output "
+            "for most models' end metrics; measure the model with `halut-onnx eval`, or convert with --budget"
+        )
     return record, layer
 
 

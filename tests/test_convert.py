@@ -160,6 +160,24 @@ def test_memory_budget_splits_calibration_without_changing_the_result(mlp_case):
     assert one.model.graph.initializer[0].name  # the single-pass run converts too
 
 
+def test_a_layer_with_a_high_error_gets_a_note(tmp_path, rng):
+    """Full-rank inputs at C=4 leave fc1 with a large held-out error: the note says so with the figure; low-rank
+    inputs (what a lookup learns well) get no such note."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(rng), path)
+    for name, data in (("low", low_rank(rng, (800, 32))), ("full", rng.standard_normal((800, 32)).astype(np.float32))):
+        calib = write_calibration(tmp_path / name, "x", data, per_file=100)
+        fc1 = convert_model(path, calib, None, ConvertOptions(include=("fc1",), **FAST)).layers[0]
+        high = [n for n in fc1.notes if n.startswith("held-out NMSE")]
+        if name == "low":
+            assert fc1.heldout_nmse_int8 < 0.1 and not high, fc1.notes
+        else:
+            assert fc1.heldout_nmse_int8 > 0.1
+            assert high == [f"held-out NMSE {fc1.heldout_nmse_int8:.3g}: above 0.1 a layer keeps too little of its "
+                            "output for most models' end metrics; measure the model with `halut-onnx eval`, or "
+                            "convert with --budget"]
+
+
 def test_too_few_rows_skips_then_fails(tmp_path, rng):
     model = mlp(rng)
     path = tmp_path / "mlp.onnx"
