@@ -132,7 +132,8 @@ class Corpus:
     def truth(self, config: Config) -> np.ndarray:
         """Per evaluation file the index of the one model label its extension names, or -1 where the extension
         names none or several (Magika's knowledge base maps content types to extensions)."""
-        return np.array([extension_labels(config).get(p.suffix.lower().lstrip("."), -1) for p in self.eval_paths])
+        labels = extension_labels(config)
+        return np.array([labels.get(p.suffix.lower().lstrip("."), -1) for p in self.eval_paths])
 
 
 def make_corpus(calib_files: int, eval_files: int, roots: Sequence[Path] | None = None, per_type: int = 100,
@@ -141,7 +142,8 @@ def make_corpus(calib_files: int, eval_files: int, roots: Sequence[Path] | None 
     hash falls below ``eval_share`` is an evaluation file. Takes the first ``calib_files`` / ``eval_files`` of each
     side in hash order (a deterministic sample across extensions)."""
     config = load_config()
-    by_type: dict[str, list[tuple[int, Path, np.ndarray]]] = defaultdict(list)
+    # (digest, path) only: the features of the few files kept are read again at the end
+    by_type: dict[str, list[tuple[int, Path]]] = defaultdict(list)
     seen = set()
     for path in candidate_files(roots or default_roots()):
         try:
@@ -154,7 +156,7 @@ def make_corpus(calib_files: int, eval_files: int, roots: Sequence[Path] | None 
         if digest in seen:
             continue
         seen.add(digest)
-        by_type[path.suffix.lower()].append((digest, path, row))
+        by_type[path.suffix.lower()].append((digest, path))
     kept = []
     for entries in by_type.values():
         entries.sort(key=_order)
@@ -167,8 +169,11 @@ def make_corpus(calib_files: int, eval_files: int, roots: Sequence[Path] | None 
         raise ValueError(f"only {len(calib)} calibration and {len(evaluation)} evaluation files found under "
                          f"{', '.join(map(str, roots or default_roots()))}; asked for {calib_files} and {eval_files}")
     width = config.beg_size + config.end_size
-    return Corpus(np.array([e[2] for e in calib], np.int32).reshape(-1, width),
-                  np.array([e[2] for e in evaluation], np.int32).reshape(-1, width), [e[1] for e in evaluation])
+
+    def rows(entries) -> np.ndarray:
+        return np.array([features(path, config) for _, path in entries], np.int32).reshape(-1, width)
+
+    return Corpus(rows(calib), rows(evaluation), [path for _, path in evaluation])
 
 
 def _order(entry) -> int:
