@@ -322,7 +322,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer timing runs; rec, det, magika: fewer lines/pages/files and no budget row")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per model (default 30; rec 10, det 5, magika 10)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per model (default 30; rec 10, det 5, magika 10)")
     parser.add_argument("--calib", type=int, default=None,
                         help="rec: calibration lines (144); det: pages (8); magika: files (1024)")
     parser.add_argument("--eval", type=int, default=None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import sysconfig
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -114,6 +115,12 @@ def candidate_files(roots: Iterable[Path]) -> list[Path]:
                 if not path.is_symlink() and path.is_file() and os.access(path, os.R_OK):
                     found.append(path)
     return found
+
+
+def python_library() -> Path:
+    """The standard library's folder (with site-packages inside it on some installs): varied files every machine
+    with Python has, the quick runs' data."""
+    return Path(sysconfig.get_paths()["stdlib"])
 
 
 def default_roots() -> list[Path]:

@@ -8,7 +8,7 @@ The files are this machine's own (examples/magika_data.py: the Python installati
 calibration and evaluation files. Two figures per setting: top-1 **agreement** with the original model's label,
 and **accuracy** against the file's extension, on the evaluation files whose extension names exactly one of the
 model's labels (Magika's own knowledge base: ``.py`` -> python, ``.gz`` -> gzip). ``--quick`` runs the default
-setting on 256 calibration and 256 evaluation files of the Python installation (for tests).
+setting on 256 calibration and 256 evaluation files of Python's standard library folder (for tests).
 """
 
 from __future__ import annotations
@@ -61,14 +61,15 @@ def run(out: Path, quick: bool, calib_files: int, eval_files: int, roots: list[P
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="default setting, 256 + 256 files of Python's own")
+    parser.add_argument("--quick", action="store_true",
+                        help="default setting, 256 + 256 files of Python's standard library")
     parser.add_argument("--calib", type=int, default=None, help="calibration files (default 1024; quick 256)")
     parser.add_argument("--eval", type=int, default=None, help="evaluation files (default 2000; quick 256)")
     parser.add_argument("--root", type=Path, action="append", default=None,
                         help="folder to take files from (repeatable; default: the Python installation and system "
                              "folders)")
     args = parser.parse_args(argv)
-    roots = args.root or ([Path(sys.base_prefix) / "lib"] if args.quick else None)
+    roots = args.root or ([data.python_library()] if args.quick else None)
     calib = args.calib or (256 if args.quick else 1024)
     evaluation = args.eval or (256 if args.quick else 2000)
     with tempfile.TemporaryDirectory() as tmp:

@@ -276,10 +276,10 @@ def magika_data():
     return magika_data
 
 
-def _python_files(limit: int) -> list[Path]:
+def _python_files(magika_data, limit: int) -> list[Path]:
     """Files of Python's own library of varied kinds, in a fixed order."""
-    root = Path(sys.base_prefix) / "lib"
-    return [p for p in sorted(root.glob("python3*/**/*"))[:4000] if p.is_file() and not p.is_symlink()][:limit]
+    root = magika_data.python_library()
+    return [p for p in sorted(root.glob("**/*"))[:4000] if p.is_file() and not p.is_symlink()][:limit]
 
 
 def test_magika_features_give_magikas_own_labels(magika_data):
@@ -288,7 +288,7 @@ def test_magika_features_give_magikas_own_labels(magika_data):
     from magika import Magika
 
     config = magika_data.load_config()
-    paths = _python_files(120)
+    paths = _python_files(magika_data, 120)
     results = Magika().identify_paths(paths)
     rows, expected = [], []
     for path, result in zip(paths, results):
@@ -334,12 +334,12 @@ def test_magika_features_of_edge_cases(magika_data, tmp_path):
 
 
 def test_magika_corpus_is_split_by_content_and_capped_per_extension(magika_data):
-    corpus = magika_data.make_corpus(60, 60, [Path(sys.base_prefix) / "lib"], per_type=10)
+    corpus = magika_data.make_corpus(60, 60, [magika_data.python_library()], per_type=10)
     both = np.concatenate([corpus.calib, corpus.evaluation])
     assert len({row.tobytes() for row in both}) == 120  # distinct files, no file on both sides
     suffixes = [p.suffix.lower() for p in corpus.eval_paths]
     assert max(suffixes.count(s) for s in set(suffixes)) <= 10
-    again = magika_data.make_corpus(60, 60, [Path(sys.base_prefix) / "lib"], per_type=10)
+    again = magika_data.make_corpus(60, 60, [magika_data.python_library()], per_type=10)
     assert again.eval_paths == corpus.eval_paths and np.array_equal(again.calib, corpus.calib)
     truth = corpus.truth(magika_data.load_config())
     labels = magika_data.load_config().labels
