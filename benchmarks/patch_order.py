@@ -28,79 +28,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import example_tools as tools  # noqa: E402
 
 from halut_onnx.learn.layer import LearnOptions, learn_layer  # noqa: E402
+from halut_onnx.passes import find_layers  # noqa: E402
+from halut_onnx.reference import im2col  # noqa: E402
 from halut_onnx.selection import default_codebooks  # noqa: E402
 
 
 MODELS = ["rec", "det", "conv1d", "magika"]
 
 
-def spatial_convs(model: onnx.ModelProto) -> list[str]:
-    weights = {i.name: i for i in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        w = weights.get(node.input[1]) if node.op_type == "Conv" else None
-        if w is not None and group == 1 and int(np.prod(w.dims[2:])) > 1:
-            names.append(node.name)
-    return names
-
-
-def conv_inputs(path: Path, feeds: list[dict]) -> list[tuple[str, list[np.ndarray], np.ndarray, dict]]:
-    """(name, input batches, weight as [Cout, Cin, kh, kw], attributes as 2-D) of every spatial conv."""
+def conv_rows(path: Path, feeds: list[dict]) -> list[tuple[str, np.ndarray, np.ndarray, tuple[int, int, int]]]:
+    """(name, patch rows in the ops' order, weight (D, M), (Cin, kh, kw)) of every convertible conv with a kernel
+    larger than 1 x 1: the converter's own candidates and patch rows (a 1-D conv as its height-1 image), the
+    weight unfolded (no follower folded in)."""
     model = onnx.load(str(path))
-    names = spatial_convs(model)
-    nodes = {n.name: n for n in model.graph.node}
-    inputs = [nodes[name].input[0] for name in names]
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(i, onnx.TensorProto.FLOAT, None) for i in inputs)
+    candidates, _ = find_layers(model)
+    convs = [c for c in candidates if c.conv is not None and np.prod(c.conv.kernel_shape) > 1]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(c.input_name, onnx.TensorProto.FLOAT, None)
+                              for c in convs)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    runs = [session.run(inputs, feed) for feed in feeds]
+    runs = [session.run([c.input_name for c in convs], feed) for feed in feeds]
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = []
-    for k, name in enumerate(names):
-        node = nodes[name]
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        w = weights[node.input[1]]
-        batches = [run[k] for run in runs]
-        if w.ndim == 3:  # 1-D: the height-1 image the converter sees
-            w, batches = w[:, :, None, :], [b[:, :, None, :] for b in batches]
-            pads = attrs.get("pads", [0, 0])
-            attrs = {"strides": [1, *attrs.get("strides", [1])], "dilations": [1, *attrs.get("dilations", [1])],
-                     "pads": [0, pads[0], 0, pads[1]]}
-        out.append((name, batches, w, attrs))
+    for k, c in enumerate(convs):
+        w = weights[c.weight_name]
+        rows = np.concatenate([im2col(c.conv.as_nchw(run[k]), **c.conv.kwargs()) for run in runs])
+        kh, kw = c.conv.kernel_shape
+        out.append((c.name, rows, w.reshape(len(w), -1).T, (rows.shape[1] // (kh * kw), kh, kw)))
     return out
 
 
-def patch_rows(batches: list[np.ndarray], w: np.ndarray, attrs: dict) -> np.ndarray:
-    """[rows, Cin, kh, kw] patches (explicit pads only: these models have no auto_pad)."""
-    _, cin, kh, kw = w.shape
-    sh, sw = attrs.get("strides", [1, 1])
-    dh, dw = attrs.get("dilations", [1, 1])
-    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
-    rows = []
-    for x in batches:
-        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        ho = (x.shape[2] - (kh - 1) * dh - 1) // sh + 1
-        wo = (x.shape[3] - (kw - 1) * dw - 1) // sw + 1
-        p = np.empty((x.shape[0], ho, wo, cin, kh, kw), np.float32)
-        for ky in range(kh):
-            for kx in range(kw):
-                window = x[:, :, ky * dh : ky * dh + (ho - 1) * sh + 1 : sh, kx * dw : kx * dw + (wo - 1) * sw + 1 : sw]
-                p[..., ky, kx] = window.transpose(0, 2, 3, 1)
-        rows.append(p.reshape(-1, cin, kh, kw))
-    return np.concatenate(rows)
-
-
-def compare(model: str, name: str, patches: np.ndarray, w: np.ndarray, max_rows: int) -> list[str]:
-    if len(patches) > max_rows:
-        patches = patches[np.random.default_rng(0).choice(len(patches), max_rows, replace=False)]
-    cout, cin, kh, kw = w.shape
-    D = cin * kh * kw
+def compare(model: str, name: str, rows: np.ndarray, w: np.ndarray, patch: tuple[int, int, int],
+            max_rows: int) -> list[str]:
+    if len(rows) > max_rows:
+        rows = rows[np.random.default_rng(0).choice(len(rows), max_rows, replace=False)]
+    D, M = w.shape
     C = default_codebooks(D)
-    orders = {"channel-major": (patches.reshape(-1, D), w.reshape(cout, D).T),
-              "tap-major": (patches.transpose(0, 2, 3, 1).reshape(-1, D), w.transpose(0, 2, 3, 1).reshape(cout, D).T)}
-    nmse = {(order, enc): learn_layer(np.ascontiguousarray(a), wm, None, LearnOptions(codebooks=C, encoder=enc))
-            .report.heldout_nmse for order, (a, wm) in orders.items() for enc in ("pq", "tree")}
-    return [model, name, f"{cin}x{kh}x{kw}", C, len(patches)] + [
+
+    def tap_major(a: np.ndarray) -> np.ndarray:  # (n, Cin * kh * kw) -> (n, kh * kw * Cin)
+        return a.reshape(len(a), *patch).transpose(0, 2, 3, 1).reshape(len(a), D)
+
+    orders = {"channel-major": (rows, w), "tap-major": (tap_major(rows), tap_major(w.T).T)}
+    nmse = {(order, enc): learn_layer(np.ascontiguousarray(a), np.ascontiguousarray(wm), None,
+                                      LearnOptions(codebooks=C, encoder=enc)).report.heldout_nmse
+            for order, (a, wm) in orders.items() for enc in ("pq", "tree")}
+    return [model, name, "x".join(map(str, patch)), C, len(rows)] + [
         f"{nmse['channel-major', enc]:.4f}  {nmse['tap-major', enc]:.4f}  "
         f"{nmse['tap-major', enc] / nmse['channel-major', enc]:.2f}" for enc in ("pq", "tree")]
 
@@ -142,8 +113,8 @@ def main(argv=None) -> None:
     rows = []
     for model in args.models or MODELS:
         path, feeds = feeds_of(model)
-        for name, batches, w, attrs in conv_inputs(path, feeds):
-            rows.append(compare(model, name, patch_rows(batches, w, attrs), w, args.max_rows))
+        for name, patches, w, patch in conv_rows(path, feeds):
+            rows.append(compare(model, name, patches, w, patch, args.max_rows))
     print("held-out NMSE: channel-major (the ops' order), tap-major, ratio")
     print(tools.format_table(["model", "conv", "Cin x kh x kw", "C", "rows", "pq", "tree"], rows))
 
