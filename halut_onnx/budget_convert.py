@@ -232,7 +232,7 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         best = min(savers, key=lambda o: o.loss, default=None)
         hint = f"; the best single layer is {best.layer} ({best.setting}) with a loss of {best.loss:.4g}" if best else ""
         # a layer within the budget that the timings say is no faster is a different answer from "too lossy"
-        slow = sorted({o.layer for o in options_list if o.loss <= budget.max_loss and not (o.saving and o.saving > 0)})
+        slow = sorted({o.layer for o in options_list if o.loss <= budget.max_loss and o not in savers})
         if slow and objective == "time":
             hint += (f"; {len(slow)} layer(s) fit the budget but run no faster than the original in the kernel "
                      f"timings ({', '.join(slow[:3])}{', ...' if len(slow) > 3 else ''}): --objective macs "
