@@ -252,6 +252,12 @@ def patch_extractor(X: np.ndarray, geometry):
     return B * Ho * Wo, Cin * kh * kw, extract
 
 
+def as_float32(value: np.ndarray) -> np.ndarray:
+    """A float16 or float64 layer input as the float32 the Halut ops compute in (the rewrite casts it so); any
+    other array as it is."""
+    return value.astype(np.float32) if value.dtype in (np.float16, np.float64) else value
+
+
 def layer_seed(seed: int, name: str) -> np.random.Generator:
     """The sampling generator of one layer: depends on the seed and the layer only, not on the other layers."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -305,8 +311,8 @@ def collect_rows(
     augmented.CopyFrom(model)
     existing = {o.name for o in augmented.graph.output}
     for name in fetched:
-        if name not in existing:
-            augmented.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        if name not in existing:  # untyped: onnxruntime gives it the type the graph computes (float16 layers too)
+            augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
     samplers = {layer: ReservoirSampler(max_rows, layer_seed(seed, layer)) for layer in targets}
     dropped = dict.fromkeys(targets, 0)
     problems: dict[str, str] = {}
@@ -325,7 +331,7 @@ def collect_rows(
             for layer, (tensor, D, *conv) in targets.items():
                 if layer in problems:
                     continue
-                value = np.asarray(values[tensor])
+                value = as_float32(np.asarray(values[tensor]))
                 before = samplers[layer].seen + dropped[layer]
                 if conv and conv[0] is not None:
                     problem = _add_patches(samplers[layer], value, conv[0], D)

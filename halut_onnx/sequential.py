@@ -36,7 +36,7 @@ def _prune(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     del out.graph.output[:]
-    out.graph.output.append(helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    out.graph.output.append(helper.make_empty_tensor_value_info(tensor))
     return out
 
 

@@ -2,12 +2,12 @@
 nodes (group 1) with a constant weight. Constant: an initializer or a Constant node's output, also through the
 value-preserving ops of WEIGHT_CHAIN_OPS.
 
-A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, rank >= 2), ``W_eff`` a (D, M) constant and
-``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul whose only consumer is
-an Add of a constant bias (folded into the lookup's offset). A Conv is the same product over its patch rows
-(docs/ops.md, "Conv ops"): ``W_eff = W.reshape(Cout, Cin * kh * kw).T`` and its bias input; a 1-D Conv is the 2-D
-one with kernel ``(1, k)`` over its input seen as ``[B, Cin, 1, L]``. Every other MatMul / Gemm / Conv node is reported as
-skipped with a reason; all other nodes are never touched.
+A layer is ``Y = A @ W_eff + b_eff`` with ``A`` an activation (float32, float16 or float64, rank >= 2), ``W_eff``
+a (D, M) constant and ``b_eff`` an optional (M,) constant: Gemm's ``alpha * op(B)`` and ``beta * C``, or a MatMul
+whose only consumer is an Add of a constant bias (folded into the lookup's offset). A Conv is the same product over
+its patch rows (docs/ops.md, "Conv ops"): ``W_eff = W.reshape(Cout, Cin * kh * kw).T`` and its bias input; a 1-D
+Conv is the 2-D one with kernel ``(1, k)`` over its input seen as ``[B, Cin, 1, L]``. Every other MatMul / Gemm /
+Conv node is reported as skipped with a reason; all other nodes are never touched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ import onnx_graphsurgeon as gs
 
 #: ops reported in the skipped list when they cannot be converted (all others are not layers)
 LAYER_OPS = ("MatMul", "Gemm", "Conv")
+
+#: the float types a layer may compute in. The Halut ops take float32; the rewrite casts a float16 or float64
+#: layer's input to float32 and the lookup's output back, as onnxruntime's CPU provider itself does around the
+#: float16 ops it lacks, so a float16 model converts as it is (docs/design.md, "Float types").
+LAYER_FLOAT_TYPES = ("float32", "float16", "float64")
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,14 @@ class LayerCandidate:
     op_type: str
     input_name: str  # A
     output_name: str  # the tensor the lookup will produce (the folded Add's output when there is one)
-    weight: np.ndarray  # (D, M) float32, alpha and transB applied
+    weight: np.ndarray  # (D, M) float32 (whatever the model's type), alpha and transB applied
     bias: np.ndarray | None  # (M,) float32, beta applied; None when the layer has no bias
     weight_name: str  # the initializer (or Constant output) the weight is computed from
     bias_node: str | None = None  # the node folded into the lookup, if any: a bias Add (a Conv's: or BatchNormalization)
     input_rank: int | None = None  # A's rank when shape inference knows it
     description: str = ""  # what the rewrite replaces, for the lookup node's doc_string
     conv: ConvGeometry | None = None  # set for a Conv: the rows are its patches (input NCHW, output NCHW)
+    dtype: np.dtype = np.dtype(np.float32)  # the layer's type in the model (A, weight, output): LAYER_FLOAT_TYPES
 
     @property
     def D(self) -> int:
@@ -171,26 +177,50 @@ def _follower(out: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
 
 
 def _added_bias(node: gs.Node, y: gs.Tensor, n: int, rank: int, axis: int) -> np.ndarray | None:
-    """The (n,) bias ``node`` adds to ``y`` when it is an Add of ``y`` and a float32 constant that is the same along
+    """The (n,) bias ``node`` adds to ``y`` when it is an Add of ``y`` and a float constant that is the same along
     every axis but ``axis`` (``_bias_vector``); else None."""
     if node.op != "Add" or len(node.inputs) != 2:
         return None
     other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
     value = None if other is y else constant_value(other)
-    if value is None or value.dtype != np.float32:
+    if value is None or value.dtype.name not in LAYER_FLOAT_TYPES:
         return None
     return _bias_vector(value, n, rank, axis)
+
+
+def _type_name(dtype) -> str:
+    if isinstance(dtype, (int, np.integer)):  # graphsurgeon keeps the ONNX enum of a type numpy lacks (bfloat16)
+        return onnx.TensorProto.DataType.Name(int(dtype)).lower()
+    return np.dtype(dtype).name
+
+
+def _type_problem(what: str, dtype) -> str | None:
+    """Why a tensor of ``dtype`` cannot be part of a layer, or None when it can (LAYER_FLOAT_TYPES)."""
+    name = _type_name(dtype)
+    if name in LAYER_FLOAT_TYPES:
+        return None
+    return f"{what} is {name}; only float32, float16 and float64 layers are converted"
 
 
 def _check_activation(node: gs.Node, a: gs.Tensor) -> str | None:
     if constant_value(a) is not None:
         return "input A is a constant (constant folding, not a lookup, removes this node)"
     dtype = getattr(a, "dtype", None)
-    if dtype is not None and np.dtype(dtype) != np.float32:
-        return f"input A is {np.dtype(dtype).name}; the Halut ops take float32"
+    problem = None if dtype is None else _type_problem("input A", dtype)
+    if problem:
+        return problem
     rank = _rank(a)
     if rank is not None and rank < 2:
         return f"input A has rank {rank}; needs rank >= 2"
+    return None
+
+
+def _mixed_types(a: gs.Tensor, weight: np.ndarray, what: str) -> str | None:
+    """Why A and the weight do not make a layer of one type (ONNX types them alike; onnxruntime refuses the
+    model otherwise), or None."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and _type_name(dtype) != weight.dtype.name:
+        return f"input A is {_type_name(dtype)} but {what} is {weight.dtype.name}"
     return None
 
 
@@ -200,8 +230,9 @@ def _weight(node: gs.Node, b: gs.Tensor) -> tuple[np.ndarray | None, str | None]
         return None, "input B is an activation (activation x activation product)"
     if value.ndim != 2:
         return None, f"constant B has rank {value.ndim}; needs a 2-D weight"
-    if value.dtype != np.float32:
-        return None, f"constant B is {value.dtype.name}; the Halut ops take float32"
+    problem = _type_problem("constant B", value.dtype) or _mixed_types(node.inputs[0], value, "constant B")
+    if problem:
+        return None, problem
     return value, None
 
 
@@ -234,8 +265,8 @@ def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
         return reason
     out = node.outputs[0]
     candidate = LayerCandidate(
-        name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name, weight=weight, bias=None,
-        weight_name=constant_source(b).name, input_rank=_rank(a),
+        name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name, weight=weight.astype(np.float32),
+        bias=None, weight_name=constant_source(b).name, input_rank=_rank(a), dtype=weight.dtype,
     )
     # Fold a following bias Add: the MatMul's only consumer, the other operand a constant per-column vector.
     add = _follower(out, graph_outputs)
@@ -262,6 +293,8 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
         return reason
     alpha = np.float32(node.attrs.get("alpha", 1.0))
     beta = np.float32(node.attrs.get("beta", 1.0))
+    dtype = weight.dtype
+    weight = weight.astype(np.float32)
     if int(node.attrs.get("transB", 0)):
         weight = weight.T
     weight = np.ascontiguousarray(weight * alpha if alpha != 1 else weight, dtype=np.float32)
@@ -270,8 +303,9 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
         value = constant_value(node.inputs[2])
         if value is None:
             return "bias C is an activation"
-        if value.dtype != np.float32:
-            return f"bias C is {value.dtype.name}; the Halut ops take float32"
+        problem = _type_problem("bias C", value.dtype)
+        if problem:
+            return problem
         bias = _bias_vector(value, weight.shape[1], 2, -1)
         if bias is None:
             return f"bias C of shape {tuple(value.shape)} differs between rows"
@@ -279,7 +313,7 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
     attrs = ", ".join(f"{k}={node.attrs[k]}" for k in ("transB", "alpha", "beta") if k in node.attrs)
     return LayerCandidate(
         name=node.name, op_type="Gemm", input_name=a.name, output_name=node.outputs[0].name, weight=weight,
-        bias=bias, weight_name=constant_source(b).name, input_rank=2,
+        bias=bias, weight_name=constant_source(b).name, input_rank=2, dtype=dtype,
         description=f"Gemm {node.name!r} (B {b.name!r} {list(np.shape(constant_value(b)))}"
         + (f", {attrs}" if attrs else "") + (", bias C" if bias is not None else "") + ")",
     )
@@ -293,8 +327,10 @@ def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     weight = constant_value(w)
     if weight is None:
         return "weight W is an activation"
-    if weight.dtype != np.float32:
-        return f"weight W is {weight.dtype.name}; the Halut ops take float32"
+    problem = _type_problem("weight W", weight.dtype) or _mixed_types(x, weight, "weight W")
+    if problem:
+        return problem
+    dtype, weight = weight.dtype, weight.astype(np.float32)
     if weight.ndim not in (3, 4):
         return f"{weight.ndim - 2}-D Conv (weight rank {weight.ndim}); only 1-D and 2-D Conv are converted"
     conv1d = weight.ndim == 3
@@ -361,7 +397,7 @@ def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
         name=node.name, op_type="Conv", input_name=x.name,
         output_name=(folded or node).outputs[0].name, weight=W_eff, bias=bias, weight_name=constant_source(w).name,
         bias_node=folded.name if folded is not None else None, input_rank=weight.ndim, description=description,
-        conv=geometry,
+        conv=geometry, dtype=dtype,
     )
 
 

@@ -5,8 +5,10 @@ Each converted layer ``<name>`` becomes ``<name>/halut_encode`` (``HalutEncodeTr
 folded Add's) output tensor under its original name. A Conv becomes the conv forms of the ops
 (``HalutEncodeTreeConv`` / ``HalutEncodePQConv`` with the Conv's geometry attributes, ``HalutLookupConv``), which
 read NCHW and write NCHW; a 1-D Conv's input is unsqueezed to a height-1 image for them and their output squeezed
-back (``<name>/halut_unsqueeze``, ``<name>/halut_squeeze``). The op parameters are initializers named
-``<name>.halut.<input>`` (split_dims, thresholds or vectors, biases; lut, scale, offset).
+back (``<name>/halut_unsqueeze``, ``<name>/halut_squeeze``). A float16 or float64 layer's input is cast to the ops'
+float32 and the lookup's output back to the layer's type (``<name>/halut_cast_in``, ``<name>/halut_cast_out``).
+The op parameters are initializers named ``<name>.halut.<input>`` (split_dims, thresholds or vectors, biases; lut,
+scale, offset).
 
 graphsurgeon's export rebuilds the ModelProto, so the model-level fields it does not carry (IR version, opset
 imports of every domain, model doc_string and version, metadata_props) are copied back from the input model here.
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
+from onnx import TensorProto, helper
 
 from halut_onnx.ops import (
     DOMAIN,
@@ -52,10 +54,13 @@ class LayerRewrite:
 
 def node_names(name: str) -> dict[str, str]:
     """The names the rewrite gives to the nodes and the tensors between them of layer ``name`` (a 1-D Conv also
-    gets the Unsqueeze / Squeeze to and from the 2-D image the conv ops take)."""
+    gets the Unsqueeze / Squeeze to and from the 2-D image the conv ops take, a layer that is not float32 the Casts
+    to and from the ops' float32)."""
     return {"encode": f"{name}/halut_encode", "lookup": f"{name}/halut_lookup", "codes": f"{name}/halut_codes",
             "unsqueeze": f"{name}/halut_unsqueeze", "squeeze": f"{name}/halut_squeeze",
-            "image": f"{name}/halut_image", "image_out": f"{name}/halut_image_out"}
+            "image": f"{name}/halut_image", "image_out": f"{name}/halut_image_out",
+            "cast_in": f"{name}/halut_cast_in", "cast_out": f"{name}/halut_cast_out",
+            "float_in": f"{name}/halut_float_in", "float_out": f"{name}/halut_float_out"}
 
 
 def initializer_name(name: str, op_input: str) -> str:
@@ -120,14 +125,20 @@ def rewrite_model(model: onnx.ModelProto, rewrites: list[LayerRewrite]) -> onnx.
         names = node_names(cand.name)
         x, y = tensors[cand.input_name], tensors[cand.output_name]
         if isinstance(x, gs.Variable) and x.dtype is None:
-            # The op takes float32 (checked on the calibration data); typing X lets shape inference go through
+            # The layer's type is its weight's (ONNX types A and B alike); typing X lets shape inference go through
             # the function body when X comes from an op onnx cannot infer (ai.onnx.ml, custom domains).
-            x.dtype = np.float32
+            x.dtype = cand.dtype
         for old in cand.replaced_nodes:
             freed.extend(nodes[old].inputs)
             nodes[old].outputs.clear()
             nodes[old].inputs.clear()
             graph.nodes.remove(nodes[old])
+        if cand.dtype != np.float32:
+            x32, y32 = gs.Variable(names["float_in"], np.float32), gs.Variable(names["float_out"], np.float32)
+            graph.nodes.append(gs.Node("Cast", names["cast_in"], {"to": TensorProto.FLOAT}, [x], [x32]))
+            graph.nodes.append(gs.Node("Cast", names["cast_out"], {"to": helper.np_dtype_to_tensor_dtype(cand.dtype)},
+                                       [y32], [y]))
+            x, y = x32, y32
         encode_op, params = _encoder_inputs(cand.name, layer)
         lookup_op, encode_attrs = LOOKUP, {}
         if cand.conv is not None:

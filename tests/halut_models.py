@@ -83,3 +83,21 @@ def zoo(rng: np.random.Generator, D: int = 32) -> onnx.ModelProto:
                helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 8]),
                helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])]
     return make_model(nodes, inputs, outputs, inits, extra_opsets=[("ai.onnx.ml", 3)])
+
+
+FLOAT_TYPES = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16, np.float64: TensorProto.DOUBLE}
+
+
+def retyped(model: onnx.ModelProto, dtype) -> onnx.ModelProto:
+    """``model`` (one float type throughout) computing in ``dtype``: its float initializers and types changed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, init in enumerate(out.graph.initializer):
+        if init.data_type in FLOAT_TYPES.values():
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(dtype),
+                                                                      init.name))
+    for value in (*out.graph.input, *out.graph.output, *out.graph.value_info):
+        if value.type.tensor_type.elem_type in FLOAT_TYPES.values():
+            value.type.tensor_type.elem_type = FLOAT_TYPES[dtype]
+    onnx.checker.check_model(out, full_check=True)
+    return out

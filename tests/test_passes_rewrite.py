@@ -69,14 +69,19 @@ def test_bias_add_folding_rules(rng, bias_shape, consumers, folded):
     "b,a_type,reason",
     [
         (np.zeros((2, 32, 8), np.float32), TensorProto.FLOAT, "constant B has rank 3; needs a 2-D weight"),
-        (np.zeros((32, 8), np.float16), TensorProto.FLOAT16, "input A is float16; the Halut ops take float32"),
+        (np.zeros((32, 8), np.int32), TensorProto.INT32, "input A is int32; only float32, float16 and float64 layers "
+                                                          "are converted"),
+        (np.zeros((32, 8), np.float16), TensorProto.FLOAT, "input A is float32 but constant B is float16"),
+        (helper.make_tensor("w", TensorProto.BFLOAT16, [32, 8], bytes(512), raw=True), TensorProto.BFLOAT16,
+         "input A is bfloat16; only float32, float16 and float64 layers are converted"),
     ],
 )
 def test_ineligible_matmuls_say_why(rng, b, a_type, reason):
     x = helper.make_tensor_value_info("x", a_type, [2, 5, 32])
     model = helper.make_model(
         helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g", [x],
-                          [helper.make_tensor_value_info("y", a_type, None)], [numpy_helper.from_array(b, "w")]),
+                          [helper.make_tensor_value_info("y", a_type, None)],
+                          [b if isinstance(b, onnx.TensorProto) else numpy_helper.from_array(b, "w")]),
         ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
     assert _find(model)[1] == {"fc": reason}
 
@@ -118,9 +123,9 @@ def test_weights_through_value_preserving_ops_are_constants(rng, chain, weight):
     assert candidates["fc0"].weight_name == "w"  # the initializer onnxruntime's optimiser leaves for timing
 
 
-def test_cast_to_float16_weight_is_still_refused(rng):
+def test_a_weight_cast_to_another_type_than_the_input_is_refused(rng):
     model, _ = _chain_model(rng, [("Cast", {"to": TensorProto.FLOAT16})], shared=1)
-    assert _find(model)[1] == {"fc0": "constant B is float16; the Halut ops take float32"}
+    assert _find(model)[1] == {"fc0": "input A is float32 but constant B is float16"}
 
 
 @pytest.mark.parametrize("converted,kept", [(("fc0", "fc1"), set()), (("fc0",), {"identity0", "w"})])
