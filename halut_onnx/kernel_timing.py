@@ -5,7 +5,8 @@ onnxruntime sessions (1 intra-op thread, random weights of the right shapes: the
 the values) and the median of a few runs is kept. Results are cached per shape for the process. A Conv layer is
 timed as what runs: onnxruntime's Conv against the conv encode op + HalutLookupConv on NCHW images of the layer's
 input size (``time_conv_layer``); timing it as its patch-row MatMul overstated the saving, since onnxruntime's Conv
-is faster than a MatMul over materialised patches.
+is faster than a MatMul over materialised patches. A float16 or float64 layer is timed in its type: onnxruntime's
+MatMul / Conv in that type against the ops between the Casts the rewrite puts around them.
 """
 
 from __future__ import annotations
@@ -36,14 +37,26 @@ class KernelTime:
         return self.matmul_ms / self.halut_ms if self.halut_ms > 0 else float("inf")
 
 
-def _model(nodes, D: int, M: int, inits: dict, halut: bool, image: bool = False):
+def _model(nodes, D: int, M: int, inits: dict, halut: bool, image: bool = False, dtype: str = "float32"):
+    """The timed model: X -> ``nodes`` -> Y, X and Y of ``dtype``. Halut ``nodes`` read and write the tensors
+    ``_halut_io(dtype)`` names: for a layer that is not float32, the Casts the rewrite adds join them to X and Y."""
     from onnx import TensorProto, helper, numpy_helper
 
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "Cin", "H", "W"] if image else ["N", D])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None if image else ["N", M])
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    if halut and elem != TensorProto.FLOAT:
+        x32, y32 = _halut_io(dtype)
+        nodes = [helper.make_node("Cast", ["X"], [x32], to=TensorProto.FLOAT), *nodes,
+                 helper.make_node("Cast", [y32], ["Y"], to=elem)]
+    x = helper.make_tensor_value_info("X", elem, ["B", "Cin", "H", "W"] if image else ["N", D])
+    y = helper.make_tensor_value_info("Y", elem, None if image else ["N", M])
     graph = helper.make_graph(nodes, "timing", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(DOMAIN, DOMAIN_VERSION)] if halut else [])
     return helper.make_model(graph, ir_version=10, opset_imports=opsets).SerializeToString()
+
+
+def _halut_io(dtype: str) -> tuple[str, str]:
+    """The input and output tensor names of the Halut nodes of a timed model of ``dtype``."""
+    return ("X", "Y") if dtype == "float32" else ("X32", "Y32")
 
 
 def library_available() -> bool:
@@ -90,30 +103,34 @@ def _time_pair(original: bytes, halut: bytes, X: np.ndarray) -> tuple[float, flo
 
 
 @functools.lru_cache(maxsize=None)
-def time_layer(N: int, D: int, M: int, C: int, encoder: str) -> KernelTime:
-    """Median time of MatMul and of encode + lookup on ``N`` rows of one (D, M, C, encoder) layer (1 thread)."""
+def time_layer(N: int, D: int, M: int, C: int, encoder: str, dtype: str = "float32") -> KernelTime:
+    """Median time of MatMul and of encode + lookup on ``N`` rows of one (D, M, C, encoder) layer computing in
+    ``dtype`` (1 thread)."""
     from onnx import helper
 
     rows = max(1, min(N, MAX_TIMED_ROWS))
     rng = np.random.default_rng([N, D, M, C])
-    X = rng.standard_normal((rows, D)).astype(np.float32)
+    X = rng.standard_normal((rows, D)).astype(dtype)
     mm = _model([helper.make_node("MatMul", ["X", "W"], ["Y"])], D, M,
-                {"W": rng.standard_normal((D, M)).astype(np.float32)}, False)
+                {"W": rng.standard_normal((D, M)).astype(dtype)}, False, dtype=dtype)
     enc, lut = _halut_weights(rng, D, M, C, encoder)
+    x, y = _halut_io(dtype)
     nodes = [
-        helper.make_node(ENCODE_TREE if encoder == "tree" else ENCODE_PQ, ["X", *enc], ["codes"], domain=DOMAIN),
-        helper.make_node(LOOKUP, ["codes", *lut], ["Y"], domain=DOMAIN),
+        helper.make_node(ENCODE_TREE if encoder == "tree" else ENCODE_PQ, [x, *enc], ["codes"], domain=DOMAIN),
+        helper.make_node(LOOKUP, ["codes", *lut], [y], domain=DOMAIN),
     ]
-    t_mm, t_h = _time_pair(mm, _model(nodes, D, M, {**enc, **lut}, True), X)
+    t_mm, t_h = _time_pair(mm, _model(nodes, D, M, {**enc, **lut}, True, dtype=dtype), X)
     scale = N / rows
     return KernelTime(t_mm * scale, t_h * scale)
 
 
 @functools.lru_cache(maxsize=None)
-def time_conv_layer(N: int, image_shape: tuple[int, int, int], geometry, M: int, C: int, encoder: str) -> KernelTime:
+def time_conv_layer(N: int, image_shape: tuple[int, int, int], geometry, M: int, C: int, encoder: str,
+                    dtype: str = "float32") -> KernelTime:
     """Median time of onnxruntime's Conv and of the conv encode + HalutLookupConv for ``N`` output positions of one
-    layer: images of ``image_shape`` = (Cin, H, W) under ``geometry`` (``passes.candidates.ConvGeometry``), as many
-    as make N positions (at most MAX_TIMED_ROWS positions timed, then scaled), 1 thread."""
+    layer computing in ``dtype``: images of ``image_shape`` = (Cin, H, W) under ``geometry``
+    (``passes.candidates.ConvGeometry``), as many as make N positions (at most MAX_TIMED_ROWS positions timed, then
+    scaled), 1 thread."""
     from onnx import helper
 
     from .reference import conv_pads
@@ -126,24 +143,25 @@ def time_conv_layer(N: int, image_shape: tuple[int, int, int], geometry, M: int,
     images = max(1, round(N / per_image))
     timed = max(1, min(images, -(-MAX_TIMED_ROWS // per_image)))
     rng = np.random.default_rng([N, D, M, C])
-    X = rng.standard_normal((timed, Cin, H, W)).astype(np.float32)
+    X = rng.standard_normal((timed, Cin, H, W)).astype(dtype)
     attrs = geometry.attributes()
     conv = _model([helper.make_node("Conv", ["X", "Wc"], ["Y"], **attrs)], D, M,
-                  {"Wc": rng.standard_normal((M, Cin, kh, kw)).astype(np.float32)}, False, image=True)
+                  {"Wc": rng.standard_normal((M, Cin, kh, kw)).astype(dtype)}, False, image=True, dtype=dtype)
     enc, lut = _halut_weights(rng, D, M, C, encoder)
+    x, y = _halut_io(dtype)
     nodes = [
-        helper.make_node(ENCODE_TREE_CONV if encoder == "tree" else ENCODE_PQ_CONV, ["X", *enc], ["codes"],
+        helper.make_node(ENCODE_TREE_CONV if encoder == "tree" else ENCODE_PQ_CONV, [x, *enc], ["codes"],
                          domain=DOMAIN, **attrs),
-        helper.make_node(LOOKUP_CONV, ["codes", *lut], ["Y"], domain=DOMAIN),
+        helper.make_node(LOOKUP_CONV, ["codes", *lut], [y], domain=DOMAIN),
     ]
-    t_conv, t_h = _time_pair(conv, _model(nodes, D, M, {**enc, **lut}, True, image=True), X)
+    t_conv, t_h = _time_pair(conv, _model(nodes, D, M, {**enc, **lut}, True, image=True, dtype=dtype), X)
     scale = images / timed
     return KernelTime(t_conv * scale, t_h * scale)
 
 
 def time_candidate(N: int, cand, image_shape, C: int, encoder: str) -> KernelTime:
-    """The timing of a layer candidate (``passes.candidates.LayerCandidate``) over N rows: a Conv with a known input
-    size as a Conv, anything else as its row MatMul."""
+    """The timing of a layer candidate (``passes.candidates.LayerCandidate``) over N rows, in its type: a Conv
+    with a known input size as a Conv, anything else as its row MatMul."""
     if cand.conv is not None and image_shape is not None:
-        return time_conv_layer(N, tuple(image_shape), cand.conv, cand.M, C, encoder)
-    return time_layer(N, cand.D, cand.M, C, encoder)
+        return time_conv_layer(N, tuple(image_shape), cand.conv, cand.M, C, encoder, cand.dtype.name)
+    return time_layer(N, cand.D, cand.M, C, encoder, cand.dtype.name)

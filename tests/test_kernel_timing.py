@@ -84,6 +84,34 @@ def test_candidates_dispatch_by_kind(captured):
     assert shapes == [(3, 6, 11, 9), (90, 54), (90, 54)]
 
 
+@pytest.mark.parametrize("kind", ["MatMul", "Conv"])
+def test_a_float16_layer_is_timed_in_float16_with_the_rewrites_casts(captured, kind):
+    weight = np.zeros((54, 7), np.float32)
+    cand = LayerCandidate("l", kind, "x", "y", weight, None, "w", conv=GEOMETRY if kind == "Conv" else None,
+                          dtype=np.dtype(np.float16))
+    kernel_timing.time_candidate(90, cand, (6, 11, 9), 8, "tree")
+    (original, halut, X), = captured
+    assert X.dtype == np.float16
+    graph = onnx.load_from_string(original).graph
+    assert [n.op_type for n in graph.node] == [kind]
+    assert graph.initializer[0].data_type == TensorProto.FLOAT16
+    hgraph = onnx.load_from_string(halut).graph
+    encode = "HalutEncodeTreeConv" if kind == "Conv" else "HalutEncodeTree"
+    lookup = "HalutLookupConv" if kind == "Conv" else "HalutLookup"
+    assert [n.op_type for n in hgraph.node] == ["Cast", encode, lookup, "Cast"]
+    # Both run, and the Halut model computes the ops' reference between the casts.
+    assert _run(original, X).dtype == np.float16
+    w = {t.name: numpy_helper.to_array(t) for t in hgraph.initializer}
+    X32 = X.astype(np.float32)
+    if kind == "Conv":
+        codes = reference.encode_tree_conv(X32, w["split_dims"], w["thresholds"], **GEOMETRY.kwargs())
+        expected = reference.lookup_conv(codes, w["lut"], w["scale"], w["offset"])
+    else:
+        codes = reference.encode_tree(X32, w["split_dims"], w["thresholds"])
+        expected = reference.lookup(codes, w["lut"], w["scale"], w["offset"])
+    np.testing.assert_array_equal(_run(halut, X, session_options()), expected.astype(np.float16))
+
+
 def test_collect_rows_records_a_convs_input_size(tmp_path):
     rng = np.random.default_rng(3)
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
