@@ -137,6 +137,7 @@ def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
             return F.embedding_bag(codes + self.offsets, self.table(), mode="sum") + self.bias
 
         def forward(self, x):
+            dtype, x = x.dtype, x.float()  # a float16 or float64 layer computes in float32, as the rewrite casts it
             if self.geometry is None:
                 rows = x.reshape(-1, x.shape[-1])
                 y = self.lookup(rows).view(*x.shape[:-1], -1)
@@ -154,7 +155,7 @@ def _layer_module(candidate, layer: HalutLayer, fake_quant: bool = False):
                 linear = F.conv2d(xp, kernel, self.linear_bias, stride=g.strides, dilation=g.dilations)
                 if g.conv1d:
                     y, linear = y.squeeze(2), linear.squeeze(2)
-            return y + (linear - linear.detach())
+            return (y + (linear - linear.detach())).to(dtype)
 
     return HalutTorchLayer()
 

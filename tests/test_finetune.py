@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="fine-tuning needs torch: pip install -e '.[test]'")
 
 from budget_models import mlp3, write_files  # noqa: E402
+from halut_models import retyped  # noqa: E402
 from halut_onnx import reference  # noqa: E402
 from halut_onnx.analyze import AnalyzeOptions, analyze, model_session  # noqa: E402
 from halut_onnx.finetune import FinetuneOptions, _layer_module, _requantize, finetune  # noqa: E402
@@ -129,19 +130,38 @@ def test_requantize_keeps_the_float_lut_within_int8_error(rng):
     assert np.sum((int8_out - float_out) ** 2) / np.sum(float_out ** 2) < 1e-4
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """mlp3 with fc1 and fc2 converted at C=8: the second layer's input carries the first one's error."""
+def test_layer_module_of_a_float16_layer_computes_in_float32_between_casts(rng):
+    layer, cand, X, _ = _layer(rng, "tree", None)
+    module = _layer_module(cand, layer)
+    X16 = torch.from_numpy(X.astype(np.float16)).requires_grad_()
+    out = module(X16)
+    assert out.dtype == torch.float16
+    with torch.no_grad():
+        expected = module(X16.float()).half()
+    np.testing.assert_array_equal(out.detach().numpy(), expected.numpy())
+    out.float().sum().backward()
+    assert X16.grad is not None and X16.grad.dtype == torch.float16 and X16.grad.abs().sum() > 0
+
+
+def _chain(folder, dtype):
+    """mlp3 in ``dtype`` with fc1 and fc2 converted at C=8: the second layer's input carries the first one's
+    error."""
     rng = np.random.default_rng(0)
-    folder = tmp_path_factory.mktemp("finetune")
-    onnx.save(mlp3(rng), folder / "m.onnx")
+    onnx.save(retyped(mlp3(rng), dtype), folder / "m.onnx")
     write_files(folder / "calib", rng, files=10, rows=256)
+    for path in (folder / "calib").iterdir():
+        np.savez(path, x=np.load(path)["x"].astype(dtype))
     analysis = analyze(folder / "m.onnx", folder / "calib",
                        AnalyzeOptions(ConvertOptions(progress=False, include=("^fc1$", "^fc2$")), codebooks=(8,),
                                       encoders=("pq",), timing=False))
     plan = [analysis.candidates[n] for n in ("fc1", "fc2")]
     layers = {c.name: analysis.learned[(c.name, "pq C=8")] for c in plan}
     return analysis, plan, layers
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    return _chain(tmp_path_factory.mktemp("finetune"), np.float32)
 
 
 def _written_nmse(analysis, plan, layers) -> float:
@@ -154,7 +174,17 @@ def _written_nmse(analysis, plan, layers) -> float:
 
 
 def test_finetune_lowers_the_error_of_a_chain_on_held_out_files(chain):
-    analysis, plan, layers = chain
+    _check_finetune_lowers_the_error(*chain)
+
+
+def test_finetune_lowers_the_error_of_a_float16_chain(tmp_path):
+    """The same chain in float16: the graph replays in float16, the converted layers in float32 between casts."""
+    analysis, plan, layers = _chain(tmp_path, np.float16)
+    assert [c.dtype for c in plan] == [np.float16] * 2
+    _check_finetune_lowers_the_error(analysis, plan, layers)
+
+
+def _check_finetune_lowers_the_error(analysis, plan, layers):
     tuned, report = finetune(analysis.work, plan, layers, [f for _, f in analysis.learn_set],
                              analysis.evaluator.feeds, analysis.evaluator.reference, analysis.metric_output, "nmse",
                              FinetuneOptions(epochs=6, lr=1e-2, progress=False))
