@@ -255,11 +255,15 @@ def test_digits_conv1d_quick_run_converts_every_layer(tmp_path):
     assert float(rows["default"][4]) <= 2.0 and float(rows["--encoder tree"][4]) <= 2.5
 
 
-def test_ppocr_rec_quick_conversion(ppocr, tmp_path):
+@pytest.mark.parametrize("float16", [False, True], ids=["float32", "float16"])
+def test_ppocr_rec_quick_conversion(ppocr, tmp_path, float16):
+    import onnx
     import ppocr_rec
 
-    info, results = ppocr_rec.run(tmp_path, quick=True)
+    info, results = ppocr_rec.run(tmp_path, quick=True, float16=float16)
     assert info["cer"] < 0.02 and info["layers"] == 9
+    weights = [t for t in onnx.load(info["model"]).graph.initializer if t.dims and len(t.dims) == 2]
+    assert {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16 if float16 else onnx.TensorProto.FLOAT}
     (default,) = results
     assert default["setting"] == "default" and default["layers"] == info["layers"]
     # Measured 0.00 % CER and 99.24 % agreement (docs/examples.md): a few wrong characters at most.
