@@ -8,7 +8,8 @@ Two halves, because the GPU machine has neither onnx nor the project's learning 
 
 --prepare writes single-node models of all six ops for the shapes the CPU tests use (random weights and the
 learned weights and real activations of converted models), the expected outputs from halut_onnx.reference, the
-converted digits MLP, digits 1-D CNN and PP-OCR rec (Conv layers) with inputs and CPU outputs, the speed models,
+converted digits MLP (also in float16), digits 1-D CNN and PP-OCR rec (Conv layers) with inputs and CPU outputs,
+the speed models,
 and a copy of the built custom-op library. The GPU run needs only numpy, onnxruntime-gpu and (for the cuBLAS rows) torch; it checks
 each op bit for bit, checks that the Halut nodes ran on the CUDA provider, compares the real models with the CPU
 within float tolerance, times the kernels against cuBLAS, prints aligned tables and exits 1 on any mismatch.
@@ -321,7 +322,18 @@ def prepare(out: Path, real: bool, baselines: list[str]) -> None:
             print(f"running examples/{script} --quick (converted models for the real-model check)", flush=True)
             subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(work / sub)],
                            check=True, env=env, stdout=subprocess.DEVNULL)
+        # The float16 case: the layers' Casts and the model's float16 ops on the device around the Halut ops.
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        digits16 = work / "digits" / "digits_mlp.float16.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(work / "digits" / "digits_mlp.onnx"), keep_io_types=True),
+                  digits16)
+        subprocess.run([sys.executable, "-m", "halut_onnx.cli", "convert", str(digits16), "--calib",
+                        str(work / "digits" / "calib"), "-o", str(work / "digits" / "digits_mlp.float16.pq.onnx")],
+                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         real_models = [("digits MLP pq", work / "digits" / "digits_mlp.default.onnx", work / "digits" / "eval"),
+                       ("digits MLP in float16 (Casts around the ops, pq)",
+                        work / "digits" / "digits_mlp.float16.pq.onnx", work / "digits" / "eval"),
                        ("digits MLP tree", work / "digits" / "digits_mlp.tree.onnx", work / "digits" / "eval"),
                        ("digits 1-D CNN (3 Conv1d in Unsqueeze / Squeeze, pq)",
                         work / "conv1d" / "digits_conv1d.default.onnx", work / "conv1d" / "calib"),
