@@ -184,7 +184,7 @@ def convert_model(
     if not selected:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped.values())[:3])
         more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-        found = (f"{len(skipped)} MatMul/Gemm/Conv nodes skipped: {reasons}{more}" if skipped
+        found = (f"{len(skipped)} layer{'s' if len(skipped) > 1 else ''} skipped: {reasons}{more}" if skipped
                  else "no MatMul, Gemm or Conv node")
         raise ConversionError(f"no eligible layer in {source}: {found}")
 

@@ -21,6 +21,17 @@ import onnx_graphsurgeon as gs
 #: ops reported in the skipped list when they cannot be converted (all others are not layers)
 LAYER_OPS = ("MatMul", "Gemm", "Conv")
 
+#: other default-domain ops that multiply by a constant weight: no Halut rewrite replaces them, and a model made of
+#: them should say so in the skipped list rather than report no layer at all
+OTHER_WEIGHT_OPS = {
+    "ConvTranspose": "ConvTranspose is not converted (the Halut ops replace MatMul, Gemm and Conv)",
+    "Einsum": "Einsum is not converted (the Halut ops replace MatMul, Gemm and Conv)",
+    **dict.fromkeys(("LSTM", "GRU", "RNN"), "recurrent layer: its weights multiply inside the op at every time "
+                                             "step, which no lookup replaces"),
+    **dict.fromkeys(("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv"),
+                    "an integer (quantized) layer; convert the float model"),
+}
+
 #: the float types a layer may compute in. The Halut ops take float32; the rewrite casts a float16 or float64
 #: layer's input to float32 and the lookup's output back, as onnxruntime's CPU provider itself does around the
 #: float16 ops it lacks, so a float16 model converts as it is (docs/design.md, "Float types").
@@ -224,8 +235,20 @@ def _mixed_types(a: gs.Tensor, weight: np.ndarray, what: str) -> str | None:
     return None
 
 
+def _dequantized(tensor: gs.Tensor) -> bool:
+    """``tensor`` is a DequantizeLinear of a constant: a weight of a QDQ-quantized model."""
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    return producer is not None and producer.op == "DequantizeLinear" and bool(producer.inputs) \
+        and constant_value(producer.inputs[0]) is not None
+
+
+QUANTIZED = "a DequantizeLinear of an integer constant (a quantized model); convert the float model"
+
+
 def _weight(node: gs.Node, b: gs.Tensor) -> tuple[np.ndarray | None, str | None]:
     value = constant_value(b)
+    if value is None and _dequantized(b):
+        return None, f"input B is {QUANTIZED}"
     if value is None:
         return None, "input B is an activation (activation x activation product)"
     if value.ndim != 2:
@@ -326,7 +349,7 @@ def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
         return reason
     weight = constant_value(w)
     if weight is None:
-        return "weight W is an activation"
+        return f"weight W is {QUANTIZED}" if _dequantized(w) else "weight W is an activation"
     problem = _type_problem("weight W", weight.dtype) or _mixed_types(x, weight, "weight W")
     if problem:
         return problem
@@ -412,7 +435,13 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
     candidates: list[LayerCandidate] = []
     skipped: list[SkippedLayer] = []
     for node in graph.nodes:
-        if node.op not in LAYER_OPS or node.domain not in ("", None):
+        if node.domain not in ("", None):
+            continue
+        if node.op in OTHER_WEIGHT_OPS and any(constant_value(t) is not None or _dequantized(t)
+                                               for t in node.inputs[1:] if t.name):
+            skipped.append(SkippedLayer(node.name, node.op, OTHER_WEIGHT_OPS[node.op]))
+            continue
+        if node.op not in LAYER_OPS:
             continue
         if node.op == "Conv":
             found = _conv(node, graph_outputs)

@@ -122,7 +122,7 @@ def test_convert_flags_are_the_options_fields():
         (["convert", "mlp.onnx", "--calib", "bad", "-o", "o.onnx", "--no-progress"],
          "bad/x.npz: input 'x' has dtype float64, the model expects float32"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--include", "nothing"],
-         "no eligible layer in mlp.onnx: 2 MatMul/Gemm/Conv nodes skipped: fc1: not matched by --include; "
+         "no eligible layer in mlp.onnx: 2 layers skipped: fc1: not matched by --include; "
          "fc2: not matched by --include"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
         (["inspect", "nope.onnx"], "model file nope.onnx does not exist"),

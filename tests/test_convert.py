@@ -200,8 +200,17 @@ def test_user_errors(mlp_case, tmp_path, rng):
                            [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", "N"])], {})
     with pytest.raises(ConversionError) as err:
         convert_model(attention, calib, None, ConvertOptions(**FAST))
-    assert str(err.value) == ("no eligible layer in the model: 1 MatMul/Gemm/Conv nodes skipped: scores: input B is "
+    assert str(err.value) == ("no eligible layer in the model: 1 layer skipped: scores: input B is "
                               "an activation (activation x activation product)")
+    # A recurrent model: its LSTM named and explained, not "no MatMul, Gemm or Conv node"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])
+    lstm = make_model([helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=8)], [x],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 8])],
+                      {"W": np.zeros((1, 32, 4), np.float32), "R": np.zeros((1, 32, 8), np.float32)})
+    with pytest.raises(ConversionError) as err:
+        convert_model(lstm, calib, None, ConvertOptions(**FAST))
+    assert str(err.value) == ("no eligible layer in the model: 1 layer skipped: lstm: recurrent layer: its weights "
+                              "multiply inside the op at every time step, which no lookup replaces")
     # Layers only inside an If's branches: named and explained, not "no layer"
     w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
     branch = lambda name: helper.make_graph(  # noqa: E731
@@ -214,7 +223,7 @@ def test_user_errors(mlp_case, tmp_path, rng):
     with pytest.raises(ConversionError) as err:
         convert_model(branched, calib, None, ConvertOptions(**FAST))
     assert str(err.value) == (
-        "no eligible layer in the model: 2 MatMul/Gemm/Conv nodes skipped: pick/else_branch/else_mm: inside the "
+        "no eligible layer in the model: 2 layers skipped: pick/else_branch/else_mm: inside the "
         "'else_branch' subgraph of If 'pick': only layers of the main graph are converted; pick/then_branch/then_mm: "
         "inside the 'then_branch' subgraph of If 'pick': only layers of the main graph are converted")
     with pytest.raises(ConversionError) as err:
