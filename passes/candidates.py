@@ -288,8 +288,9 @@ def _matmul(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
         return reason
     out = node.outputs[0]
     candidate = LayerCandidate(
-        name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name, weight=weight.astype(np.float32),
-        bias=None, weight_name=constant_source(b).name, input_rank=_rank(a), dtype=weight.dtype,
+        name=node.name, op_type="MatMul", input_name=a.name, output_name=out.name,
+        weight=weight.astype(np.float32, copy=False), bias=None, weight_name=constant_source(b).name,
+        input_rank=_rank(a), dtype=weight.dtype,
     )
     # Fold a following bias Add: the MatMul's only consumer, the other operand a constant per-column vector.
     add = _follower(out, graph_outputs)
@@ -317,7 +318,7 @@ def _gemm(node: gs.Node) -> LayerCandidate | str:
     alpha = np.float32(node.attrs.get("alpha", 1.0))
     beta = np.float32(node.attrs.get("beta", 1.0))
     dtype = weight.dtype
-    weight = weight.astype(np.float32)
+    weight = weight.astype(np.float32, copy=False)
     if int(node.attrs.get("transB", 0)):
         weight = weight.T
     weight = np.ascontiguousarray(weight * alpha if alpha != 1 else weight, dtype=np.float32)
@@ -353,7 +354,7 @@ def _conv(node: gs.Node, graph_outputs: set[str]) -> LayerCandidate | str:
     problem = _type_problem("weight W", weight.dtype) or _mixed_types(x, weight, "weight W")
     if problem:
         return problem
-    dtype, weight = weight.dtype, weight.astype(np.float32)
+    dtype, weight = weight.dtype, weight.astype(np.float32, copy=False)
     if weight.ndim not in (3, 4):
         return f"{weight.ndim - 2}-D Conv (weight rank {weight.ndim}); only 1-D and 2-D Conv are converted"
     conv1d = weight.ndim == 3
@@ -438,7 +439,7 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
         if node.domain not in ("", None):
             continue
         if node.op in OTHER_WEIGHT_OPS and any(constant_value(t) is not None or _dequantized(t)
-                                               for t in node.inputs[1:] if t.name):
+                                               for t in node.inputs if t.name):
             skipped.append(SkippedLayer(node.name, node.op, OTHER_WEIGHT_OPS[node.op]))
             continue
         if node.op not in LAYER_OPS:

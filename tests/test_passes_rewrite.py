@@ -88,11 +88,13 @@ def test_ineligible_matmuls_say_why(rng, b, a_type, reason):
 
 def test_quantized_and_other_weight_layers_are_skipped_with_reasons(rng):
     """A QDQ-quantized MatMul and Conv say they are quantized (not "an activation"); ConvTranspose, recurrent and
-    integer layers with constant weights are listed; an Einsum of two activations is not a layer."""
+    integer layers with constant weights are listed (an Einsum whatever operand is the constant); an Einsum of two
+    activations is not a layer."""
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     inits = {"wq": rng.integers(-127, 128, (32, 8)).astype(np.int8), "s": np.float32(0.1), "z": np.int8(0),
              "cq": rng.integers(-127, 128, (6, 4, 3, 3)).astype(np.int8), "wt": f(4, 6, 3, 3),
-             "W": f(1, 32, 32), "R": f(1, 32, 8), "wi": rng.integers(-127, 128, (32, 8)).astype(np.int8)}
+             "W": f(1, 32, 32), "R": f(1, 32, 8), "wi": rng.integers(-127, 128, (32, 8)).astype(np.int8),
+             "we": f(6, 32)}
     nodes = [
         helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="dq"),
         helper.make_node("MatMul", ["x", "w"], ["y"], name="fc_q"),
@@ -102,12 +104,13 @@ def test_quantized_and_other_weight_layers_are_skipped_with_reasons(rng):
         helper.make_node("LSTM", ["seq", "W", "R"], ["h"], name="lstm", hidden_size=8),
         helper.make_node("MatMulInteger", ["xi", "wi"], ["yi"], name="fc_int"),
         helper.make_node("Einsum", ["x", "x"], ["gram"], name="gram", equation="ij,kj->ik"),
+        helper.make_node("Einsum", ["we", "x"], ["proj"], name="proj", equation="kj,ij->ik"),
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32]),
               helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 4, 8, 8]),
               helper.make_tensor_value_info("seq", TensorProto.FLOAT, [3, 1, 32]),
               helper.make_tensor_value_info("xi", TensorProto.INT8, [5, 32])]
-    outputs = [helper.make_empty_tensor_value_info(n) for n in ("y", "conv_y", "up", "h", "yi", "gram")]
+    outputs = [helper.make_empty_tensor_value_info(n) for n in ("y", "conv_y", "up", "h", "yi", "gram", "proj")]
     model = helper.make_model(
         helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(np.asarray(v), k)
                                                         for k, v in inits.items()]),
@@ -118,6 +121,7 @@ def test_quantized_and_other_weight_layers_are_skipped_with_reasons(rng):
         "up": "ConvTranspose is not converted (the Halut ops replace MatMul, Gemm and Conv)",
         "lstm": "recurrent layer: its weights multiply inside the op at every time step, which no lookup replaces",
         "fc_int": "an integer (quantized) layer; convert the float model",
+        "proj": "Einsum is not converted (the Halut ops replace MatMul, Gemm and Conv)",
     })
 
 
