@@ -252,7 +252,7 @@ def patch_extractor(X: np.ndarray, geometry):
     return B * Ho * Wo, Cin * kh * kw, extract
 
 
-def as_float32(value: np.ndarray) -> np.ndarray:
+def _as_float32(value: np.ndarray) -> np.ndarray:
     """A float16 or float64 layer input as the float32 the Halut ops compute in (the rewrite casts it so); any
     other array as it is."""
     return value.astype(np.float32) if value.dtype in (np.float16, np.float64) else value
@@ -331,7 +331,7 @@ def collect_rows(
             for layer, (tensor, D, *conv) in targets.items():
                 if layer in problems:
                     continue
-                value = as_float32(np.asarray(values[tensor]))
+                value = _as_float32(np.asarray(values[tensor]))
                 before = samplers[layer].seen + dropped[layer]
                 if conv and conv[0] is not None:
                     problem = _add_patches(samplers[layer], value, conv[0], D)

@@ -452,8 +452,10 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[LayerCandidate], list[Skip
             found = _gemm(node)
         if isinstance(found, str):
             skipped.append(SkippedLayer(node.name, node.op, found))
-        else:
-            candidates.append(found)
+            continue
+        if found.dtype != np.float32:
+            found.description += f" in {found.dtype.name}, cast to float32 around the Halut ops"
+        candidates.append(found)
     skipped.extend(_subgraph_layers(model.graph))
     return candidates, skipped
 

@@ -50,6 +50,9 @@ def test_convert_mlp_in_another_float_type(tmp_path, rng, dtype, sequential):
         "Cast", "HalutEncodeTree", "HalutLookup", "Cast"]
     assert [n.name for n in out.graph.node[:4]] == ["fc1/halut_cast_in", "fc1/halut_encode", "fc1/halut_lookup",
                                                     "fc1/halut_cast_out"]
+    doc = out.graph.node[2].doc_string
+    assert doc.startswith(f"Halut replacement of MatMul 'fc1' (B 'w1' [32, 24]) + Add 'fc1_bias' (bias folded) in "
+                          f"{np.dtype(dtype).name}, cast to float32 around the Halut ops: D=32"), doc
 
     x = data[800:]
     h = np.maximum(_tree_layer(_params(out, "fc1"), x), dtype(0))
