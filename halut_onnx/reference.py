@@ -145,6 +145,8 @@ def im2col(
     src = X[:, :, max(-top, 0) : H - max(-bottom, 0), max(-left, 0) : W - max(-right, 0)]
     padded[:, :, max(top, 0) : max(top, 0) + src.shape[2], max(left, 0) : max(left, 0) + src.shape[3]] = src
     cols = np.empty((B, Ho, Wo, Cin, kh, kw), dtype=np.float32)
+    if cols.size == 0:  # the slices below would count a negative stop from the end
+        return cols.reshape(B * Ho * Wo, Cin * kh * kw)
     for ky in range(kh):
         for kx in range(kw):
             y0, x0 = ky * dh, kx * dw

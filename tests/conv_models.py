@@ -28,6 +28,8 @@ GEOMETRIES = [
     ("same_lower_4x4", (1, 4, 9, 7), dict(kernel_shape=[4, 4], strides=[2, 1], auto_pad="SAME_LOWER")),
     ("valid_d2", (2, 3, 11, 12), dict(kernel_shape=[3, 3], dilations=[2, 2], auto_pad="VALID")),
     ("no_output", (1, 2, 2, 2), dict(kernel_shape=[3, 3])),
+    # a kernel wider than the image at stride 2: the reference once sliced the columns [0:-1:2] and broke
+    ("no_output_s2", (1, 2, 2, 9), dict(kernel_shape=[3, 10], strides=[2, 2])),
     # 1-D Convs as the converter gives them to the ops: a height-1 image, a 1 x k kernel (70 positions: more than one
     # 64-position block of the AVX-512 encoders in the one output row)
     ("conv1d_k3_s2", (2, 6, 1, 37), dict(kernel_shape=[1, 3], strides=[1, 2], pads=[0, 1, 0, 1])),
