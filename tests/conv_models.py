@@ -37,6 +37,21 @@ GEOMETRIES = [
 ]
 
 
+def random_geometry(rng: np.random.Generator) -> dict:
+    """Random valid Conv geometry attributes (fuzzing): kernels 1..5, strides and dilations 1..3, pads 0..3 or an
+    auto_pad mode, each attribute sometimes left to its default."""
+    attrs = {"kernel_shape": [int(v) for v in rng.integers(1, 6, 2)]}
+    if rng.random() < 0.7:
+        attrs["strides"] = [int(v) for v in rng.integers(1, 4, 2)]
+    if rng.random() < 0.5:
+        attrs["dilations"] = [int(v) for v in rng.integers(1, 4, 2)]
+    if rng.random() < 0.3:
+        attrs["auto_pad"] = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
+    elif rng.random() < 0.7:
+        attrs["pads"] = [int(v) for v in rng.integers(0, 4, 4)]
+    return attrs
+
+
 def geometry_kwargs(attrs: dict) -> dict:
     """The geometry attributes as keyword arguments of halut_onnx.reference.im2col."""
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()}

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conv_models import geometry_kwargs, run_conv_op  # noqa: E402
+from conv_models import geometry_kwargs, random_geometry, run_conv_op  # noqa: E402
 from ops_models import ISA_FLAGS, cpu_flags, lookup_weights, pq_weights, run_op, tree_weights  # noqa: E402
 
 from halut_onnx import reference  # noqa: E402
@@ -94,24 +94,10 @@ def _case(rng: np.random.Generator):
     return op, first, w, constant, False, expected
 
 
-def _geometry(rng: np.random.Generator) -> dict:
-    """Random valid Conv geometry attributes: kernels 1..5, strides and dilations 1..3, pads 0..3 or an auto_pad."""
-    attrs = {"kernel_shape": [int(v) for v in rng.integers(1, 6, 2)]}
-    if rng.random() < 0.7:
-        attrs["strides"] = [int(v) for v in rng.integers(1, 4, 2)]
-    if rng.random() < 0.5:
-        attrs["dilations"] = [int(v) for v in rng.integers(1, 4, 2)]
-    if rng.random() < 0.3:
-        attrs["auto_pad"] = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
-    elif rng.random() < 0.7:
-        attrs["pads"] = [int(v) for v in rng.integers(0, 4, 4)]
-    return attrs
-
-
 def _conv_case(rng: np.random.Generator):
     """A conv op case: (op, first input, weights, attributes, constant, broken?, expected output or None)."""
     op = rng.choice([ENCODE_TREE_CONV, ENCODE_PQ_CONV, LOOKUP_CONV])
-    attrs = _geometry(rng)
+    attrs = random_geometry(rng)
     B, Cin = int(rng.integers(0, 4)), int(rng.integers(1, 9))
     H, W = (int(v) for v in rng.integers(0, 21, 2))
     broken = rng.random() < 0.4

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conv_models import GEOMETRIES, geometry_kwargs
+from conv_models import GEOMETRIES, geometry_kwargs, random_geometry
 from ops_models import lookup_weights, pq_weights, tree_weights
 from test_ops_kernels import ENCODE_SHAPES
 
@@ -213,6 +213,10 @@ def test_lookup_float_conversion_limit(emu, rng, C):
 @pytest.mark.parametrize("B,Ho,Wo,M,C", [(2, 7, 9, 20, 13), (1, 17, 19, 64, 32), (3, 1, 1, 5, 4), (2, 0, 3, 4, 4),
                                          (1, 9, 11, 37, 300), (1, 5, 9, 11, 272)])
 def test_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem):
+    _check_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem)
+
+
+def _check_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem):
     codes = rng.integers(0, 256, size=(B, Ho, Wo, C), dtype=np.uint8)
     w = lookup_weights(rng, M, C)
     lut, scale, offset, m_pad = lut_device(w)
@@ -224,6 +228,28 @@ def test_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem):
 
 @pytest.mark.parametrize("shape,attrs", [g[1:] for g in GEOMETRIES], ids=[g[0] for g in GEOMETRIES])
 def test_conv_encoders(emu, rng, shape, attrs):
+    _check_conv_encoders(emu, rng, shape, attrs, 13, 7)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_geometries_and_lookup_shapes(emu, seed):
+    """Fuzzing as tests/ops_fuzz.py does for the CPU kernels: random conv geometries (images down to empty) and
+    codebook counts for the conv encoders, random N, C, M for both lookups in both LUT placements."""
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        shape = (int(rng.integers(0, 3)), int(rng.integers(1, 6)), *(int(v) for v in rng.integers(0, 17, 2)))
+        _check_conv_encoders(emu, rng, shape, random_geometry(rng), *(int(c) for c in rng.integers(1, 40, 2)))
+    for k in range(8):
+        smem = (H100_SMEM, TINY_SMEM)[k % 2]
+        N, C, M = int(rng.integers(0, 150)), int(rng.integers(1, 350)), int(rng.integers(1, 160))
+        _check_lookup(emu, rng, rng.integers(0, 256, size=(N, C), dtype=np.uint8), M, smem)
+        B, Ho, Wo = (int(v) for v in rng.integers(0, 9, 3))
+        _check_lookup_nchw(emu, rng, B, Ho, Wo, M, C, smem)
+
+
+def _check_conv_encoders(emu, rng, shape, attrs, C_tree: int, C_pq: int):
+    """Both emulated conv encoders on a random image of ``shape`` under ``attrs``, at most C_tree / C_pq codebooks
+    (and at most D), bit for bit against the reference."""
     geo = geometry_kwargs(attrs)
     B, Cin, H, W = shape
     (top, left, _, _), Ho, Wo = reference.conv_pads(H, W, **geo)
@@ -233,13 +259,13 @@ def test_conv_encoders(emu, rng, shape, attrs):
     geometry = np.array([B, Cin, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, top, left], np.int64)
     D = Cin * kh * kw
     X = rng.standard_normal(shape).astype(np.float32)
-    w = tree_weights(rng, D, max(1, min(D, 13)))
+    w = tree_weights(rng, D, max(1, min(D, C_tree)))
     C = w["split_dims"].shape[0]
     dims, thresholds = tree_device(w)
     codes = np.full((B, Ho, Wo, C), 99, np.uint8)
     emu.emu_encode_tree_conv(ptr(X), ptr(geometry), ptr(dims), ptr(thresholds), C, ptr(codes))
     np.testing.assert_array_equal(codes, reference.encode_tree_conv(X, w["split_dims"], w["thresholds"], **geo))
-    w = pq_weights(rng, D, max(1, min(D, 7)))
+    w = pq_weights(rng, D, max(1, min(D, C_pq)))
     C = w["biases"].shape[0]
     vt, biases, bounds = pq_device(w, D)
     codes = np.full((B, Ho, Wo, C), 99, np.uint8)
