@@ -7,6 +7,7 @@ evaluation data, speedup over fp32 at one thread, and the time each conversion o
         [--heldout-files 0.34]
     python benchmarks/compare_int8.py det [--out DIR] [--quick] [--calib 8] [--eval 16] [--max-rows 16384]
     python benchmarks/compare_int8.py magika [--out DIR] [--quick] [--calib 1024] [--eval 2000]
+    python benchmarks/compare_int8.py encoder [--out DIR] [--quick] [--calib 16] [--layers 4]
 
 Rows: the fp32 original; onnxruntime int8 dynamic (``quantize_dynamic``, int8 weights, per tensor and per channel);
 int8 static QDQ (``quantize_static``, QuantFormat.QDQ, uint8 activations, int8 per-channel weights, MinMax
@@ -17,7 +18,10 @@ makes per-channel QDQ quantization fail in onnxruntime 1.32).
 
 The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, ppocr_data.py, budget_tables.py,
 magika_data.py),
-imported, not copied. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians,
+imported, not copied. ``encoder`` is the exception, a speed case: BERT-base-shaped encoder layers with torch's random
+initialisation on random embeddings, where Halut's per-layer gains are largest (transformer-sized layers over many
+rows); no real transformer weights can be had offline, so its metric, the output's cosine to fp32's, says how far
+the conversion moves the output on data with no structure, not an accuracy. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians,
 measured twice interleaved, the better kept), all in this process at one thread, Halut models with the custom-op
 library registered. Conversion times are wall times: ``halut-onnx convert`` as a command (its start-up included),
 the quantizers as Python calls (pre-processing and, for static, calibration included). Nothing is written outside
@@ -313,7 +317,54 @@ def magika_case(out: Path, args) -> Case:
                 extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
 
 
-CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case, "magika": magika_case}
+def encoder_case(out: Path, args) -> Case:
+    """``args.layers`` post-LayerNorm encoder layers of BERT-base's shape (width 768, 12 heads, GELU feed-forward
+    3072; one 768 x 2304 QKV projection), exported by torch.onnx (dynamo): per layer 4 MatMuls + bias Adds. Inputs
+    [8, 128, 768] standard normal (8 sequences of 128 tokens: 1024 rows per layer)."""
+    import torch
+
+    width, heads, hidden = 768, 12, 3072
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+            self.ff1, self.ff2 = torch.nn.Linear(width, hidden), torch.nn.Linear(hidden, width)
+            self.ln1, self.ln2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+
+        def forward(self, x):
+            B, S, _ = x.shape
+            q, k, v = self.qkv(x).view(B, S, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            attention = torch.softmax(q @ k.transpose(-1, -2) / (width // heads) ** 0.5, -1) @ v
+            x = self.ln1(x + self.out(attention.transpose(1, 2).reshape(B, S, width)))
+            return self.ln2(x + self.ff2(torch.nn.functional.gelu(self.ff1(x))))
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*[Layer() for _ in range(args.layers)]).eval()
+    rng = np.random.default_rng(0)
+    batch = lambda: rng.standard_normal((8, 128, width)).astype(np.float32)  # noqa: E731
+    path = out / "encoder.onnx"
+    torch.onnx.export(net, (torch.from_numpy(batch()),), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=True)
+    (out / "calib").mkdir(exist_ok=True)
+    for k in range(args.calib):
+        np.savez(out / "calib" / f"{k:04d}.npz", x=batch())
+    evaluation = [batch() for _ in range(2)]
+    reference = [tools.session(path).run(None, {"x": x})[0] for x in evaluation]
+
+    def cosine(model: Path, is_halut: bool) -> float:
+        session = tools.session(model, halut=is_halut)
+        got = np.concatenate([session.run(None, {"x": x})[0].reshape(-1) for x in evaluation]).astype(np.float64)
+        want = np.concatenate([r.reshape(-1) for r in reference]).astype(np.float64)
+        return float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
+
+    return Case(f"encoder, {args.layers} BERT-base-shaped layers, random weights", path, out / "calib",
+                {"x": evaluation[0]}, "8 sequences of 128 tokens", cosine, "output cosine % to fp32's (random "
+                "weights: not an accuracy)", True, None, extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
+
+
+CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case, "magika": magika_case,
+         "encoder": encoder_case}
 
 
 def main(argv=None) -> None:
@@ -325,7 +376,8 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=None,
                         help="timed runs per model (default 30; rec 10, det 5, magika 10)")
     parser.add_argument("--calib", type=int, default=None,
-                        help="rec: calibration lines (144); det: pages (8); magika: files (1024)")
+                        help="rec: calibration lines (144); det: pages (8); magika: files (1024); encoder: batches (16)")
+    parser.add_argument("--layers", type=int, default=None, help="encoder: layers (4; 1 with --quick)")
     parser.add_argument("--eval", type=int, default=None,
                         help="rec: evaluation lines (48); det: pages (16); magika: files (2000)")
     parser.add_argument("--max-rows", type=int, default=16384, help="rec, det: halut-onnx convert --max-rows")
@@ -335,11 +387,13 @@ def main(argv=None) -> None:
     big = args.model in ("rec", "det", "magika")
     if args.calib is None:
         args.calib = {"rec": 48 if args.quick else 144, "det": 4 if args.quick else 8,
-                      "magika": 256 if args.quick else 1024}.get(args.model, 0)
+                      "magika": 256 if args.quick else 1024, "encoder": 4 if args.quick else 16}.get(args.model, 0)
+    if args.layers is None:
+        args.layers = 1 if args.quick else 4
     if args.eval is None:
         args.eval = {"rec": 24 if args.quick else 48, "det": 4 if args.quick else 16,
                      "magika": 256 if args.quick else 2000}.get(args.model, 0)
-    runs = args.runs or (5 if args.quick else {"rec": 10, "det": 5, "magika": 10}.get(args.model, 30))
+    runs = args.runs or (5 if args.quick else {"rec": 10, "det": 5, "magika": 10, "encoder": 10}.get(args.model, 30))
     import onnxruntime as ort
 
     print(f"onnxruntime {ort.__version__}; Halut custom-op library: {tools.library_status()}")

@@ -186,3 +186,23 @@ def test_halut_default_row_is_the_examples_default(run, trained, tmp_path):
     # the budget keeps the accuracy it promises on held-out files within a point on the test rows
     if _budget_built(rows):
         assert float(rows[BUDGET][3]) >= float(rows["fp32"][3]) - 1.0
+
+
+def test_encoder_case_is_bert_base_shaped(tmp_path):
+    """The speed case: per layer the QKV, output and feed-forward MatMuls of BERT-base's shape, each with its bias
+    Add folded by the converter; the metric is 1 for the original (cosine to itself)."""
+    pytest.importorskip("torch")
+    import argparse
+
+    import compare_int8
+    from onnx import load
+
+    from halut_onnx.passes import find_layers
+
+    case = compare_int8.encoder_case(tmp_path, argparse.Namespace(layers=1, calib=2))
+    candidates, skipped = find_layers(load(str(case.model)))
+    assert [(c.D, c.M, c.bias_node is not None) for c in candidates] == [
+        (768, 2304, True), (768, 768, True), (768, 3072, True), (3072, 768, True)]
+    assert skipped[0].reason == "input B is an activation (activation x activation product)" and len(skipped) == 2
+    assert sorted(p.name for p in case.calib.iterdir()) == ["0000.npz", "0001.npz"]
+    assert case.metric(case.model, False) == pytest.approx(1.0, abs=1e-12)
