@@ -3,6 +3,7 @@ evaluation data, speedup over fp32 at one thread, and the time each conversion o
 
     python benchmarks/compare_int8.py digits [--out DIR] [--quick] [--runs 30]
     python benchmarks/compare_int8.py conv1d [--out DIR] [--quick]
+    python benchmarks/compare_int8.py vit [--out DIR] [--quick]
     python benchmarks/compare_int8.py rec [--out DIR] [--quick] [--calib 144] [--eval 48] [--max-rows 16384]
         [--heldout-files 0.34]
     python benchmarks/compare_int8.py det [--out DIR] [--quick] [--calib 8] [--eval 16] [--max-rows 16384]
@@ -16,14 +17,14 @@ layer; and ``halut-onnx convert --budget`` with the budget the examples use for 
 the model after ``quant_pre_process`` (shape inference, no graph optimisation: its MatMul + Add -> Gemm fusion
 makes per-channel QDQ quantization fail in onnxruntime 1.32).
 
-The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, ppocr_data.py, budget_tables.py,
-magika_data.py),
-imported, not copied. ``encoder`` is the exception, a speed case: BERT-base-shaped encoder layers with torch's random
-initialisation on random embeddings, where Halut's per-layer gains are largest (transformer-sized layers over many
-rows); no real transformer weights can be had offline, so its metric, the output's cosine to fp32's, says how far
-the conversion moves the output on data with no structure, not an accuracy. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians,
-measured twice interleaved, the better kept), all in this process at one thread, Halut models with the custom-op
-library registered. Conversion times are wall times: ``halut-onnx convert`` as a command (its start-up included),
+The models and data are the examples' (examples/digits_mlp.py, digits_conv1d.py, digits_vit.py, ppocr_data.py,
+budget_tables.py, magika_data.py), imported, not copied. ``encoder`` is the exception, a speed case: BERT-base-shaped
+encoder layers with torch's random initialisation on random embeddings, where Halut's per-layer gains are largest
+(transformer-sized layers over many rows); no real transformer weights can be had offline, so its metric, the
+output's cosine to fp32's, says how far the conversion moves the output on data with no structure, not an
+accuracy. Speed: each model against the fp32 original with ``halut_onnx.bench.latencies`` (medians, measured twice
+interleaved, the better kept), all in this process at one thread, Halut models with the custom-op library
+registered. Conversion times are wall times: ``halut-onnx convert`` as a command (its start-up included),
 the quantizers as Python calls (pre-processing and, for static, calibration included). Nothing is written outside
 --out (default: a temp dir). Timings are noisy on a shared machine: compare ratios from one run.
 """
@@ -249,6 +250,19 @@ def conv1d_case(out: Path, args) -> Case:
                 True, ["--budget", "agreement=0.99"])
 
 
+def vit_case(out: Path, args) -> Case:
+    import digits_conv1d
+    import digits_vit
+
+    x_train, x_test, y_train, y_test = digits_vit.load()
+    net = digits_vit.train(x_train, y_train)
+    original = digits_conv1d.export(net, x_test, out / "digits_vit.onnx")
+    calib = digits_conv1d.write_rows(out / "calib", x_train)
+    return Case("digits ViT", original, calib, {digits_conv1d.INPUT: x_test}, f"the {len(x_test)} test images at once",
+                lambda path, is_halut: digits_conv1d.accuracy(path, x_test, y_test, halut=is_halut), "test acc %",
+                True, ["--budget", "agreement=0.99"], extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
+
+
 def rec_case(out: Path, args) -> Case:
     import ppocr_data
 
@@ -363,8 +377,8 @@ def encoder_case(out: Path, args) -> Case:
                 "weights: not an accuracy)", True, None, extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
 
 
-CASES = {"digits": digits_case, "conv1d": conv1d_case, "rec": rec_case, "det": det_case, "magika": magika_case,
-         "encoder": encoder_case}
+CASES = {"digits": digits_case, "conv1d": conv1d_case, "vit": vit_case, "rec": rec_case, "det": det_case,
+         "magika": magika_case, "encoder": encoder_case}
 
 
 def main(argv=None) -> None:
@@ -376,7 +390,8 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=None,
                         help="timed runs per model (default 30; rec 10, det 5, magika 10)")
     parser.add_argument("--calib", type=int, default=None,
-                        help="rec: calibration lines (144); det: pages (8); magika: files (1024); encoder: batches (16)")
+                        help="rec: calibration lines (144); det: pages (8); magika: files (1024); "
+                        "encoder: batches (16)")
     parser.add_argument("--layers", type=int, default=None, help="encoder: layers (4; 1 with --quick)")
     parser.add_argument("--eval", type=int, default=None,
                         help="rec: evaluation lines (48); det: pages (16); magika: files (2000)")
