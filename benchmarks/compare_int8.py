@@ -3,7 +3,7 @@ evaluation data, speedup over fp32 at one thread, and the time each conversion o
 
     python benchmarks/compare_int8.py digits [--out DIR] [--quick] [--runs 30]
     python benchmarks/compare_int8.py conv1d [--out DIR] [--quick]
-    python benchmarks/compare_int8.py vit [--out DIR] [--quick]
+    python benchmarks/compare_int8.py vit|vit-tiny [--out DIR] [--quick]
     python benchmarks/compare_int8.py rec [--out DIR] [--quick] [--calib 144] [--eval 48] [--max-rows 16384]
         [--heldout-files 0.34]
     python benchmarks/compare_int8.py det [--out DIR] [--quick] [--calib 8] [--eval 16] [--max-rows 16384]
@@ -250,17 +250,22 @@ def conv1d_case(out: Path, args) -> Case:
                 True, ["--budget", "agreement=0.99"])
 
 
-def vit_case(out: Path, args) -> Case:
+def vit_case(out: Path, args, size_name: str = "small") -> Case:
     import digits_conv1d
     import digits_vit
 
-    x_train, x_test, y_train, y_test = digits_vit.load()
-    net = digits_vit.train(x_train, y_train)
-    original = digits_conv1d.export(net, x_test, out / "digits_vit.onnx")
+    size = digits_vit.SIZES[size_name]
+    x_train, x_test, y_train, y_test = digits_vit.load(size)
+    net = digits_vit.train(x_train, y_train, size)
+    original = digits_conv1d.export(net, x_test, out / f"digits_vit_{size_name}.onnx")
     calib = digits_conv1d.write_rows(out / "calib", x_train)
-    return Case("digits ViT", original, calib, {digits_conv1d.INPUT: x_test}, f"the {len(x_test)} test images at once",
+    extra = [("halut --encoder tree", ["--encoder", "tree"])]
+    if size_name == "tiny":
+        extra.append(("halut -C 32 --encoder tree", ["-C", "32", "--encoder", "tree"]))
+    return Case(f"digits ViT {size_name}", original, calib, {digits_conv1d.INPUT: x_test},
+                f"the {len(x_test)} test images at once",
                 lambda path, is_halut: digits_conv1d.accuracy(path, x_test, y_test, halut=is_halut), "test acc %",
-                True, ["--budget", "agreement=0.99"], extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
+                True, ["--budget", "agreement=0.99"], extra_halut=extra)
 
 
 def rec_case(out: Path, args) -> Case:
@@ -377,7 +382,8 @@ def encoder_case(out: Path, args) -> Case:
                 "weights: not an accuracy)", True, None, extra_halut=[("halut --encoder tree", ["--encoder", "tree"])])
 
 
-CASES = {"digits": digits_case, "conv1d": conv1d_case, "vit": vit_case, "rec": rec_case, "det": det_case,
+CASES = {"digits": digits_case, "conv1d": conv1d_case, "vit": vit_case,
+         "vit-tiny": lambda out, args: vit_case(out, args, "tiny"), "rec": rec_case, "det": det_case,
          "magika": magika_case, "encoder": encoder_case}
 
 

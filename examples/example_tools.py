@@ -97,18 +97,22 @@ def write_batches(folder: Path, name: str, rows, batch: int) -> Path:
     return folder
 
 
-def accuracy_example_main(description: str, run, argv=None, layers_cell=str) -> None:
-    """The command line of the accuracy examples: ``[--out DIR] [--quick]``, then ``run(out, quick)``'s results
-    (dicts of setting, layers, original, converted, drop) as a table; ``layers_cell`` formats the layer count."""
+def accuracy_example_main(description: str, run, argv=None, layers_cell=str, extra: dict | None = None) -> None:
+    """The command line of the accuracy examples: ``[--out DIR] [--quick]`` and the options of ``extra`` (flag ->
+    ``add_argument`` keywords with a ``dest``), then ``run(out, quick, **extra values)``'s results (dicts of
+    setting, layers, original, converted, drop) as a table; ``layers_cell`` formats the layer count."""
     import argparse
     import tempfile
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
+    for flag, options in (extra or {}).items():
+        parser.add_argument(flag, **options)
     args = parser.parse_args(argv)
+    values = {options["dest"]: getattr(args, options["dest"]) for options in (extra or {}).values()}
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(args.out or Path(tmp), args.quick)
+        results = run(args.out or Path(tmp), args.quick, **values)
     print(f"Halut custom-op library: {library_status()}")
     print(format_table(
         ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],

@@ -256,8 +256,8 @@ def test_digits_conv1d_quick_run_converts_every_layer(tmp_path):
 
 
 def test_digits_vit_quick_run_converts_every_layer(tmp_path):
-    """The torch-trained vision transformer: all 13 weight MatMuls (4 per block and the head) converted, accuracy
-    kept; the embedding (D = 8) and the attention products stay."""
+    """The torch-trained vision transformer (small): all 13 weight MatMuls (4 per block and the head) converted,
+    accuracy kept; the embedding (D = 8) and the attention products stay."""
     pytest.importorskip("torch", reason="the ViT example trains in torch: pip install -e '.[test]'")
     pytest.importorskip("onnxscript", reason="torch.onnx's default exporter needs onnxscript: pip install -e '.[test]'")
     result = subprocess.run([sys.executable, str(EXAMPLES / "digits_vit.py"), "--quick", "--out", str(tmp_path)],
