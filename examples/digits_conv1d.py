@@ -45,28 +45,15 @@ def load():
 def train(x_train: np.ndarray, y_train: np.ndarray):
     import torch
 
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same sums in the same order on every machine
-    try:
-        net = torch.nn.Sequential(
+    def build():
+        return torch.nn.Sequential(
             torch.nn.Conv1d(8, 32, 3, padding=1), torch.nn.ReLU(),
             torch.nn.Conv1d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
             torch.nn.Conv1d(64, 64, 3, padding=1), torch.nn.ReLU(),
             torch.nn.Flatten(), torch.nn.Linear(64 * 4, 10),
         )
-        optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-        x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
-        for _ in range(EPOCHS):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), 64):
-                batch = order[start : start + 64]
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    return net.eval()
+
+    return tools.train_classifier(build, x_train, y_train, EPOCHS, lambda p: torch.optim.Adam(p, lr=3e-3))
 
 
 def export(net, example: np.ndarray, path: Path) -> Path:

@@ -119,28 +119,11 @@ def make_net(size: Size):
 
 def train(x_train: np.ndarray, y_train: np.ndarray, size: Size):
     import torch
-    from tqdm.auto import tqdm
 
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same sums in the same order on every machine
-    try:
-        net = make_net(size)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=size.lr, weight_decay=0.05)
-        steps = size.epochs * -(-len(x_train) // 64)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, size.lr, total_steps=steps)
-        x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
-        for _ in tqdm(range(size.epochs), desc="training", unit="epoch", leave=False):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), 64):
-                batch = order[start : start + 64]
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
-                optimizer.step()
-                schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    return net.eval()
+    return tools.train_classifier(
+        lambda: make_net(size), x_train, y_train, size.epochs,
+        lambda p: torch.optim.AdamW(p, lr=size.lr, weight_decay=0.05),
+        lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(opt, size.lr, total_steps=steps))
 
 
 def run(out: Path, quick: bool, size_name: str = "small") -> list[dict]:

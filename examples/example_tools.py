@@ -97,6 +97,35 @@ def write_batches(folder: Path, name: str, rows, batch: int) -> Path:
     return folder
 
 
+def train_classifier(build, x_train, y_train, epochs: int, optimizer, schedule=None, batch: int = 64):
+    """A torch classifier from ``build()``, trained by ``optimizer(parameters)`` (and ``schedule(optimizer,
+    total steps)``, stepped per batch) on shuffled batches of cross-entropy; torch seed 0 and one thread, so that
+    the same sums run in the same order on every machine. Returns it in eval mode."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = build()
+        opt = optimizer(net.parameters())
+        sched = schedule(opt, epochs * -(-len(x_train) // batch)) if schedule else None
+        x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+        for _ in tqdm(range(epochs), desc="training", unit="epoch", leave=False):
+            order = torch.randperm(len(x))
+            for start in range(0, len(x), batch):
+                rows = order[start : start + batch]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x[rows]), y[rows]).backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+    finally:
+        torch.set_num_threads(threads)
+    return net.eval()
+
+
 def accuracy_example_main(description: str, run, argv=None, layers_cell=str, extra: dict | None = None) -> None:
     """The command line of the accuracy examples: ``[--out DIR] [--quick]`` and the options of ``extra`` (flag ->
     ``add_argument`` keywords with a ``dest``), then ``run(out, quick, **extra values)``'s results (dicts of

@@ -238,39 +238,27 @@ def test_digits_quick_run_meets_issue_4_target(digits_quick):
     assert float(digits_quick["default"][4]) <= 1.5
 
 
-def test_digits_conv1d_quick_run_converts_every_layer(tmp_path):
-    """The torch-exported 1-D CNN: its three Conv1d layers and its Linear converted, accuracy kept."""
-    pytest.importorskip("torch", reason="the 1-D CNN example trains in torch: pip install -e '.[test]'")
+# (script, layers cell, bound on the default (pq) drop, on the tree drop): measured drops 1.11 and 1.48 points for
+# the 1-D CNN, 0.19 and 0.37 for the ViT (6 / 8 and 1 / 2 of 540 test digits, docs/examples.md); the bounds leave a
+# few digits for another machine's float sums in training.
+TORCH_EXAMPLES = [("digits_conv1d.py", "4 of 4", 2.0, 2.5), ("digits_vit.py", "13 of 13", 1.0, 1.5)]
+
+
+@pytest.mark.parametrize("script,layers,pq_bound,tree_bound", TORCH_EXAMPLES, ids=["conv1d", "vit"])
+def test_torch_example_quick_run_converts_every_layer(tmp_path, script, layers, pq_bound, tree_bound):
+    """The torch-trained 1-D CNN (three Conv1d and a Linear) and vision transformer (4 weight MatMuls per block and
+    the head; the embedding and the attention products stay): every eligible layer converted, accuracy kept."""
+    pytest.importorskip("torch", reason="the example trains in torch: pip install -e '.[test]'")
     pytest.importorskip("onnxscript", reason="torch.onnx's default exporter needs onnxscript: pip install -e '.[test]'")
-    result = subprocess.run([sys.executable, str(EXAMPLES / "digits_conv1d.py"), "--quick", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = _table_rows(result.stdout)
     assert set(rows) == {"default", "--encoder tree"}
-    for setting, layers, original, converted, drop in rows.values():
-        assert layers == "4 of 4" and float(original) > 95
+    for setting, cell, original, converted, drop in rows.values():
+        assert cell == layers and float(original) > 95
         assert float(drop) == pytest.approx(float(original) - float(converted), abs=0.011)
-    # Measured drops 1.11 (pq) and 1.48 (tree) points, 6 and 8 of 540 test digits (docs/examples.md); the bounds
-    # leave a few digits for another machine's float sums in training.
-    assert float(rows["default"][4]) <= 2.0 and float(rows["--encoder tree"][4]) <= 2.5
-
-
-def test_digits_vit_quick_run_converts_every_layer(tmp_path):
-    """The torch-trained vision transformer (small): all 13 weight MatMuls (4 per block and the head) converted,
-    accuracy kept; the embedding (D = 8) and the attention products stay."""
-    pytest.importorskip("torch", reason="the ViT example trains in torch: pip install -e '.[test]'")
-    pytest.importorskip("onnxscript", reason="torch.onnx's default exporter needs onnxscript: pip install -e '.[test]'")
-    result = subprocess.run([sys.executable, str(EXAMPLES / "digits_vit.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = _table_rows(result.stdout)
-    assert set(rows) == {"default", "--encoder tree"}
-    for setting, layers, original, converted, drop in rows.values():
-        assert layers == "13 of 13" and float(original) > 95
-        assert float(drop) == pytest.approx(float(original) - float(converted), abs=0.011)
-    # Measured drops 0.19 (pq) and 0.37 (tree) points, 1 and 2 of 540 test digits (docs/examples.md); the bounds
-    # leave a few digits for another machine's float sums in training.
-    assert float(rows["default"][4]) <= 1.0 and float(rows["--encoder tree"][4]) <= 1.5
+    assert float(rows["default"][4]) <= pq_bound and float(rows["--encoder tree"][4]) <= tree_bound
 
 
 @pytest.mark.parametrize("float16", [False, True], ids=["float32", "float16"])
