@@ -323,14 +323,12 @@ def prepare(out: Path, real: bool, baselines: list[str]) -> None:
             subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(work / sub)],
                            check=True, env=env, stdout=subprocess.DEVNULL)
         # The float16 case: the layers' Casts and the model's float16 ops on the device around the Halut ops.
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        sys.path.insert(0, str(ROOT / "examples"))
+        import example_tools
 
-        digits16 = work / "digits" / "digits_mlp.float16.onnx"
-        onnx.save(convert_float_to_float16(onnx.load(work / "digits" / "digits_mlp.onnx"), keep_io_types=True),
-                  digits16)
-        subprocess.run([sys.executable, "-m", "halut_onnx.cli", "convert", str(digits16), "--calib",
-                        str(work / "digits" / "calib"), "-o", str(work / "digits" / "digits_mlp.float16.pq.onnx")],
-                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        digits = work / "digits"
+        digits16 = example_tools.float16_model(digits / "digits_mlp.onnx", digits / "digits_mlp.float16.onnx")
+        example_tools.convert(digits16, digits / "calib", digits / "digits_mlp.float16.pq.onnx")
         real_models = [("digits MLP pq", work / "digits" / "digits_mlp.default.onnx", work / "digits" / "eval"),
                        ("digits MLP in float16 (Casts around the ops, pq)",
                         work / "digits" / "digits_mlp.float16.pq.onnx", work / "digits" / "eval"),

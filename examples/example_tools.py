@@ -28,6 +28,16 @@ def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) ->
     return out
 
 
+def float16_model(model: Path, out: Path) -> Path:
+    """``model`` converted to float16 by onnxruntime's own converter into ``out``, its inputs and outputs kept
+    float32 (as deployed float16 models often are)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(model), keep_io_types=True), out)
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def library_status() -> str:
     """``"registered"`` when the Halut custom-op library loads into onnxruntime, else why not (one line)."""

@@ -48,22 +48,12 @@ def top1_agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> 
     return agree / max(total, 1)
 
 
-def float16_model(model: Path, out: Path) -> Path:
-    """``model`` converted to float16 by onnxruntime's converter, its inputs and outputs kept float32."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    path = out / f"{model.stem}.float16.onnx"
-    onnx.save(convert_float_to_float16(onnx.load(model), keep_io_types=True), path)
-    return path
-
-
 def run(out: Path, quick: bool, float16: bool = False) -> tuple[dict, list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     model = ppocr_data.rec_model_path()
     charset = ppocr_data.rec_charset(model)
     if float16:
-        model = float16_model(model, out)
+        model = tools.float16_model(model, out / f"{model.stem}.float16.onnx")
     name = ppocr_data.input_name(model)
     n_calib, n_eval = SIZES_QUICK if quick else SIZES_FULL
     calib_lines, eval_lines = ppocr_data.rec_lines(n_calib, n_eval, model)

@@ -102,7 +102,7 @@ def _conv_case(rng: np.random.Generator):
     H, W = (int(v) for v in rng.integers(0, 21, 2))
     broken = rng.random() < 0.4
     constant = bool(rng.random() < 0.5)
-    geo = geometry_kwargs({k: v for k, v in attrs.items()})
+    geo = geometry_kwargs(attrs)  # a new dict: the mutations below change attrs only
     _, Ho, Wo = reference.conv_pads(H, W, **geo)
     if op == LOOKUP_CONV:
         C, M = int(rng.integers(1, 70)), int(rng.integers(1, 90))
