@@ -21,12 +21,12 @@ import onnx
 
 from .budget import Option, split_files
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
-from .errors import ConversionError
+from .errors import CalibrationError, ConversionError
 from .learn import HalutLayer, LearnOptions, learn_layer
 from .learn.layer import heldout_errors
 from .metrics import OutputComparison, loss, metric_output
 from .model_io import load_model, with_min_opset
-from .options import ConvertOptions
+from .options import DEFAULT_HELDOUT_FILES, ConvertOptions
 from .passes import LayerCandidate, LayerRewrite, find_layers, name_nodes, rewrite_model
 from .passes.functions import MIN_OPSET
 from .selection import MAX_DEFAULT_CODEBOOKS, MIN_DEFAULT_CODEBOOKS, select_layers
@@ -227,6 +227,20 @@ def subset(calibration: CalibrationSet, files: list) -> CalibrationSet:
     return out
 
 
+def learn_and_heldout(calib_dir, inputs, conv: ConvertOptions) -> tuple[CalibrationSet, CalibrationSet]:
+    """(learn files, held-out files): ``--heldout-data``'s files beside every calibration file, or else a
+    ``--heldout-files`` share of the calibration files (budget.split_files)."""
+    calibration = CalibrationSet(calib_dir, inputs)
+    if conv.heldout_data is None:
+        learn, held = split_files(calibration.files, conv.heldout_files or DEFAULT_HELDOUT_FILES, conv.seed)
+        return subset(calibration, learn), subset(calibration, held)
+    heldout = CalibrationSet(conv.heldout_data, inputs, role="held-out")
+    if heldout.directory.resolve() == calibration.directory.resolve():
+        raise CalibrationError(f"--heldout-data {heldout.directory} is the --calib directory: the held-out files "
+                               "must be other files than the ones learned from")
+    return calibration, heldout
+
+
 def model_session(model: onnx.ModelProto, threads: int | None = None):
     """A CPU onnxruntime session of an in-memory model, with the Halut custom-op library when it loads."""
     import onnxruntime as ort
@@ -384,9 +398,8 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     conv = options.convert
     start = time.perf_counter()
     _, work, candidates, skipped = prepare(model, conv)
-    calibration = CalibrationSet(calib_dir, model_inputs(work))
-    learn_files, heldout_files = split_files(calibration.files, conv.heldout_files, conv.seed)
-    learn_set, heldout_set = subset(calibration, learn_files), subset(calibration, heldout_files)
+    learn_set, heldout_set = learn_and_heldout(calib_dir, model_inputs(work), conv)
+    learn_files, heldout_files = learn_set.files, heldout_set.files
     output = metric_output(_outputs(work), conv.metric_output)
 
     targets = {c.name: target(c) for c in candidates}

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from dataclasses import fields
+from pathlib import Path
 
 from .analyze import Analysis, SensitivityRow
 from .tables import fmt_number, format_table
@@ -37,8 +38,7 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
                      + ", ".join(overfit))
     lines.append(
         f"\nEnd metrics of output {analysis.metric_output!r} with each layer converted alone, on "
-        f"{len(analysis.heldout_files)} held-out calibration files ({analysis.samples_heldout} samples); learned on "
-        f"the other {len(analysis.learn_files)} files. train / held-out NMSE: the layer's output on the learn files' "
+        f"{_heldout_phrase(analysis)}. train / held-out NMSE: the layer's output on the learn files' "
         "rows (held-out: rows set aside there); file NMSE: on the held-out files' rows. MACs per sample; "
         "MatMul / Halut ms: the first held-out file's rows through onnxruntime's MatMul (or Conv) alone / encode + "
         "lookup; in model ms: the layer's node inside the original model on that file (1 thread)."
@@ -57,6 +57,17 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
         lines.append(f"Within --budget {b} (single-layer losses added, before verification): {picks}; "
                      f"{100 * share:.1f} % of the eligible multiply-adds.")
     return "\n".join(lines)
+
+
+def _heldout_phrase(analysis: Analysis) -> str:
+    """Where the held-out files came from: a share of the calibration files, or their own directory."""
+    held, learn = len(analysis.heldout_files), len(analysis.learn_files)
+    folders = {str(Path(f).parent) for f in analysis.heldout_files}
+    if folders & {str(Path(f).parent) for f in analysis.learn_files}:
+        return (f"{held} held-out calibration files ({analysis.samples_heldout} samples); learned on the other "
+                f"{learn} files")
+    return (f"the {held} files of {', '.join(sorted(folders))} ({analysis.samples_heldout} samples, "
+            f"--heldout-data); learned on the {learn} calibration files")
 
 
 def _overfits(r: SensitivityRow) -> bool:

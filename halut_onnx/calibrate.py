@@ -101,16 +101,17 @@ def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
 class CalibrationSet:
     """The calibration files of a directory, checked against a model's inputs as they are read."""
 
-    def __init__(self, directory: str | os.PathLike, inputs: list[InputSpec]):
+    def __init__(self, directory: str | os.PathLike, inputs: list[InputSpec], role: str = "calibration"):
+        """``role`` names the directory in errors: "calibration" (--calib) or "held-out" (--heldout-data)."""
         self.directory = Path(directory)
         self.inputs = inputs
         if not self.directory.exists():
-            raise CalibrationError(f"calibration directory {self.directory} does not exist")
+            raise CalibrationError(f"{role} directory {self.directory} does not exist")
         if not self.directory.is_dir():
-            raise CalibrationError(f"calibration path {self.directory} is not a directory")
+            raise CalibrationError(f"{role} path {self.directory} is not a directory")
         self.files = sorted(p for p in self.directory.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not self.files:
-            raise CalibrationError(f"no .npz or .npy calibration files in {self.directory}")
+            raise CalibrationError(f"no .npz or .npy {role} files in {self.directory}")
         if not inputs:
             raise CalibrationError("the model has no inputs to feed")
 

@@ -10,7 +10,7 @@ import time
 import click
 
 from . import __version__
-from .options import ConvertOptions
+from .options import DEFAULT_HELDOUT_FILES, ConvertOptions
 from .runtime import PROVIDERS
 
 
@@ -85,8 +85,12 @@ _DEFAULTS = ConvertOptions()
 @click.option("--sequential/--no-sequential", default=_DEFAULTS.sequential, show_default=True,
               help="Learn each layer on the inputs the converted layers before it produce (targets: the "
                    "original model's outputs of that layer).")
-@click.option("--heldout-files", type=float, default=_DEFAULTS.heldout_files, show_default=True,
-              help="With --budget: fraction of the calibration files held out to measure the metric.")
+@click.option("--heldout-files", type=float, default=None,
+              help=f"With --budget: fraction of the calibration files held out to measure the metric (default "
+                   f"{DEFAULT_HELDOUT_FILES}).")
+@click.option("--heldout-data", type=click.Path(), default=None, metavar="DIR",
+              help="With --budget: measure the metric on DIR's files instead (same format as --calib; data the "
+                   "model was not fitted to, e.g. a validation split) and learn from every --calib file.")
 @click.option("--objective", type=click.Choice(["macs", "time"]), default=_DEFAULTS.objective,
               help="With --budget: maximise the measured time saved in the model ('time', the default when the "
                    "custom-op library loads) or the multiply-adds removed ('macs': more layers converted, less "
@@ -207,8 +211,11 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
               help="Skip layers with fewer input columns D.")
 @click.option("--max-rows", type=int, default=_DEFAULTS.max_rows, show_default=True,
               help="Calibration rows kept per layer.")
-@click.option("--heldout-files", type=float, default=_DEFAULTS.heldout_files, show_default=True,
-              help="Fraction of the calibration files held out to measure each setting.")
+@click.option("--heldout-files", type=float, default=None,
+              help=f"Fraction of the calibration files held out to measure each setting (default "
+                   f"{DEFAULT_HELDOUT_FILES}).")
+@click.option("--heldout-data", type=click.Path(), default=None, metavar="DIR",
+              help="Measure each setting on DIR's files instead and learn from every --calib file.")
 @click.option("--metric-output", default=None, metavar="NAME", help="The model output the end metrics compare.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
 @click.option("--sensitivity-files", type=int, default=0, show_default=True,
@@ -220,14 +227,16 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @_user_errors
 def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exclude, min_dim, max_rows,
-                heldout_files, metric_output, seed, sensitivity_files, timing, json_path, csv_path, progress) -> None:
+                heldout_files, heldout_data, metric_output, seed, sensitivity_files, timing, json_path, csv_path,
+                progress) -> None:
     """Sensitivity of MODEL to each eligible layer converted alone, at each codebook count and encoder."""
     from .analyze import AnalyzeOptions, analyze
     from .budget_report import analysis_table, write_csv, write_json
 
     options = AnalyzeOptions(
         ConvertOptions(include=include, exclude=exclude, min_dim=min_dim, max_rows=max_rows, seed=seed,
-                       heldout_files=heldout_files, metric_output=metric_output, progress=progress, budget=budget),
+                       heldout_files=heldout_files, heldout_data=heldout_data, metric_output=metric_output,
+                       progress=progress, budget=budget),
         codebooks=_int_list(codebooks_list, "--codebooks-list"),
         encoders=tuple(e.strip() for e in encoders.split(",") if e.strip()), timing=timing,
         sensitivity_files=sensitivity_files,

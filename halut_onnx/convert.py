@@ -155,6 +155,11 @@ def convert_model(
     a user can fix; layers that cannot be converted are skipped, each with its reason in ``result.layers``.
     """
     options.validate()
+    if options.budget is None:
+        # the held-out files measure a budget and nothing else: ignoring them would hide that none was set
+        for flag, value in (("--heldout-files", options.heldout_files), ("--heldout-data", options.heldout_data)):
+            if value is not None:
+                raise ConversionError(f"{flag} needs --budget: held-out files measure the budget metric")
     if options.budget is not None or options.sequential:
         # docs/budget.md: analysis, selection and sequential learning live in budget_convert
         from .budget_convert import convert_sequential, convert_under_budget

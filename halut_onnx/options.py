@@ -21,6 +21,9 @@ def compile_patterns(patterns, flag: str) -> list[re.Pattern]:
     return compiled
 
 
+DEFAULT_HELDOUT_FILES = 0.25
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """Conversion settings; each field is one ``halut-onnx convert`` flag (``--max-rows`` for ``max_rows``...)."""
@@ -40,7 +43,12 @@ class ConvertOptions:
     progress: bool = True  # --progress/--no-progress: tqdm bars on stderr
     budget: str | None = None  # --budget METRIC=VALUE: convert the layers and settings that save most within it
     sequential: bool = False  # --sequential: learn each layer on the inputs the converted layers before it produce
-    heldout_files: float = 0.25  # --heldout-files: calibration files held out to measure the budget metric
+    # --heldout-files: the share of the calibration files held out to measure the budget metric; None:
+    # DEFAULT_HELDOUT_FILES, or none at all with --heldout-data
+    heldout_files: float | None = None
+    # --heldout-data DIR: files the budget metric is measured on instead (every --calib file is learned from): data
+    # the model was not fitted to, such as a validation split, so that the budget holds on new data
+    heldout_data: str | None = None
     # --objective: what a budget maximises: "time", the measured time saved in the model, or "macs", the
     # multiply-adds removed (deterministic); None: "time" when the custom-op library loads (the kernels can be
     # timed), else "macs"
@@ -80,8 +88,11 @@ class ConvertOptions:
             raise ValueError(f"--objective must be 'macs' or 'time', got {self.objective!r}")
         if self.finetune and self.budget is None:
             raise ValueError("--finetune needs --budget: the fine-tuned model is scored on the budget's held-out files")
-        if not 0 < self.heldout_files < 1:
+        if self.heldout_files is not None and not 0 < self.heldout_files < 1:
             raise ValueError(f"--heldout-files must be in (0, 1), got {self.heldout_files}")
+        if self.heldout_data is not None and self.heldout_files is not None:
+            raise ValueError("--heldout-files and --heldout-data both given: with --heldout-data no calibration file "
+                             "is held out")
 
     def settings(self) -> dict:
         """The options that shape the output (recorded in the model's metadata)."""

@@ -20,6 +20,7 @@ from halut_models import low_rank, mlp, write_calibration
 import halut_onnx.analyze as analyze_module
 from halut_onnx.analyze import AnalyzeOptions, analyze, codebook_grid
 from halut_onnx.budget_convert import convert_under_budget
+from halut_onnx.budget_report import analysis_table
 from halut_onnx.cli import main
 from halut_onnx.convert import convert_model
 from halut_onnx.kernel_timing import library_available
@@ -118,6 +119,56 @@ def test_tight_budget_converts_fewer_layers_and_meets_it(case):
         assert {r.name for r in result.skipped} == {"fc1", "fc2", "fc3"} - {r.name for r in result.converted}
         converted[value] = len(result.converted)
     assert 1 <= converted[0.95] < converted[0.85]
+
+
+def _same_distribution(folder: Path, files: int) -> list[Path]:
+    """``files`` more files of the case's calibration distribution: the fixture's draws, continued."""
+    rng = np.random.default_rng(0)
+    mlp3(rng)
+    write_files(folder, rng, files=8 + files)
+    for old in sorted(folder.iterdir())[:8]:  # the case's own calibration files, drawn again
+        old.unlink()
+    return sorted(folder.iterdir())
+
+
+def test_heldout_data_measures_its_own_files_and_learns_from_every_calibration_file(case, tmp_path):
+    folder, model, split = case
+    held = _same_distribution(tmp_path / "held", 3)
+    options = ConvertOptions(progress=False, heldout_data=str(tmp_path / "held"))
+    analysis = analyze(folder / "m.onnx", folder / "calib",
+                       AnalyzeOptions(options, codebooks=(4, 8), encoders=("pq",), timing=False))
+    assert analysis.heldout_files == [str(f) for f in held]
+    assert analysis.learn_files == [str(f) for f in sorted((folder / "calib").iterdir())]
+    assert {name: rows.rows.shape[0] for name, rows in analysis.learn_rows.items()} == {n: 8 * 128 for n in
+                                                                                         ("fc1", "fc2", "fc3")}
+    x = _heldout(analysis)
+    assert x.shape == (3 * 128, 32) and not any(np.array_equal(x[:128], np.load(f)["x"]) for f in split.learn_files)
+    ref = _numpy_forward(model, x)
+    for row in analysis.rows:
+        out = _numpy_forward(model, x, {row.layer: analysis.learned[(row.layer, row.setting.key)].forward})
+        assert row.nmse == pytest.approx(np.sum((out - ref) ** 2) / np.sum(ref**2), rel=1e-3)
+    assert "on the 3 files of " + str(tmp_path / "held") + " (384 samples, --heldout-data); learned on the 8 " \
+        "calibration files." in analysis_table(analysis)
+
+    out = tmp_path / "budget.onnx"
+    report = convert_under_budget(folder / "m.onnx", folder / "calib", out,
+                                  dataclasses.replace(options, budget="cosine=0.9"), analysis).budget
+    measured = _measured_cosine(analysis, model, out)
+    assert measured >= 0.9 and report.measured == pytest.approx(measured, abs=1e-5) and report.chosen
+
+
+def test_heldout_data_needs_one_calibration_file_only(case, tmp_path):
+    folder, _, _ = case
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "000.npz").write_bytes((folder / "calib" / "000.npz").read_bytes())
+    _same_distribution(tmp_path / "held", 2)
+    options = ConvertOptions(progress=False, heldout_data=str(tmp_path / "held"))
+    analysis = analyze(folder / "m.onnx", tmp_path / "calib",
+                       AnalyzeOptions(options, codebooks=(4,), encoders=("tree",), timing=False))
+    assert len(analysis.learn_files) == 1 and len(analysis.heldout_files) == 2 and analysis.samples_heldout == 256
+    with pytest.raises(ValueError, match=r"^a budget needs at least 2 calibration files \(one to learn from, one "
+                                         r"held out\); found 1$"):
+        analyze(folder / "m.onnx", tmp_path / "calib", AnalyzeOptions(OPTIONS, codebooks=(4,), timing=False))
 
 
 def test_time_objective_converts_only_layers_that_run_faster(case):
