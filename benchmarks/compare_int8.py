@@ -69,6 +69,9 @@ class Case:
     budget: list[str] | None  # halut-onnx convert options of the budget row; None: no budget row
     halut_options: list[str] = field(default_factory=list)  # options every Halut row adds (--max-rows)
     extra_halut: list[tuple[str, list[str]]] = field(default_factory=list)  # (label, options) more Halut rows
+    # the budget row's --heldout-data: validation rows the model was not trained on (the digits models); None: a
+    # share of the calibration files is held out (their data is not the models' training data)
+    heldout: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------ building the rows
@@ -181,8 +184,11 @@ def variants(case: Case, out: Path) -> list[tuple[str, Callable[[], Path], bool]
     for k, (label, options) in enumerate(case.extra_halut):
         rows.append((label, lambda k=k, options=options: halut(case, out / f"{stem}.extra{k}.onnx", options), True))
     if case.budget is not None:
-        rows.append(("halut " + " ".join(case.budget),
-                     lambda: halut(case, out / f"{stem}.budget.onnx", case.budget), True))
+        held, shown = [], []
+        if case.heldout is not None:  # the label names the folder, not its temporary path
+            held, shown = ["--heldout-data", str(case.heldout)], ["--heldout-data", case.heldout.name]
+        rows.append((" ".join(["halut", *case.budget, *shown]),
+                     lambda: halut(case, out / f"{stem}.budget.onnx", [*case.budget, *held]), True))
     return rows
 
 
@@ -229,25 +235,31 @@ def compare(case: Case, out: Path, runs: int) -> list[list[str]]:
 def digits_case(out: Path, args) -> Case:
     import digits_mlp
 
-    model, x_train, x_test, _, y_test = digits_mlp.train()
+def digits_case(out: Path, args) -> Case:
+    import digits_mlp
+
+    model, split = digits_mlp.train()
+    x_test, y_test = split.x_test, split.y_test
     original = digits_mlp.export(model, out / "digits_mlp.onnx")
-    calib = tools.write_batches(out / "calib", digits_mlp.INPUT, x_train, 64)  # budget_tables.py's layout: 20 files
+    calib = tools.write_batches(out / "calib", digits_mlp.INPUT, split.x_fit, 64)  # budget_tables.py's layout
+    val = tools.write_batches(out / "val", digits_mlp.INPUT, split.x_val, 64)
     return Case("digits MLP", original, calib, {digits_mlp.INPUT: x_test}, f"the {len(x_test)} test rows at once",
                 lambda path, is_halut: digits_mlp.accuracy(path, x_test, y_test, halut=is_halut), "test acc %", True,
-                ["--budget", "agreement=0.99"])
+                ["--budget", "agreement=0.99"], heldout=val)
 
 
 def conv1d_case(out: Path, args) -> Case:
     import digits_conv1d
 
-    x_train, x_test, y_train, y_test = digits_conv1d.load()
-    net = digits_conv1d.train(x_train, y_train)
+    split = digits_conv1d.load()
+    x_test, y_test = split.x_test, split.y_test
+    net = digits_conv1d.train(split.x_fit, split.y_fit)
     original = digits_conv1d.export(net, x_test, out / "digits_conv1d.onnx")
-    calib = digits_conv1d.write_rows(out / "calib", x_train)
+    calib = digits_conv1d.write_rows(out / "calib", split.x_fit)
     return Case("digits 1-D CNN", original, calib, {digits_conv1d.INPUT: x_test},
                 f"the {len(x_test)} test sequences at once",
                 lambda path, is_halut: digits_conv1d.accuracy(path, x_test, y_test, halut=is_halut), "test acc %",
-                True, ["--budget", "agreement=0.99"])
+                True, ["--budget", "agreement=0.99"], heldout=digits_conv1d.write_rows(out / "val", split.x_val))
 
 
 def vit_case(out: Path, args, size_name: str = "small") -> Case:
@@ -255,17 +267,19 @@ def vit_case(out: Path, args, size_name: str = "small") -> Case:
     import digits_vit
 
     size = digits_vit.SIZES[size_name]
-    x_train, x_test, y_train, y_test = digits_vit.load(size)
-    net = digits_vit.train(x_train, y_train, size)
+    split = digits_vit.load(size)
+    x_test, y_test = split.x_test, split.y_test
+    net = digits_vit.train(split.x_fit, split.y_fit, size)
     original = digits_conv1d.export(net, x_test, out / f"digits_vit_{size_name}.onnx")
-    calib = digits_conv1d.write_rows(out / "calib", x_train)
+    calib = digits_conv1d.write_rows(out / "calib", split.x_fit)
     extra = [("halut --encoder tree", ["--encoder", "tree"])]
     if size_name == "tiny":
         extra.append(("halut -C 32 --encoder tree", ["-C", "32", "--encoder", "tree"]))
     return Case(f"digits ViT {size_name}", original, calib, {digits_conv1d.INPUT: x_test},
                 f"the {len(x_test)} test images at once",
                 lambda path, is_halut: digits_conv1d.accuracy(path, x_test, y_test, halut=is_halut), "test acc %",
-                True, ["--budget", "agreement=0.99"], extra_halut=extra)
+                True, ["--budget", "agreement=0.99"], heldout=digits_conv1d.write_rows(out / "val", split.x_val),
+                extra_halut=extra)
 
 
 def rec_case(out: Path, args) -> Case:

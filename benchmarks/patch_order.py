@@ -92,10 +92,10 @@ def feeds_of(model: str) -> tuple[Path, list[dict]]:
     if model == "conv1d":
         import digits_conv1d
 
-        x_train, x_test, y_train, _ = digits_conv1d.load()
-        path = digits_conv1d.export(digits_conv1d.train(x_train, y_train), x_test,
+        split = digits_conv1d.load()
+        path = digits_conv1d.export(digits_conv1d.train(split.x_fit, split.y_fit), split.x_test,
                                     Path(tempfile.mkdtemp()) / "digits_conv1d.onnx")
-        return path, [{digits_conv1d.INPUT: x_train}]
+        return path, [{digits_conv1d.INPUT: split.x_fit}]
     import magika_data
 
     corpus = magika_data.make_corpus(256, 0)

@@ -10,10 +10,10 @@ multiply-adds converted, the measured end metric and the measured speedup (docs/
     python examples/budget_tables.py sequential [--out DIR]    # independent vs --sequential calibration
 
 One sensitivity analysis per model (halut_onnx.analyze), reused by every budget; each budget's model (as learned,
-and with --sequential / --finetune when asked for) is written,
-measured on the held-out calibration files (the budget metric), on separate evaluation data (digits: test accuracy;
-rec: CER and top-1 agreement on non-blank frames; det: F1 and IoU of the binarised map against the original's, and
-line recall) and timed against the original (halut_onnx.bench, 1 thread). The analysis is pickled in --out and
+and with --sequential / --finetune when asked for) is written, measured on the held-out files (the budget metric;
+digits: the model's validation rows, --heldout-data), on separate evaluation data (digits: test accuracy; rec: CER
+and top-1 agreement on non-blank frames; det: F1 and IoU of the binarised map against the original's, and line
+recall) and timed against the original (halut_onnx.bench, 1 thread). The analysis is pickled in --out and
 reused by a rerun with other --budgets.
 """
 
@@ -75,15 +75,16 @@ def modes(sequential: bool, finetune: bool) -> list[str]:
     return ["independent"] + ["sequential"] * sequential + ["finetune"] * finetune
 
 
-def _budget_rows(model, calib, out, analysis, budgets, mode_names, max_rows, end_metric, bench_data,
-                 bench_runs=20, heldout_files=0.25, objective=None):
+def _budget_rows(model, calib, out, analysis, budgets, mode_names, convert: ConvertOptions, end_metric, bench_data,
+                 bench_runs=20, objective=None):
+    """One row per (budget, mode), each converted with the analysis' own ``convert`` options (rows, held-out files)."""
     rows = []
     for budget in budgets:
         for mode in mode_names:
             path = out / f"{model.stem}.{budget.replace('=', '')}{'' if mode == 'independent' else '.' + mode}.onnx"
-            options = ConvertOptions(progress=mode == "finetune", budget=budget, sequential=mode == "sequential",
-                                     finetune=mode == "finetune", max_rows=max_rows, heldout_files=heldout_files,
-                                     objective=objective)
+            options = dataclasses.replace(convert, progress=mode == "finetune", budget=budget,
+                                          sequential=mode == "sequential", finetune=mode == "finetune",
+                                          objective=objective)
             start = time.perf_counter()
             try:
                 result = convert_under_budget(model, calib, path, options, analysis)
@@ -114,16 +115,16 @@ def measured_cell(report) -> str:
 def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None, finetune: bool = False) -> None:
     import digits_mlp
 
-    model, x_train, x_test, _, y_test = digits_mlp.train()
+    model, split = digits_mlp.train()
+    x_test, y_test = split.x_test, split.y_test
     original = digits_mlp.export(model, out / "digits_mlp.onnx")
-    calib = out / "calib"
-    calib.mkdir(parents=True, exist_ok=True)
-    for k, start in enumerate(range(0, len(x_train), 64)):  # 20 files: 5 held out
-        np.savez(calib / f"{k:04d}.npz", X=x_train[start : start + 64])
+    # the model's fit rows to learn from, its validation rows (never trained on) to measure the budgets on
+    calib = tools.write_batches(out / "calib", digits_mlp.INPUT, split.x_fit, 64)
+    val = tools.write_batches(out / "val", digits_mlp.INPUT, split.x_val, 64)
     (out / "test").mkdir(exist_ok=True)
     np.savez(out / "test" / "test.npz", X=x_test)
     base = digits_mlp.accuracy(original, x_test, y_test, halut=False)
-    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows),
+    options = AnalyzeOptions(ConvertOptions(progress=False, max_rows=max_rows, heldout_data=str(val)),
                              divisors=(8, 4, 2) if quick else (16, 8, 4, 2))
     analysis = analyze(original, calib, options)
     print(f"analysis: {len(analysis.rows)} settings in {analysis.seconds:.0f} s; test accuracy original "
@@ -134,7 +135,7 @@ def digits(out: Path, quick: bool, max_rows: int, objective: str | None = None, 
 
     budgets = ["agreement=0.99"] if quick else ["agreement=0.995", "agreement=0.99", "agreement=0.98",
                                                  "agreement=0.95"]
-    rows = _budget_rows(original, calib, out, analysis, budgets, modes(not quick, finetune), max_rows,
+    rows = _budget_rows(original, calib, out, analysis, budgets, modes(not quick, finetune), options.convert,
                         end_metric, out / "test", objective=objective)
     print(tools.format_table(HEADERS, rows))
 
@@ -167,9 +168,8 @@ def rec(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
                 f"{100 * top1_agreement(frames, conv_frames):.2f} %")
 
     budgets = budgets or ["ctc=0.99", "ctc=0.98", "agreement=0.99"]
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune),
-                        max_rows, end_metric, out / "eval", bench_runs=5, heldout_files=heldout_files,
-                        objective=objective)
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune), convert,
+                        end_metric, out / "eval", bench_runs=5, objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -262,9 +262,8 @@ def det(out: Path, quick: bool, max_rows: int, n_calib: int, n_eval: int, budget
                 f"%, line recall {100 * recall:.1f} %")
 
     budgets = budgets or ["cosine=0.99", "cosine=0.98", "cosine=0.95"]
-    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune),
-                        max_rows, end_metric, out / "eval", bench_runs=3, heldout_files=heldout_files,
-                        objective=objective)
+    rows = _budget_rows(model, out / "calib", out, analysis, budgets, modes(sequential, finetune), options.convert,
+                        end_metric, out / "eval", bench_runs=3, objective=objective)
     print(tools.format_table(HEADERS, rows))
 
 
@@ -277,9 +276,10 @@ def sequential_gain(out: Path, max_rows: int, n_calib: int, n_eval: int) -> None
 
     from halut_onnx.convert import convert_model
 
-    model, x_train, x_test, _, y_test = digits_mlp.train()
+    model, split = digits_mlp.train()
+    x_test, y_test = split.x_test, split.y_test
     original = digits_mlp.export(model, out / "digits_mlp.onnx")
-    digits_mlp.write_rows(out / "digits_calib", x_train)
+    digits_mlp.write_rows(out / "digits_calib", split.x_fit)
     base = digits_mlp.accuracy(original, x_test, y_test, halut=False)
     rows = []
     for C in (8, 16, 32):

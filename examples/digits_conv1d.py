@@ -4,11 +4,12 @@ and its Linear by Halut table lookups, compare test accuracy.
     python examples/digits_conv1d.py [--out DIR] [--quick]
 
 Each 8x8 digit is read as a sequence of 8 steps (the image columns) of 8 channels (the rows), pixels scaled to
-0..1, split 70/30 stratified (random_state=0) as in digits_mlp.py. The network: Conv1d 8->32 (k=3, pad 1), ReLU,
+0..1, split as in digits_mlp.py (fit / validation / test). The network: Conv1d 8->32 (k=3, pad 1), ReLU,
 Conv1d 32->64 (k=3, stride 2, pad 1), ReLU, Conv1d 64->64 (k=3, pad 1), ReLU, Flatten, Linear 256->10; trained with
 Adam for 60 epochs (torch seed 0, one thread). torch.onnx's default (dynamo) exporter writes it with a dynamic
-batch. The training rows are the calibration data, the test rows the evaluation data. ``--quick`` converts with
-the default settings (pq encoder) and with the tree encoder only.
+batch. The fit rows are the calibration data, the validation rows the budget's held-out data (``--heldout-data``),
+the test rows the evaluation data. ``--quick`` converts with the default settings (pq encoder) and with the tree
+encoder only.
 
 It needs torch and onnxscript, which torch.onnx's default exporter uses (the ``test`` extra has both).
 """
@@ -32,17 +33,12 @@ CALIB_BATCH = 128
 EPOCHS = 60
 
 
-def load():
-    """(x_train, x_test, y_train, y_test): digits as [N, 8 channels, 8 steps] float32 in 0..1."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    features, labels = load_digits(return_X_y=True)
-    sequences = (features / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    return train_test_split(sequences, labels, test_size=0.3, random_state=0, stratify=labels)
+def load() -> tools.DigitsSplit:
+    """The digits as [N, 8 channels, 8 steps] float32 in 0..1."""
+    return tools.digits_split().features(lambda x: (x / 16.0).astype(np.float32).reshape(-1, 8, 8))
 
 
-def train(x_train: np.ndarray, y_train: np.ndarray):
+def train(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
     import torch
 
     def build():
@@ -53,7 +49,8 @@ def train(x_train: np.ndarray, y_train: np.ndarray):
             torch.nn.Flatten(), torch.nn.Linear(64 * 4, 10),
         )
 
-    return tools.train_classifier(build, x_train, y_train, EPOCHS, lambda p: torch.optim.Adam(p, lr=3e-3))
+    return tools.train_classifier(build, x_train, y_train, EPOCHS, lambda p: torch.optim.Adam(p, lr=3e-3),
+                                  seed=seed)
 
 
 def export(net, example: np.ndarray, path: Path) -> Path:
@@ -77,33 +74,29 @@ def accuracy(model_path: Path, rows: np.ndarray, labels: np.ndarray, halut: bool
     return float(np.mean(logits.argmax(1) == labels))
 
 
-def run(out: Path, quick: bool) -> list[dict]:
+def run(out: Path, quick: bool, seed: int = 0) -> list[dict]:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    x_train, x_test, y_train, y_test = load()
-    net = train(x_train, y_train)
+    split = load()
+    x_test, y_test = split.x_test, split.y_test
+    net = train(split.x_fit, split.y_fit, seed)
     with torch.no_grad():
         torch_acc = float((net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
     original = export(net, x_test, out / "digits_conv1d.onnx")
-    write_rows(out / "calib", x_train)
+    write_rows(out / "calib", split.x_fit)
+    write_rows(out / "val", split.x_val)
     onnx_acc = accuracy(original, x_test, y_test, halut=False)
     if abs(onnx_acc - torch_acc) > 1e-12:
         raise RuntimeError(f"the ONNX export disagrees with torch: accuracy {onnx_acc} vs {torch_acc}")
     print(f"torch test accuracy {100 * torch_acc:.2f} %; ONNX export equal")
 
-    results = []
-    for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
-        slug = label.replace("--encoder ", "").replace("-C ", "C").replace("--budget ", "").replace(" ", "_")
-        converted = tools.convert(original, out / "calib", out / f"digits_conv1d.{slug}.onnx", options)
-        acc = accuracy(converted, x_test, y_test, halut=True)
-        results.append({"setting": label, "layers": tools.converted_layers(converted), "original": onnx_acc,
-                        "converted": acc, "drop": onnx_acc - acc})
-    return results
+    return tools.convert_settings(original, out, SETTINGS_QUICK if quick else SETTINGS_FULL,
+                                  lambda path: accuracy(path, x_test, y_test, halut=True), onnx_acc, 4)
 
 
 def main(argv=None) -> None:
-    tools.accuracy_example_main(__doc__.split("\n\n")[0], run, argv, layers_cell=lambda n: f"{n} of 4")
+    tools.accuracy_example_main(__doc__.split("\n\n")[0], run, argv)
 
 if __name__ == "__main__":
     main()

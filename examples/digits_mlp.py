@@ -4,11 +4,13 @@ Halut table lookups, compare test accuracy.
     python examples/digits_mlp.py [--out DIR] [--quick]
 
 The classifier is MLPClassifier(hidden_layer_sizes=(128, 64), random_state=0) trained on scikit-learn's digits
-(8x8 images, 64 features in 0..16, no scaling) with a stratified 70/30 split (random_state=0). skl2onnx exports it
-without ZipMap, so the model's outputs are plain tensors, ``label`` (int64) and ``probabilities`` ([N, 10]); the
-ai.onnx.ml ArrayFeatureExtractor that maps argmax to class labels stays in the graph. The training rows are the
-calibration data, the test rows the evaluation data. ``--quick`` converts with the default settings (pq encoder)
-and with the tree encoder only.
+(8x8 images, 64 features in 0..16, no scaling), split as every digits example splits them
+(example_tools.digits_split: 70/30 train / test stratified, the training part 80/20 into fit / validation rows).
+skl2onnx exports it without ZipMap, so the model's outputs are plain tensors, ``label`` (int64) and
+``probabilities`` ([N, 10]); the ai.onnx.ml ArrayFeatureExtractor that maps argmax to class labels stays in the
+graph. The fit rows (the model's training rows) are the calibration data, the validation rows the budget's
+held-out data (``--heldout-data``), the test rows the evaluation data. ``--quick`` converts with the default
+settings (pq encoder) and with the tree encoder only.
 """
 
 from __future__ import annotations
@@ -25,24 +27,19 @@ INPUT = "X"
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}  # read by onnxruntime >= 1.15; skl2onnx lowers it to what the model needs
 SETTINGS_FULL = [("default", []), ("--encoder tree", ["--encoder", "tree"])] + [
     (f"-C {c} --encoder {enc}", ["-C", str(c), "--encoder", enc]) for enc in ("tree", "pq") for c in (16, 32, 64)
-]
+] + [("--budget agreement=0.99", ["--budget", "agreement=0.99"])]
 SETTINGS_QUICK = [("default", []), ("--encoder tree", ["--encoder", "tree"])]
 CALIB_BATCH = 256
 
 
-def train():
-    """The classifier and its split: (model, X_train, X_test, y_train, y_test), features as float32."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def train(seed: int = 0):
+    """The classifier (``random_state=seed``) and its data: (model, example_tools.DigitsSplit, float32 features)."""
     from sklearn.neural_network import MLPClassifier
 
-    features, labels = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        features.astype(np.float32), labels, test_size=0.3, random_state=0, stratify=labels
-    )
-    model = MLPClassifier(hidden_layer_sizes=(128, 64), random_state=0, max_iter=1000)
-    model.fit(x_train, y_train)
-    return model, x_train, x_test, y_train, y_test
+    split = tools.digits_split().features(lambda x: x.astype(np.float32))
+    model = MLPClassifier(hidden_layer_sizes=(128, 64), random_state=seed, max_iter=1000)
+    model.fit(split.x_fit, split.y_fit)
+    return model, split
 
 
 def export(model, path: Path) -> Path:
@@ -72,11 +69,13 @@ def accuracy(model_path: Path, rows: np.ndarray, labels: np.ndarray, halut: bool
     return float(np.mean(predicted.reshape(-1) == labels))
 
 
-def run(out: Path, quick: bool) -> list[dict]:
+def run(out: Path, quick: bool, seed: int = 0) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    model, x_train, x_test, _, y_test = train()
+    model, split = train(seed)
+    x_test, y_test = split.x_test, split.y_test
     original = export(model, out / "digits_mlp.onnx")
-    write_rows(out / "calib", x_train)
+    write_rows(out / "calib", split.x_fit)
+    write_rows(out / "val", split.x_val)
     write_rows(out / "eval", x_test)
 
     sklearn_acc = float(model.score(x_test, y_test))
@@ -86,21 +85,8 @@ def run(out: Path, quick: bool) -> list[dict]:
     print(f"scikit-learn test accuracy {100 * sklearn_acc:.2f} % ({model.n_iter_} iterations); ONNX export equal")
     print(f"constant-weight MatMul/Gemm layers: {tools.matmul_layers(original)}")
 
-    results = []
-    for label, options in SETTINGS_QUICK if quick else SETTINGS_FULL:
-        slug = label.replace("--encoder ", "").replace("-C ", "C").replace(" ", "_")
-        converted = tools.convert(original, out / "calib", out / f"digits_mlp.{slug}.onnx", options)
-        acc = accuracy(converted, x_test, y_test, halut=True)
-        results.append(
-            {
-                "setting": label,
-                "layers": tools.converted_layers(converted),
-                "original": onnx_acc,
-                "converted": acc,
-                "drop": onnx_acc - acc,
-            }
-        )
-    return results
+    return tools.convert_settings(original, out, SETTINGS_QUICK if quick else SETTINGS_FULL,
+                                  lambda path: accuracy(path, x_test, y_test, halut=True), onnx_acc, 3)
 
 
 def main(argv=None) -> None:

@@ -4,7 +4,7 @@ had offline): does a transformer keep its accuracy when its weight MatMuls are l
 
     python examples/digits_vit.py [--out DIR] [--quick] [--size small|tiny]
 
-The digits split 70/30 stratified (random_state=0) as in digits_mlp.py, pixels scaled to 0..1. Two sizes:
+The digits split as in digits_mlp.py (fit / validation / test), pixels scaled to 0..1. Two sizes:
 
 - ``small`` (default): 8 tokens (the image rows, 8 pixels each), width 64, 4 heads, feed-forward 128, 3 blocks,
   150 epochs (about 40 s of training).
@@ -15,9 +15,9 @@ Both: a Linear embedding plus learned positions, pre-LayerNorm encoder blocks (o
 projection, a GELU feed-forward), a final LayerNorm, the mean over tokens and a Linear head to the 10 classes;
 trained with AdamW (one-cycle learning rate, weight decay 0.05, batch 64, torch seed 0, one thread). Per block four
 weight MatMuls are eligible, plus the head; the embedding (D = 8 or 4) is under ``--min-dim`` and the attention
-products multiply two activations. The training rows are the calibration data (a row per token per image per
-layer), the test rows the evaluation data. ``--quick`` converts with the default settings (pq encoder) and with the
-tree encoder only.
+products multiply two activations. The fit rows are the calibration data (a row per token per image per layer),
+the validation rows the budgets' held-out data (``--heldout-data``), the test rows the evaluation data.
+``--quick`` converts with the default settings (pq encoder) and with the tree encoder only.
 
 It needs torch and onnxscript, which torch.onnx's default exporter uses (the ``test`` extra has both).
 """
@@ -71,16 +71,15 @@ def settings(size: Size, quick: bool) -> list[tuple[str, list[str]]]:
          ("--budget agreement=0.99 --objective macs", ["--budget", "agreement=0.99", "--objective", "macs"])]
 
 
-def load(size: Size):
-    """(x_train, x_test, y_train, y_test): digits as [N, tokens, pixels per token] float32 in 0..1."""
+def load(size: Size) -> tools.DigitsSplit:
+    """The digits as [N, tokens, pixels per token] float32 in 0..1."""
     ph, pw = size.patch
-    split = digits_conv1d.load()  # [N, 8, 8], the image rows on axis 1
 
-    def tokens(x):
+    def as_tokens(x):  # x: [N, 8, 8], the image rows on axis 1
         return np.ascontiguousarray(x.reshape(-1, 8 // ph, ph, 8 // pw, pw).transpose(0, 1, 3, 2, 4)
                                     .reshape(-1, size.tokens, ph * pw))
 
-    return tokens(split[0]), tokens(split[1]), split[2], split[3]
+    return digits_conv1d.load().features(as_tokens)
 
 
 def make_net(size: Size):
@@ -117,40 +116,36 @@ def make_net(size: Size):
     return ViT()
 
 
-def train(x_train: np.ndarray, y_train: np.ndarray, size: Size):
+def train(x_train: np.ndarray, y_train: np.ndarray, size: Size, seed: int = 0):
     import torch
 
     return tools.train_classifier(
         lambda: make_net(size), x_train, y_train, size.epochs,
         lambda p: torch.optim.AdamW(p, lr=size.lr, weight_decay=0.05),
-        lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(opt, size.lr, total_steps=steps))
+        lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(opt, size.lr, total_steps=steps), seed=seed)
 
 
-def run(out: Path, quick: bool, size_name: str = "small") -> list[dict]:
+def run(out: Path, quick: bool, seed: int = 0, size_name: str = "small") -> list[dict]:
     import torch
 
     size = SIZES[size_name]
     out.mkdir(parents=True, exist_ok=True)
-    x_train, x_test, y_train, y_test = load(size)
-    net = train(x_train, y_train, size)
+    split = load(size)
+    x_test, y_test = split.x_test, split.y_test
+    net = train(split.x_fit, split.y_fit, size, seed)
     with torch.no_grad():
         torch_acc = float((net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
     original = digits_conv1d.export(net, x_test, out / f"digits_vit_{size_name}.onnx")
-    digits_conv1d.write_rows(out / "calib", x_train)
+    digits_conv1d.write_rows(out / "calib", split.x_fit)
+    digits_conv1d.write_rows(out / "val", split.x_val)
     onnx_acc = digits_conv1d.accuracy(original, x_test, y_test, halut=False)
     if abs(onnx_acc - torch_acc) > 1e-12:
         raise RuntimeError(f"the ONNX export disagrees with torch: accuracy {onnx_acc} vs {torch_acc}")
     print(f"{size_name}: torch test accuracy {100 * torch_acc:.2f} %; ONNX export equal")
 
-    results = []
-    for label, options in settings(size, quick):
-        slug = (label.replace("--encoder ", "").replace("-C ", "C").replace("--budget ", "")
-                .replace("--objective ", "").replace(" ", "_"))
-        converted = tools.convert(original, out / "calib", out / f"digits_vit_{size_name}.{slug}.onnx", options)
-        acc = digits_conv1d.accuracy(converted, x_test, y_test, halut=True)
-        results.append({"setting": label, "layers": f"{tools.converted_layers(converted)} of {size.eligible}",
-                        "original": onnx_acc, "converted": acc, "drop": onnx_acc - acc})
-    return results
+    return tools.convert_settings(original, out, settings(size, quick),
+                                  lambda path: digits_conv1d.accuracy(path, x_test, y_test, halut=True), onnx_acc,
+                                  size.eligible)
 
 
 def main(argv=None) -> None:

@@ -3,12 +3,16 @@ count converted layers, print an aligned table."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from halut_onnx.ops import DOMAIN as HALUT_DOMAIN
 from halut_onnx.ops import LOOKUP, LOOKUP_CONV
@@ -26,6 +30,29 @@ def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
     halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
     return out
+
+
+NO_LAYER_FITS = "Error: no layer can be converted within --budget"
+
+
+def convert_setting(model: Path, calib: Path, out: Path, options: Sequence[str]) -> Path | None:
+    """``convert``, or None where the options' ``--budget`` fits no layer (halut-onnx then writes nothing and says
+    why, which is printed): the model stays as it is, a result to report."""
+    result = halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options,
+                       check=False)
+    if result.returncode == 0:
+        return out
+    if "--budget" in options and result.stderr.startswith(NO_LAYER_FITS):
+        print(f"{' '.join(options)}: {result.stderr.strip().removeprefix('Error: ')}")
+        return None
+    raise RuntimeError(f"halut-onnx convert {' '.join(options)} failed ({result.returncode}):\n"
+                       f"{result.stderr.strip()}")
+
+
+def budgets_on(folder: Path, options: Sequence[str]) -> list[str]:
+    """``options``, with ``--heldout-data folder`` where they set a ``--budget``: the digits examples measure
+    their budgets on validation rows the model never saw."""
+    return [*options, "--heldout-data", str(folder)] if "--budget" in options else list(options)
 
 
 def float16_model(model: Path, out: Path) -> Path:
@@ -97,8 +124,6 @@ def only_layers(names: Sequence[str]) -> list[str]:
 def write_batches(folder: Path, name: str, rows, batch: int) -> Path:
     """Calibration / evaluation files: ``folder/0000.npz``, ... with array ``name`` of up to ``batch`` rows each (the
     folder's old .npz files removed first)."""
-    import numpy as np
-
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.npz"):
         old.unlink()
@@ -107,14 +132,47 @@ def write_batches(folder: Path, name: str, rows, batch: int) -> Path:
     return folder
 
 
-def train_classifier(build, x_train, y_train, epochs: int, optimizer, schedule=None, batch: int = 64):
+@dataclass(frozen=True)
+class DigitsSplit:
+    """scikit-learn's digits as every digits example splits them: ``fit``, the rows the model is trained on (and
+    Halut learns from); ``val``, validation rows the model never sees, where the examples measure their budgets
+    (``--heldout-data``: a budget holds only on data like its held-out files, docs/budget.md); ``test``, the rows
+    every accuracy is reported on."""
+
+    x_fit: np.ndarray
+    x_val: np.ndarray
+    x_test: np.ndarray
+    y_fit: np.ndarray
+    y_val: np.ndarray
+    y_test: np.ndarray
+
+    def features(self, transform) -> "DigitsSplit":
+        """The same split with ``transform`` applied to each part's features."""
+        return dataclasses.replace(self, x_fit=transform(self.x_fit), x_val=transform(self.x_val),
+                                   x_test=transform(self.x_test))
+
+
+def digits_split() -> DigitsSplit:
+    """70/30 train / test, stratified (random_state=0), then the training part 80/20 into fit / validation rows
+    (stratified, random_state=0): 1005 / 252 / 540 rows of 64 features, float64 in 0..16."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    features, labels = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(features, labels, test_size=0.3, random_state=0,
+                                                        stratify=labels)
+    x_fit, x_val, y_fit, y_val = train_test_split(x_train, y_train, test_size=0.2, random_state=0, stratify=y_train)
+    return DigitsSplit(x_fit, x_val, x_test, y_fit, y_val, y_test)
+
+
+def train_classifier(build, x_train, y_train, epochs: int, optimizer, schedule=None, batch: int = 64, seed: int = 0):
     """A torch classifier from ``build()``, trained by ``optimizer(parameters)`` (and ``schedule(optimizer,
-    total steps)``, stepped per batch) on shuffled batches of cross-entropy; torch seed 0 and one thread, so that
-    the same sums run in the same order on every machine. Returns it in eval mode."""
+    total steps)``, stepped per batch) on shuffled batches of cross-entropy; torch seed ``seed`` and one thread, so
+    that the same sums run in the same order on every machine. Returns it in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -136,26 +194,46 @@ def train_classifier(build, x_train, y_train, epochs: int, optimizer, schedule=N
     return net.eval()
 
 
-def accuracy_example_main(description: str, run, argv=None, layers_cell=str, extra: dict | None = None) -> None:
-    """The command line of the accuracy examples: ``[--out DIR] [--quick]`` and the options of ``extra`` (flag ->
-    ``add_argument`` keywords with a ``dest``), then ``run(out, quick, **extra values)``'s results (dicts of
-    setting, layers, original, converted, drop) as a table; ``layers_cell`` formats the layer count."""
+def convert_settings(original: Path, out: Path, settings, accuracy, original_accuracy: float,
+                     eligible: int) -> list[dict]:
+    """The accuracy examples' rows: ``original`` converted at each (label, options) of ``settings``, learned on
+    ``out/calib`` (budgets measured on ``out/val``), scored by ``accuracy(path)``. A budget no layer fits is a row
+    of 0 layers at the original's accuracy."""
+    results = []
+    for label, options in settings:
+        slug = (label.replace("--encoder ", "").replace("-C ", "C").replace("--budget ", "")
+                .replace("--objective ", "").replace(" ", "_"))
+        path = convert_setting(original, out / "calib", out / f"{original.stem}.{slug}.onnx",
+                               budgets_on(out / "val", options))
+        acc = original_accuracy if path is None else accuracy(path)
+        layers = 0 if path is None else converted_layers(path)
+        results.append({"setting": label, "layers": f"{layers} of {eligible}", "original": original_accuracy,
+                        "converted": acc, "drop": original_accuracy - acc})
+    return results
+
+
+def accuracy_example_main(description: str, run, argv=None, extra: dict | None = None) -> None:
+    """The command line of the accuracy examples: ``[--out DIR] [--quick] [--seed N]`` and the options of ``extra``
+    (flag -> ``add_argument`` keywords with a ``dest``), then ``run(out, quick, seed, **extra values)``'s results
+    (dicts of setting, layers, original, converted, drop) as a table."""
     import argparse
     import tempfile
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the model's training (the data split stays): another model of the same kind")
     for flag, options in (extra or {}).items():
         parser.add_argument(flag, **options)
     args = parser.parse_args(argv)
     values = {options["dest"]: getattr(args, options["dest"]) for options in (extra or {}).values()}
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(args.out or Path(tmp), args.quick, **values)
+        results = run(args.out or Path(tmp), args.quick, args.seed, **values)
     print(f"Halut custom-op library: {library_status()}")
     print(format_table(
         ["setting", "layers converted", "acc original %", "acc converted %", "drop (points)"],
-        [[r["setting"], layers_cell(r["layers"]), f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
+        [[r["setting"], r["layers"], f"{100 * r['original']:.2f}", f"{100 * r['converted']:.2f}",
           f"{100 * r['drop']:.2f}"] for r in results],
     ))
 

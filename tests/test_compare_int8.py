@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 ROWS = ["fp32", "ORT int8 dynamic", "ORT int8 dynamic per-channel", "ORT int8 static QDQ",
-        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --budget agreement=0.99"]
+        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --budget agreement=0.99 --heldout-data val"]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def run(tmp_path_factory):
 
 
 _budget_failure: list[str] = []  # what the run wrote to stderr (a failed row's reason)
-BUDGET = "halut --budget agreement=0.99"
+BUDGET = ROWS[-1]
 # The budget's default objective (time) converts only layers its kernel timings find faster than onnxruntime's;
 # on this MLP that can be none (the whole converted model runs at about 0.8x), and then the row fails with this.
-NO_FASTER_LAYER = ("halut --budget agreement=0.99: failed: Error: no layer can be converted within --budget "
+NO_FASTER_LAYER = (f"{BUDGET}: failed: Error: no layer can be converted within --budget "
                    "agreement=0.99: in the kernel timings no setting of any layer runs faster")
 
 
@@ -64,8 +64,7 @@ def _budget_built(rows) -> bool:
 
 @pytest.fixture(scope="module")
 def trained(run):
-    """digits_mlp.train()'s (model, x_train, x_test, y_train, y_test), trained once for the tests that check
-    against it."""
+    """digits_mlp.train()'s (model, split), trained once for the tests that check against it."""
     import digits_mlp
 
     return digits_mlp.train()
@@ -89,7 +88,8 @@ def test_table_has_every_row_and_column(run):
 
 def test_fp32_row_is_scikit_learns_accuracy_and_int8_stays_near_it(run, trained):
     _, rows, _ = run
-    model, _, x_test, _, y_test = trained
+    model, split = trained
+    x_test, y_test = split.x_test, split.y_test
     sklearn_acc = 100 * model.score(x_test, y_test)
     assert float(rows["fp32"][3]) == pytest.approx(sklearn_acc, abs=0.005)
     for name in ROWS[1:5]:
@@ -176,9 +176,10 @@ def test_halut_default_row_is_the_examples_default(run, trained, tmp_path):
     import example_tools
 
     _, rows, _ = run
-    model, x_train, x_test, _, y_test = trained
+    model, split = trained
+    x_test, y_test = split.x_test, split.y_test
     original = digits_mlp.export(model, tmp_path / "digits_mlp.onnx")
-    digits_mlp.write_rows(tmp_path / "calib", x_train)
+    digits_mlp.write_rows(tmp_path / "calib", split.x_fit)
     converted = example_tools.convert(original, tmp_path / "calib", tmp_path / "default.onnx")
     acc = 100 * digits_mlp.accuracy(converted, x_test, y_test, halut=True)
     assert float(rows["halut default"][3]) == pytest.approx(acc, abs=0.005)
