@@ -203,8 +203,11 @@ def compare(case: Case, out: Path, runs: int) -> list[list[str]]:
         try:
             path = build()
         except Exception as exc:  # a quantizer or converter failure is a result to report, not a crash
-            print(f"{case.name}, {label}: failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-            built.append((label, None, is_halut, time.perf_counter() - start))
+            reason = str(exc).strip().splitlines()[-1]
+            print(f"{case.name}, {label}: failed: {reason}", file=sys.stderr)
+            # a budget no layer fits leaves the model as it is: a result, shown apart from a failure
+            built.append((label, "none fits" if reason.startswith(tools.NO_LAYER_FITS) else None, is_halut,
+                          time.perf_counter() - start))
             continue
         built.append((label, path, is_halut, time.perf_counter() - start))
         print(f"{case.name}, {label}: built in {built[-1][3]:.1f} s", file=sys.stderr)
@@ -212,6 +215,9 @@ def compare(case: Case, out: Path, runs: int) -> list[list[str]]:
     reference, _ = make_session(case.model, threads=1)
     rows = [[case.name, "fp32", f"{eligible_layers(case.model)} eligible", f"{100 * base:.2f}", "-", "1.00x", "-"]]
     for label, path, is_halut, seconds in built:
+        if path == "none fits":
+            rows.append([case.name, label, "0: none fits", f"{100 * base:.2f}", "+0.00", "-", f"{seconds:.2f}"])
+            continue
         if path is None:
             rows.append([case.name, label, "failed", "-", "-", "-", f"{seconds:.2f}"])
             continue

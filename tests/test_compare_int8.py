@@ -49,15 +49,16 @@ def run(tmp_path_factory):
 
 _budget_failure: list[str] = []  # what the run wrote to stderr (a failed row's reason)
 BUDGET = ROWS[-1]
-# The budget's default objective (time) converts only layers its kernel timings find faster than onnxruntime's;
-# on this MLP that can be none (the whole converted model runs at about 0.8x), and then the row fails with this.
-NO_FASTER_LAYER = (f"{BUDGET}: failed: Error: no layer can be converted within --budget "
-                   "agreement=0.99: in the kernel timings no setting of any layer runs faster")
+# On this MLP's validation rows no layer may fit the budget (the best single layer lost 1.2-1.6 points of
+# agreement, 3-4 of 252 digits), or, by the default objective (time), no layer may run faster than onnxruntime's
+# MatMul in the kernel timings (the whole converted model runs at about 0.8x): the row then says so.
+NO_LAYER_FITS = f"{BUDGET}: failed: Error: no layer can be converted within --budget agreement=0.99"
 
 
 def _budget_built(rows) -> bool:
-    if rows[BUDGET][2] == "failed":
-        assert NO_FASTER_LAYER in _budget_failure[0], _budget_failure[0]
+    if rows[BUDGET][2] == "0: none fits":
+        assert NO_LAYER_FITS in _budget_failure[0], _budget_failure[0]
+        assert rows[BUDGET][3:5] == [rows["fp32"][3], "+0.00"]
         return False
     return True
 
