@@ -243,8 +243,9 @@ def test_digits_quick_run_converts_every_layer(digits_quick):
 
 # (script, layers cell, bound on the default (pq) drop, on the tree drop): measured drops 0.37 and 1.67 points for
 # the 1-D CNN, 1.11 and 1.85 for the ViT (2 / 9 and 6 / 10 of 540 test digits, docs/examples.md); the bounds leave a
-# few digits for another machine's float sums in training.
-TORCH_EXAMPLES = [("digits_conv1d.py", "4 of 4", 1.5, 2.5), ("digits_vit.py", "13 of 13", 1.5, 2.5)]
+# few digits for another machine's float sums in training (over training seeds 0-4 the CNN's drops spread
+# 0.37-2.04 and 1.67-2.78, benchmarks/seed_spread.py).
+TORCH_EXAMPLES = [("digits_conv1d.py", "4 of 4", 2.0, 2.5), ("digits_vit.py", "13 of 13", 1.5, 2.5)]
 
 
 @pytest.mark.parametrize("script,layers,pq_bound,tree_bound", TORCH_EXAMPLES, ids=["conv1d", "vit"])
