@@ -2,11 +2,12 @@
 fixed: fit / validation / test, example_tools.digits_split), each model converted at the example's settings, and per
 setting the drop in test accuracy for every seed with its mean, standard deviation and range.
 
-    python benchmarks/seed_spread.py mlp|conv1d|vit [--seeds 5] [--full] [--out DIR]
+    python benchmarks/seed_spread.py mlp|conv1d|vit|vit-tiny [--seeds 5] [--full] [--out DIR]
 
 Without ``--full`` the settings are the quick ones (the default, pq, and ``--encoder tree``); ``--full`` runs every
 row of the example, its budgets included (measured on the validation rows). The seed is scikit-learn's
-``random_state`` (mlp) or torch's seed (conv1d, vit small); everything else is the example's own ``run``. One test
+``random_state`` (mlp) or torch's seed (conv1d, vit, vit-tiny: ``digits_vit.py --size tiny``, 4 minutes a seed at
+the quick settings); everything else is the example's own ``run``. One test
 digit is 0.19 points.
 """
 
@@ -22,17 +23,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import example_tools as tools  # noqa: E402
 
-EXAMPLES = {"mlp": "digits_mlp", "conv1d": "digits_conv1d", "vit": "digits_vit"}
+# name -> (example module, its run()'s keyword arguments)
+EXAMPLES = {"mlp": ("digits_mlp", {}), "conv1d": ("digits_conv1d", {}), "vit": ("digits_vit", {}),
+            "vit-tiny": ("digits_vit", {"size_name": "tiny"})}
 
 
 def spread(model: str, seeds: int, full: bool, out: Path) -> list[list[str]]:
     import importlib
 
-    example = importlib.import_module(EXAMPLES[model])
+    module, kwargs = EXAMPLES[model]
+    example = importlib.import_module(module)
     runs = []
     for seed in range(seeds):
         with contextlib.redirect_stdout(sys.stderr):  # the example's own lines, not the table
-            runs.append(example.run(out / f"seed{seed}", quick=not full, seed=seed))
+            runs.append(example.run(out / f"seed{seed}", quick=not full, seed=seed, **kwargs))
         print(f"{model} seed {seed}: " + ", ".join(f"{r['setting']} {100 * r['drop']:.2f}" for r in runs[-1]),
               file=sys.stderr)
     originals = [100 * results[0]["original"] for results in runs]

@@ -33,7 +33,7 @@ def stand_in(monkeypatch):
                  "converted": original - budget, "drop": budget}]
 
     monkeypatch.setitem(sys.modules, "stand_in_example", types.SimpleNamespace(run=run))
-    monkeypatch.setitem(seed_spread.EXAMPLES, "stand-in", "stand_in_example")
+    monkeypatch.setitem(seed_spread.EXAMPLES, "stand-in", ("stand_in_example", {}))
     return calls
 
 
