@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from .budget import Option, split_files
+from .augment import augmented
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
 from .errors import CalibrationError, ConversionError
 from .learn import HalutLayer, LearnOptions, learn_layer
@@ -229,16 +230,17 @@ def subset(calibration: CalibrationSet, files: list) -> CalibrationSet:
 
 def learn_and_heldout(calib_dir, inputs, conv: ConvertOptions) -> tuple[CalibrationSet, CalibrationSet]:
     """(learn files, held-out files): ``--heldout-data``'s files beside every calibration file, or else a
-    ``--heldout-files`` share of the calibration files (budget.split_files)."""
+    ``--heldout-files`` share of the calibration files (budget.split_files). Only the learn files are augmented
+    (``--augment``): the held-out ones measure the model on real inputs."""
     calibration = CalibrationSet(calib_dir, inputs)
     if conv.heldout_data is None:
         learn, held = split_files(calibration.files, conv.heldout_files or DEFAULT_HELDOUT_FILES, conv.seed)
-        return subset(calibration, learn), subset(calibration, held)
+        return augmented(subset(calibration, learn), conv.augment, conv.seed), subset(calibration, held)
     heldout = CalibrationSet(conv.heldout_data, inputs, role="held-out")
     if heldout.directory.resolve() == calibration.directory.resolve():
         raise CalibrationError(f"--heldout-data {heldout.directory} is the --calib directory: the held-out files "
                                "must be other files than the ones learned from")
-    return calibration, heldout
+    return augmented(calibration, conv.augment, conv.seed), heldout
 
 
 def model_session(model: onnx.ModelProto, threads: int | None = None):

@@ -19,6 +19,7 @@ from . import __version__
 from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
 from .bench import latencies
 from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
+from .augment import augmented
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .convert import ConvertResult, _check, _doc_string
 from .errors import ConversionError
@@ -99,7 +100,7 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
     _check_paths(model, output_path)
     original, work, candidates, skipped = prepare(model, options)
     selected, not_selected = select_layers(candidates, codebooks=options.codebooks, min_dim=1)
-    calibration = CalibrationSet(calib_dir, model_inputs(work))
+    calibration = augmented(CalibrationSet(calib_dir, model_inputs(work)), options.augment, options.seed)
     targets = {c.name: target(c) for c in candidates}
     rows = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress)
     problems = [(s.candidate, rows[s.candidate.name].problem) for s in selected if rows[s.candidate.name].problem]

@@ -73,6 +73,9 @@ _DEFAULTS = ConvertOptions()
               help="LUT ridge lambda (default: chosen on the held-out rows).")
 @click.option("--heldout-fraction", type=float, default=_DEFAULTS.heldout_fraction, show_default=True,
               help="Calibration rows held out to choose the ridge and measure each layer.")
+@click.option("--augment", type=int, default=_DEFAULTS.augment, show_default=True, metavar="K",
+              help="Feed each calibration file K more times with Gaussian noise on its float inputs (std 0.1 of the "
+                   "input's): more rows for layers that see few (one per sample), at K+1 times the calibration time.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
 @click.option("--memory-mb", type=int, default=_DEFAULTS.memory_mb, show_default=True,
               help="Memory for the row samples held at once; more layers take more passes over the data.")

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from . import __version__
+from .augment import augmented
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .errors import ConversionError
 from .learn import LearnOptions, learn_layer
@@ -193,7 +194,7 @@ def convert_model(
                  else "no MatMul, Gemm or Conv node")
         raise ConversionError(f"no eligible layer in {source}: {found}")
 
-    calibration = CalibrationSet(calib_dir, model_inputs(work))
+    calibration = augmented(CalibrationSet(calib_dir, model_inputs(work)), options.augment, options.seed)
     from tqdm.auto import tqdm
 
     records: dict[str, LayerRecord] = {}

@@ -286,7 +286,8 @@ def learn_layer(
             f"only {rows - nh} training rows for {unknowns} LUT entries per output (16 x C={C}): the LUT is "
             f"underdetermined, the fit leans on the ridge penalty and may overfit (train NMSE {train_nmse:.3g}, "
             f"held-out {heldout_nmse:.3g}); "
-            f"use at least {unknowns} training rows (several times more is better) or fewer codebooks"
+            f"use at least {unknowns} training rows (several times more is better; --augment feeds noisy copies of "
+            f"the calibration inputs) or fewer codebooks"
         )
     report = LearnReport(
         rows_train=rows - nh,
