@@ -202,7 +202,7 @@ def convert_settings(original: Path, out: Path, settings, accuracy, original_acc
     results = []
     for label, options in settings:
         slug = (label.replace("--encoder ", "").replace("-C ", "C").replace("--budget ", "")
-                .replace("--objective ", "").replace(" ", "_"))
+                .replace("--objective ", "").replace("--augment ", "augment").replace(" ", "_"))
         path = convert_setting(original, out / "calib", out / f"{original.stem}.{slug}.onnx",
                                budgets_on(out / "val", options))
         acc = original_accuracy if path is None else accuracy(path)
