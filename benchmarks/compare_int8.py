@@ -251,7 +251,8 @@ def digits_case(out: Path, args) -> Case:
     val = tools.write_batches(out / "val", digits_mlp.INPUT, split.x_val, 64)
     return Case("digits MLP", original, calib, {digits_mlp.INPUT: x_test}, f"the {len(x_test)} test rows at once",
                 lambda path, is_halut: digits_mlp.accuracy(path, x_test, y_test, halut=is_halut), "test acc %", True,
-                ["--budget", "agreement=0.99"], heldout=val)
+                ["--budget", "agreement=0.99"], heldout=val,
+                extra_halut=[("halut --augment 8", ["--augment", "8"])])  # its layers see one row per sample
 
 
 def conv1d_case(out: Path, args) -> Case:

@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 ROWS = ["fp32", "ORT int8 dynamic", "ORT int8 dynamic per-channel", "ORT int8 static QDQ",
-        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --budget agreement=0.99 --heldout-data val"]
+        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --augment 8",
+        "halut --budget agreement=0.99 --heldout-data val"]
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,10 @@ def test_table_has_every_row_and_column(run):
         if name != "fp32":
             assert float(cells[6]) >= 0
     assert rows["fp32"][2] == "3 eligible"
-    for name in ROWS[1:6]:
+    for name in ROWS[1:7]:
         assert rows[name][2] == "3", (name, rows[name])
+    # noisy copies of the calibration rows: the MLP's layers see one row each (docs/learning.md)
+    assert float(rows["halut --augment 8"][3]) > float(rows["halut default"][3]) + 1.5
 
 
 def test_fp32_row_is_scikit_learns_accuracy_and_int8_stays_near_it(run, trained):
