@@ -28,8 +28,12 @@ def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
-    halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
+    halut_cli(*_convert_args(model, calib, out, options))
     return out
+
+
+def _convert_args(model: Path, calib: Path, out: Path, options: Sequence[str]) -> tuple[str, ...]:
+    return ("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
 
 
 NO_LAYER_FITS = "Error: no layer can be converted within --budget"
@@ -38,8 +42,7 @@ NO_LAYER_FITS = "Error: no layer can be converted within --budget"
 def convert_setting(model: Path, calib: Path, out: Path, options: Sequence[str]) -> Path | None:
     """``convert``, or None where the options' ``--budget`` fits no layer (halut-onnx then writes nothing and says
     why, which is printed): the model stays as it is, a result to report."""
-    result = halut_cli("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options,
-                       check=False)
+    result = halut_cli(*_convert_args(model, calib, out, options), check=False)
     if result.returncode == 0:
         return out
     if "--budget" in options and result.stderr.startswith(NO_LAYER_FITS):
@@ -221,7 +224,7 @@ def accuracy_example_main(description: str, run, argv=None, extra: dict | None =
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=None, help="folder for models and data (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="default settings with either encoder only (for tests)")
+    parser.add_argument("--quick", action="store_true", help="a few settings only, the ones the tests run")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the model's training (the data split stays): another model of the same kind")
     for flag, options in (extra or {}).items():
