@@ -219,6 +219,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
                    f"{DEFAULT_HELDOUT_FILES}).")
 @click.option("--heldout-data", type=click.Path(), default=None, metavar="DIR",
               help="Measure each setting on DIR's files instead and learn from every --calib file.")
+@click.option("--augment", type=int, default=_DEFAULTS.augment, show_default=True, metavar="K",
+              help="Learn from each calibration file and K noisy copies of it (as convert).")
 @click.option("--metric-output", default=None, metavar="NAME", help="The model output the end metrics compare.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
 @click.option("--sensitivity-files", type=int, default=0, show_default=True,
@@ -230,16 +232,16 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @_user_errors
 def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exclude, min_dim, max_rows,
-                heldout_files, heldout_data, metric_output, seed, sensitivity_files, timing, json_path, csv_path,
-                progress) -> None:
+                heldout_files, heldout_data, augment, metric_output, seed, sensitivity_files, timing, json_path,
+                csv_path, progress) -> None:
     """Sensitivity of MODEL to each eligible layer converted alone, at each codebook count and encoder."""
     from .analyze import AnalyzeOptions, analyze
     from .budget_report import analysis_table, write_csv, write_json
 
     options = AnalyzeOptions(
         ConvertOptions(include=include, exclude=exclude, min_dim=min_dim, max_rows=max_rows, seed=seed,
-                       heldout_files=heldout_files, heldout_data=heldout_data, metric_output=metric_output,
-                       progress=progress, budget=budget),
+                       heldout_files=heldout_files, heldout_data=heldout_data, augment=augment,
+                       metric_output=metric_output, progress=progress, budget=budget),
         codebooks=_int_list(codebooks_list, "--codebooks-list"),
         encoders=tuple(e.strip() for e in encoders.split(",") if e.strip()), timing=timing,
         sensitivity_files=sensitivity_files,

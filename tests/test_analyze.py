@@ -331,6 +331,15 @@ def test_analyze_cli_table_json_csv(case):
         assert data["rows"][0]["matmul_ms"] > 0 and data["rows"][0]["halut_ms"] > 0
     csv_lines = (folder / "a.csv").read_text().splitlines()
     assert csv_lines[0].startswith("layer,op_type,D,M,encoder,C,") and len(csv_lines) == 3
+    augmented = CliRunner().invoke(main, ["analyze", str(folder / "m.onnx"), "--calib", str(folder / "calib"),
+                                          "--codebooks-list", "4", "--encoders", "pq", "--include", "fc1", "--augment",
+                                          "2", "--json", str(folder / "b.json"), "--no-progress", "--no-timing"])
+    assert augmented.exit_code == 0, augmented.output
+    more = json.loads((folder / "b.json").read_text())
+    row, plain = more["rows"][0], data["rows"][0]
+    assert row["layer"] == plain["layer"] == "fc1"
+    assert abs(row["rows_train"] - 3 * plain["rows_train"]) <= 2  # each learn file and 2 copies, the same split
+    assert more["samples_heldout"] == data["samples_heldout"] and more["heldout_files"] == data["heldout_files"]
 
 
 def test_analyze_cli_errors(case):
@@ -341,6 +350,7 @@ def test_analyze_cli_errors(case):
         (["--encoders", "pq,kmeans"], "Error: --encoders must be a comma-separated subset of tree,pq, got 'pq,kmeans'"),
         (["--codebooks-list", "4,x"], "Error: --codebooks-list '4,x': expected comma-separated integers, e.g. 8,16,32"),
         (["--metric-output", "z"], "Error: --metric-output 'z' is not an output of the model (its outputs: y)"),
+        (["--augment", "-1"], "Error: --augment must be >= 0, got -1"),
     ]:
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 1 and result.stderr.strip() == message
