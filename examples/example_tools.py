@@ -45,8 +45,9 @@ def convert_setting(model: Path, calib: Path, out: Path, options: Sequence[str])
     result = halut_cli(*_convert_args(model, calib, out, options), check=False)
     if result.returncode == 0:
         return out
-    if "--budget" in options and result.stderr.startswith(NO_LAYER_FITS):
-        print(f"{' '.join(options)}: {result.stderr.strip().removeprefix('Error: ')}")
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""  # after the learning's warnings
+    if "--budget" in options and last.startswith(NO_LAYER_FITS):
+        print(f"{' '.join(options)}: {last.removeprefix('Error: ')}")
         return None
     raise RuntimeError(f"halut-onnx convert {' '.join(options)} failed ({result.returncode}):\n"
                        f"{result.stderr.strip()}")
