@@ -38,8 +38,8 @@ def rows(lines: int, augment: int, out: Path) -> list[list[str]]:
         for copies in (0, augment):
             start = time.perf_counter()
             converted = out / f"rec.{lines}.{encoder}.{copies}.onnx"
-            printed = tools.halut_cli(*("convert", str(model), "--calib", str(calib), "-o", str(converted),
-                                        "--no-progress", *matmuls, "--encoder", encoder, "--augment", str(copies)))
+            printed = tools.halut_cli(*tools.convert_args(model, calib, converted,
+                                                          [*matmuls, "--encoder", encoder, "--augment", str(copies)]))
             seconds = time.perf_counter() - start
             warned = sum(WARNING in line for line in printed.stdout.splitlines())
             conv_texts, conv_frames = ppocr_data.run_rec(tools.session(converted, halut=True), evaluation.batches,

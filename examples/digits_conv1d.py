@@ -1,7 +1,7 @@
 """Handwritten digits with a small 1-D CNN: train in torch, export with torch.onnx, replace its three Conv1d layers
 and its Linear by Halut table lookups, compare test accuracy.
 
-    python examples/digits_conv1d.py [--out DIR] [--quick]
+    python examples/digits_conv1d.py [--out DIR] [--quick] [--seed N]
 
 Each 8x8 digit is read as a sequence of 8 steps (the image columns) of 8 channels (the rows), pixels scaled to
 0..1, split as in digits_mlp.py (fit / validation / test). The network: Conv1d 8->32 (k=3, pad 1), ReLU,

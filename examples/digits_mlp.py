@@ -1,7 +1,7 @@
 """Handwritten digits with a small MLP: train in scikit-learn, export with skl2onnx, replace its three MatMuls by
 Halut table lookups, compare test accuracy.
 
-    python examples/digits_mlp.py [--out DIR] [--quick]
+    python examples/digits_mlp.py [--out DIR] [--quick] [--seed N]
 
 The classifier is MLPClassifier(hidden_layer_sizes=(128, 64), random_state=0) trained on scikit-learn's digits
 (8x8 images, 64 features in 0..16, no scaling), split as every digits example splits them

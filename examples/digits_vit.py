@@ -2,7 +2,7 @@
 Halut table lookups, compare test accuracy. The trained transformers here (no pretrained transformer weights can be
 had offline): does a transformer keep its accuracy when its weight MatMuls are lookups?
 
-    python examples/digits_vit.py [--out DIR] [--quick] [--size small|tiny]
+    python examples/digits_vit.py [--out DIR] [--quick] [--seed N] [--size small|tiny]
 
 The digits split as in digits_mlp.py (fit / validation / test), pixels scaled to 0..1. Two sizes:
 

@@ -28,11 +28,12 @@ def halut_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def convert(model: Path, calib: Path, out: Path, options: Sequence[str] = ()) -> Path:
-    halut_cli(*_convert_args(model, calib, out, options))
+    halut_cli(*convert_args(model, calib, out, options))
     return out
 
 
-def _convert_args(model: Path, calib: Path, out: Path, options: Sequence[str]) -> tuple[str, ...]:
+def convert_args(model: Path, calib: Path, out: Path, options: Sequence[str]) -> tuple[str, ...]:
+    """``halut_cli``'s arguments for converting ``model`` with ``options``, without progress bars."""
     return ("convert", str(model), "--calib", str(calib), "-o", str(out), "--no-progress", *options)
 
 
@@ -42,7 +43,7 @@ NO_LAYER_FITS = "Error: no layer can be converted within --budget"
 def convert_setting(model: Path, calib: Path, out: Path, options: Sequence[str]) -> Path | None:
     """``convert``, or None where the options' ``--budget`` fits no layer (halut-onnx then writes nothing and says
     why, which is printed): the model stays as it is, a result to report."""
-    result = halut_cli(*_convert_args(model, calib, out, options), check=False)
+    result = halut_cli(*convert_args(model, calib, out, options), check=False)
     if result.returncode == 0:
         return out
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""  # after the learning's warnings

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .budget import Option, split_files
 from .augment import augmented
+from .budget import Option, split_files
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
 from .errors import CalibrationError, ConversionError
 from .learn import HalutLayer, LearnOptions, learn_layer

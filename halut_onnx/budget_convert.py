@@ -17,9 +17,9 @@ import onnx
 
 from . import __version__
 from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
+from .augment import augmented
 from .bench import latencies
 from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
-from .augment import augmented
 from .calibrate import CalibrationSet, collect_rows, model_inputs
 from .convert import ConvertResult, _check, _doc_string
 from .errors import ConversionError
