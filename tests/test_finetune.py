@@ -191,10 +191,12 @@ def _check_finetune_lowers_the_error(analysis, plan, layers):
     before, after = _written_nmse(analysis, plan, layers), _written_nmse(analysis, plan, tuned)
     assert report.history[0][0] == 0 and len(report.history) == 7
     assert report.best_epoch > 0
-    # measured 0.1047 -> 0.0972 (float LUTs, held-out files); the training loss falls by 15 %: with 1800
-    # learn rows for 4096 LUT entries per layer, most of the gain does not carry to other data
-    assert report.after < 0.95 * report.before
-    assert after < 0.95 * before  # the int8 model as written, same files
+    # measured 0.1009 -> 0.0971 (float LUTs, held-out files); the training loss falls by 15 %: with 1800
+    # learn rows for 4096 LUT entries per layer, most of the gain does not carry to other data. Before the
+    # learning refit each LUT on all its rows (train and held-out) it started from 0.1047 and ended at 0.0972: the
+    # refit takes half of what fine-tuning gained, the end point is the same.
+    assert report.after < 0.97 * report.before
+    assert after < 0.97 * before  # the int8 model as written, same files
     assert abs(after - report.after) < 0.1 * report.after  # int8 costs little against the float LUTs
     assert report.after_int8 == pytest.approx(after, rel=0.02)  # the dequantized int8 tables score as written
     for c in plan:  # the encoders are kept

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from halut_onnx import reference
-from halut_onnx.learn import HalutLayer, LearnOptions, LearnReport, learn_layer
+from halut_onnx.learn import HalutLayer, LearnOptions, LearnReport, RowSources, learn_layer
+from halut_onnx.learn.layer import split_rows
 
 ENCODERS = ["tree", "pq"]
 
@@ -93,28 +94,49 @@ def test_layer_arrays_and_forward(rng, encoder):
         layer.forward(np.zeros((3, D + 1), dtype=np.float32))
 
 
-@pytest.mark.parametrize("encoder,M", [("tree", 6), ("pq", 6), ("tree", 40), ("pq", 40)])
-def test_report_matches_measured_errors(rng, encoder, M):
+def _nmse(layer, A, W, rows, quantized):
+    Y = A[rows] @ W
+    return float(((layer.forward(A[rows], quantized) - Y) ** 2).sum() / (Y.astype(np.float64) ** 2).sum())
+
+
+@pytest.mark.parametrize("M", [6, 40])
+def test_report_measures_the_lut_fit_on_the_training_rows(rng, M):
     # M=6 < D fits the outputs, M=40 > D the inputs mapped through W (lut.CodeStats): both must report the truth.
+    # The report describes the LUT fit on the training rows alone (the returned one is refit on all rows). Trees
+    # learn deterministically from their rows, so learning on the training rows with no held-out rows and the
+    # reported ridge rebuilds that LUT.
     N, D = 1000, 16
     A = rng.standard_normal((N, D)).astype(np.float32)
     W = rng.standard_normal((D, M)).astype(np.float32)
-    opts = LearnOptions(codebooks=4, encoder=encoder, seed=3)
-    layer = learn_layer(A, W, None, opts)
-    r = layer.report
+    r = learn_layer(A, W, None, LearnOptions(codebooks=4, encoder="tree", seed=3)).report
     assert (r.rows_train, r.rows_heldout) == (800, 200)
-    # Rebuild the split to measure on the same rows through the public forward.
     perm = np.random.default_rng(3).permutation(N)
     held, train = np.sort(perm[:200]), np.sort(perm[200:])
-
-    def nmse(rows, quantized):
-        Y = A[rows] @ W
-        return float(((layer.forward(A[rows], quantized) - Y) ** 2).sum() / (Y.astype(np.float64) ** 2).sum())
-
-    assert r.heldout_nmse == pytest.approx(nmse(held, False), rel=1e-5)
-    assert r.heldout_nmse_int8 == pytest.approx(nmse(held, True), rel=1e-5)
-    assert r.train_nmse == pytest.approx(nmse(train, False), rel=1e-4)
+    on_train = learn_layer(A[train], W, None, LearnOptions(codebooks=4, encoder="tree", ridge=r.ridge,
+                                                            heldout_fraction=0))
+    assert r.heldout_nmse == pytest.approx(_nmse(on_train, A, W, held, False), rel=1e-5)
+    assert r.heldout_nmse_int8 == pytest.approx(_nmse(on_train, A, W, held, True), rel=1e-5)
+    assert r.train_nmse == pytest.approx(_nmse(on_train, A, W, train, False), rel=1e-4)
     assert r.warnings == []
+
+
+@pytest.mark.parametrize("encoder,M", [("tree", 6), ("pq", 6), ("tree", 40), ("pq", 40)])
+def test_lut_is_refit_on_all_rows_with_the_chosen_ridge(rng, encoder, M):
+    # Independent reference: centred ridge regression of Y on the one-hot codes of every row (train and held-out),
+    # intercept unpenalised, at the ridge the held-out rows chose.
+    N, D, C = 1000, 16, 4
+    A = rng.standard_normal((N, D)).astype(np.float32)
+    W = rng.standard_normal((D, M)).astype(np.float32)
+    layer = learn_layer(A, W, None, LearnOptions(codebooks=C, encoder=encoder, seed=3))
+    codes = layer.encode(A)
+    phi = np.zeros((N, 16 * C))
+    phi[np.arange(N)[:, None], np.arange(C) * 16 + codes] = 1.0
+    Y = A.astype(np.float64) @ W
+    phi_mean, y_mean = phi.mean(0), Y.mean(0)
+    pc = phi - phi_mean
+    lut = np.linalg.solve(pc.T @ pc + layer.report.ridge * np.eye(16 * C), pc.T @ (Y - y_mean))
+    expected = phi @ lut + (y_mean - phi_mean @ lut)
+    np.testing.assert_allclose(layer.forward(A, quantized=False), expected, rtol=0, atol=1e-4 * np.abs(Y).max())
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -224,10 +246,37 @@ W_OK = np.ones((8, 3), dtype=np.float32)
         (A_OK, W_OK, None, LearnOptions(codebooks=2, kmeans_iters=0),
          "kmeans_iters, tree_candidates and ridge_points must be >= 1; found 0, 4, 43"),
         (A_OK[:19], W_OK, None, LearnOptions(codebooks=2),
-         "A has 19 rows; learning needs at least 20 (16 training rows for 16 prototypes per codebook, after "
+         "A has 19 rows; learning needs at least 20 rows (16 training rows for 16 prototypes per codebook, after "
          "holding out heldout_fraction=0.2)"),
     ],
 )
 def test_bad_input_messages(A, W, bias, options, message):
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         learn_layer(A, W, bias, options)
+
+
+def test_split_keeps_noisy_copies_of_heldout_rows_out_of_training():
+    # 50 real rows, each with 3 noisy copies, plus 10 copies whose real row the sample does not hold (sample 99).
+    sample = np.concatenate([np.arange(50), np.repeat(np.arange(50), 3), np.full(10, 99)])
+    noisy = np.arange(len(sample)) >= 50
+    held, train = split_rows(len(sample), 0.2, np.random.default_rng(0), RowSources(sample, noisy))
+    assert len(held) == 10 and not noisy[held].any()  # a fifth of the real rows, real ones only
+    held_samples = set(sample[held].tolist())
+    assert not held_samples & set(sample[train].tolist())
+    expected_train = [i for i in range(len(sample)) if sample[i] not in held_samples]
+    np.testing.assert_array_equal(train, expected_train)  # every other row, the 10 orphan copies included
+    # without sources: a plain seeded permutation split, as before
+    held, train = split_rows(200, 0.2, np.random.default_rng(0))
+    perm = np.random.default_rng(0).permutation(200)
+    np.testing.assert_array_equal(held, np.sort(perm[:40]))
+    np.testing.assert_array_equal(train, np.sort(perm[40:]))
+
+
+def test_sources_must_match_the_rows(rng):
+    A = rng.standard_normal((100, 8)).astype(np.float32)
+    W = rng.standard_normal((8, 3)).astype(np.float32)
+    sources = RowSources(np.arange(99), np.zeros(99, bool))
+    with pytest.raises(ValueError, match=re.escape("sources must have one entry per row of A (100); found 99")):
+        learn_layer(A, W, None, LearnOptions(codebooks=2), sources=sources)
+    with pytest.raises(ValueError, match=re.escape("sources: sample and noisy must be 1-D of one length")):
+        RowSources(np.arange(5), np.zeros(4, bool))

@@ -5,6 +5,6 @@ output-metric prototypes), the float LUT and its int8 form for the ``ai.halut`` 
 docs/learning.md describes the algorithms and the measurements behind the defaults.
 """
 
-from .layer import HalutLayer, LearnOptions, LearnReport, learn_layer
+from .layer import HalutLayer, LearnOptions, LearnReport, RowSources, learn_layer
 
-__all__ = ["HalutLayer", "LearnOptions", "LearnReport", "learn_layer"]
+__all__ = ["HalutLayer", "LearnOptions", "LearnReport", "RowSources", "learn_layer"]

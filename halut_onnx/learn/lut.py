@@ -96,6 +96,14 @@ def _stats(space, codes, T_chunks, T_width) -> CodeStats:
     return CodeStats(space, N, np.diag(G).copy(), G, P, tsum, tt)
 
 
+def add_stats(parts: list[CodeStats]) -> CodeStats:
+    """The statistics of the union of the row sets ``parts`` describe (all in one space)."""
+    first = parts[0]
+    return CodeStats(first.space, sum(p.rows for p in parts), sum(p.counts for p in parts),
+                     sum(p.gram for p in parts), sum(p.phi_t for p in parts), sum(p.tsum for p in parts),
+                     sum(p.tt for p in parts))
+
+
 def code_stats(codes: np.ndarray, Y: np.ndarray) -> CodeStats:
     """Counts, Gram and ``Phi^T Y`` of codes (uint8, N x C) against targets Y (N x M), float64."""
     Y = np.ascontiguousarray(Y, dtype=np.float32)
