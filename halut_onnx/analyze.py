@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .augment import augmented
+from .augment import collect_layer_rows
 from .budget import Option, split_files
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
 from .errors import CalibrationError, ConversionError
@@ -230,17 +230,17 @@ def subset(calibration: CalibrationSet, files: list) -> CalibrationSet:
 
 def learn_and_heldout(calib_dir, inputs, conv: ConvertOptions) -> tuple[CalibrationSet, CalibrationSet]:
     """(learn files, held-out files): ``--heldout-data``'s files beside every calibration file, or else a
-    ``--heldout-files`` share of the calibration files (budget.split_files). Only the learn files are augmented
-    (``--augment``): the held-out ones measure the model on real inputs."""
+    ``--heldout-files`` share of the calibration files (budget.split_files). Only the learn files get noisy copies
+    (``--augment``, augment.collect_layer_rows): the held-out ones measure the model on real inputs."""
     calibration = CalibrationSet(calib_dir, inputs)
     if conv.heldout_data is None:
         learn, held = split_files(calibration.files, conv.heldout_files or DEFAULT_HELDOUT_FILES, conv.seed)
-        return augmented(subset(calibration, learn), conv.augment, conv.seed), subset(calibration, held)
+        return subset(calibration, learn), subset(calibration, held)
     heldout = CalibrationSet(conv.heldout_data, inputs, role="held-out")
     if heldout.directory.resolve() == calibration.directory.resolve():
         raise CalibrationError(f"--heldout-data {heldout.directory} is the --calib directory: the held-out files "
                                "must be other files than the ones learned from")
-    return augmented(calibration, conv.augment, conv.seed), heldout
+    return calibration, heldout
 
 
 def model_session(model: onnx.ModelProto, threads: int | None = None):
@@ -405,7 +405,10 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     output = metric_output(_outputs(work), conv.metric_output)
 
     targets = {c.name: target(c) for c in candidates}
-    learn_rows = collect_rows(work, learn_set, targets, conv.max_rows, conv.seed, conv.progress, "calibrating")
+    grids = {c.name: codebook_grid(c.D, options.codebooks, options.divisors) for c in candidates}
+    # a layer's copies are those its largest C needs: every setting learns from the same rows
+    learn_rows = collect_layer_rows(work, learn_set, targets, {name: max(grid) for name, grid in grids.items()},
+                                    conv.augment, conv.max_rows, conv.seed, conv.progress, "calibrating")
     held_rows = collect_rows(work, heldout_set, targets, min(conv.max_rows, HELDOUT_ROWS), conv.seed + 1,
                              conv.progress, "held-out rows")
     evaluator = HeldoutEvaluator(work, heldout_set, output)
@@ -428,8 +431,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     total = sum(layer_macs(c, held_rows[c.name], evaluator.samples)[1] for c in candidates)
     # what the whole model could save by the objective, for NEGLIGIBLE_SAVING (ms: the model on one held-out file)
     whole = {"time": model_ms, "macs": total}.get(objective)
-    plan = [(c, Setting(e, C)) for c in candidates for C in codebook_grid(c.D, options.codebooks, options.divisors)
-            for e in options.encoders]
+    plan = [(c, Setting(e, C)) for c in candidates for C in grids[c.name] for e in options.encoders]
     evaluator.plan([c.input_name for c, _ in plan], options.sensitivity_files)
     with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
         for cand, setting in plan:
@@ -473,7 +475,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
         return row
     t0 = time.perf_counter()
     try:
-        layer = learn_layer(rows.rows, cand.weight, cand.bias, learn_options(conv, setting))
+        layer = learn_layer(rows.rows, cand.weight, cand.bias, learn_options(conv, setting), sources=rows.sources)
     except ValueError as exc:
         row.error = f"learning failed: {exc}"
         return row

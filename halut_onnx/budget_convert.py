@@ -9,19 +9,19 @@ convert, in graph order, each on the outputs of the converted layers before it.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from . import __version__
 from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
-from .augment import augmented
+from .augment import augmented, collect_layer_rows
 from .bench import latencies
 from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
-from .calibrate import CalibrationSet, collect_rows, model_inputs
-from .convert import ConvertResult, _check, _doc_string
+from .calibrate import CalibrationSet, CollectedRows, model_inputs
+from .convert import ConvertResult, _check, _doc_string, copies_notes
 from .errors import ConversionError
 from .learn import HalutLayer
 from .metrics import MIN_SE_SAMPLES
@@ -31,6 +31,9 @@ from .passes import LayerCandidate, LayerRewrite, rewrite_model
 from .records import LayerRecord, write_records
 from .selection import SelectedLayer, select_layers
 from .sequential import learn_sequential
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneReport
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class BudgetReport:
     expected_speedup: float | None  # from the kernel timings and the original model's time
     measured_speedup: float | None  # the written model against the original on one held-out file, 1 thread
     analysis: Analysis = field(repr=False)
-    finetune: "FinetuneReport | None" = None  # with --finetune: the kept choice's fine-tuning
+    finetune: FinetuneReport | None = None  # with --finetune: the kept choice's fine-tuning
 
 
 @dataclass
@@ -57,20 +60,22 @@ class BudgetResult(ConvertResult):
     budget: BudgetReport | None = None
 
 
-def _record(cand: LayerCandidate, setting: Setting, layer: HalutLayer, rows_seen: int) -> LayerRecord:
+def _record(cand: LayerCandidate, setting: Setting, layer: HalutLayer, rows: CollectedRows,
+            options: ConvertOptions) -> LayerRecord:
     rep = layer.report
     return LayerRecord(
         cand.name, cand.op_type, "converted", D=cand.D, M=cand.M, C=setting.codebooks, encoder=setting.encoder,
-        bias_node=cand.bias_node, rows_seen=rows_seen, rows_train=rep.rows_train, rows_heldout=rep.rows_heldout,
-        ridge=float(rep.ridge), train_nmse=float(rep.train_nmse), heldout_nmse=float(rep.heldout_nmse),
-        heldout_nmse_int8=float(rep.heldout_nmse_int8), lut_bytes=int(layer.lut_q.nbytes), notes=list(rep.warnings),
+        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=rows.copies, rows_train=rep.rows_train,
+        rows_heldout=rep.rows_heldout, ridge=float(rep.ridge), train_nmse=float(rep.train_nmse),
+        heldout_nmse=float(rep.heldout_nmse), heldout_nmse_int8=float(rep.heldout_nmse_int8),
+        lut_bytes=int(layer.lut_q.nbytes), notes=copies_notes(rows, setting.codebooks, options) + list(rep.warnings),
     )
 
 
-def _finish(original, work, plan, layers, rows_seen, skipped, options, output_path, cls=ConvertResult, **extra):
+def _finish(original, work, plan, layers, rows, skipped, options, output_path, cls=ConvertResult, **extra):
     rewrites, records = [], {}
     for cand, setting in plan:
-        record = _record(cand, setting, layers[cand.name], rows_seen[cand.name])
+        record = _record(cand, setting, layers[cand.name], rows[cand.name], options)
         records[cand.name] = record
         rewrites.append(LayerRewrite(cand, layers[cand.name], _doc_string(SelectedLayer(cand, setting.codebooks),
                                                                             record)))
@@ -100,16 +105,17 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
     _check_paths(model, output_path)
     original, work, candidates, skipped = prepare(model, options)
     selected, not_selected = select_layers(candidates, codebooks=options.codebooks, min_dim=1)
-    calibration = augmented(CalibrationSet(calib_dir, model_inputs(work)), options.augment, options.seed)
+    calibration = CalibrationSet(calib_dir, model_inputs(work))
     targets = {c.name: target(c) for c in candidates}
-    rows = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress)
+    rows = collect_layer_rows(work, calibration, targets, {s.candidate.name: s.codebooks for s in selected},
+                              options.augment, options.max_rows, options.seed, options.progress)
     problems = [(s.candidate, rows[s.candidate.name].problem) for s in selected if rows[s.candidate.name].problem]
     if problems:
         raise ConversionError(f"layer {problems[0][0].name}: {problems[0][1]}")
     plan = [(s.candidate, Setting(options.layer_encoder, s.codebooks)) for s in selected]
     layers = learn_sequential(work, calibration, [(c, learn_options(options, s)) for c, s in plan], rows,
                               options.max_rows, options.seed, progress=options.progress)
-    return _finish(original, work, plan, layers, {k: v.rows_seen for k, v in rows.items()}, skipped, options,
+    return _finish(original, work, plan, layers, rows, skipped, options,
                    output_path)
 
 
@@ -192,13 +198,17 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
             history.extend(added)
         return choice
 
+    # fine-tuning learns from the feeds the layers learned from: the noisy copies the most of them had
+    learn_copies = max((rows.copies for rows in analysis.learn_rows.values()), default=0)
+
     def tune(choice: dict[str, Option]):
         """``choice``'s layers fine-tuned together, measured as written: (value, standard error, (what
         ``measure_se`` stores for it, FinetuneReport))."""
         from .finetune import FinetuneOptions, finetune
 
         tuned, report = finetune(work, [c for c, _ in plan_of(choice)], build(choice),
-                                 [feed for _, feed in analysis.learn_set], evaluator.feeds, evaluator.reference,
+                                 [feed for _, feed in augmented(analysis.learn_set, learn_copies, options.seed)],
+                                 evaluator.feeds, evaluator.reference,
                                  analysis.metric_output, budget.metric,
                                  FinetuneOptions(seed=options.seed, progress=options.progress))
         store: dict[tuple, tuple] = {}
@@ -259,9 +269,8 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
     )
     reason = f"not chosen under --budget {budget}"
     skipped = skipped + [_Skip(n, by_name[n].op_type, reason) for n in order if n not in chosen]
-    rows_seen = {n: r.rows_seen for n, r in analysis.learn_rows.items()}
     log.info("budget %s: %d layers, measured %s", budget, len(plan), values)
-    result = _finish(original, work, plan, layers, rows_seen, skipped, options, output_path, BudgetResult,
+    result = _finish(original, work, plan, layers, analysis.learn_rows, skipped, options, output_path, BudgetResult,
                      budget=report)
     if analysis.timed:  # the kernels' sum overstates or understates what the model gains: time the model itself
         feed = evaluator.feeds[0]

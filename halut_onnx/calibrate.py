@@ -25,6 +25,7 @@ import onnx
 from onnx import helper
 
 from .errors import CalibrationError
+from .learn import RowSources
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
 class CalibrationSet:
     """The calibration files of a directory, checked against a model's inputs as they are read."""
 
+    copies = 0  # noisy copies after each file (augment.AugmentedSet has some)
+
     def __init__(self, directory: str | os.PathLike, inputs: list[InputSpec], role: str = "calibration"):
         """``role`` names the directory in errors: "calibration" (--calib) or "held-out" (--heldout-data)."""
         self.directory = Path(directory)
@@ -162,15 +165,17 @@ class ReservoirSampler:
         self.rng = rng
         self.seen = 0
         self._buf: np.ndarray | None = None
+        self._tags: np.ndarray | None = None  # int64, one per sampled row, when the rows are offered with tags
         self._filled = 0
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, tags: np.ndarray | None = None) -> None:
         self.add_lazy(rows.shape[0], rows.shape[1] if rows.ndim == 2 else 0, lambda index: rows[index],
-                      rows.dtype)
+                      rows.dtype, None if tags is None else (lambda index: tags[index]))
 
-    def add_lazy(self, n: int, width: int, extract, dtype=np.float32) -> None:
+    def add_lazy(self, n: int, width: int, extract, dtype=np.float32, tags=None) -> None:
         """Offer ``n`` rows of ``width`` columns, of which only the ones the sample takes are built:
-        ``extract(index)`` returns the rows at the int64 positions ``index`` (ascending in the fill phase).
+        ``extract(index)`` returns the rows at the int64 positions ``index`` (ascending in the fill phase), and
+        ``tags(index)``, when given (on every call or on none), an int64 tag per row that the sample keeps with it.
 
         Draws the same random numbers as ``add`` on the same row counts; the conv patch sampler uses it so that
         only the sampled patches are ever extracted (memory bounded by the cap, not by B * Ho * Wo).
@@ -179,6 +184,8 @@ class ReservoirSampler:
             return
         if self._buf is None:
             self._buf = np.empty((min(self.cap, max(n, 1024)), width), dtype=dtype)
+            if tags is not None:
+                self._tags = np.empty(self._buf.shape[0], np.int64)
         take = min(n, self.cap - self._filled)
         if take:
             need = self._filled + take
@@ -186,7 +193,13 @@ class ReservoirSampler:
                 grown = np.empty((min(self.cap, max(need, 2 * self._buf.shape[0])), width), dtype)
                 grown[: self._filled] = self._buf[: self._filled]
                 self._buf = grown
-            self._buf[self._filled : need] = extract(np.arange(take, dtype=np.int64))
+                if self._tags is not None:
+                    self._tags = np.concatenate([self._tags[: self._filled],
+                                                 np.empty(grown.shape[0] - self._filled, np.int64)])
+            index = np.arange(take, dtype=np.int64)
+            self._buf[self._filled : need] = extract(index)
+            if self._tags is not None:
+                self._tags[self._filled : need] = tags(index)
             self._filled = need
         rest = n - take
         if rest:
@@ -200,12 +213,16 @@ class ReservoirSampler:
                 _, first = np.unique(slots[rev], return_index=True)
                 winners = rev[first]
                 self._buf[slots[winners]] = extract(take + winners)
+                if self._tags is not None:
+                    self._tags[slots[winners]] = tags(take + winners)
         self.seen += n
 
     def drop(self, mask: np.ndarray) -> None:
         """Removes the sampled rows where ``mask`` is true (counted as never seen)."""
         kept = self._buf[: self._filled][~mask]
         self._buf[: kept.shape[0]] = kept
+        if self._tags is not None:
+            self._tags[: kept.shape[0]] = self._tags[: self._filled][~mask]
         self._filled = kept.shape[0]
         self.seen -= int(mask.sum())
 
@@ -213,6 +230,10 @@ class ReservoirSampler:
         if self._buf is None:
             return np.empty((0, 0), dtype=np.float32)
         return self._buf[: self._filled]
+
+    def tags(self) -> np.ndarray | None:
+        """The sampled rows' tags, in the order of ``rows()``; None when the rows came without tags."""
+        return None if self._tags is None else self._tags[: self._filled]
 
 
 @dataclass
@@ -226,6 +247,8 @@ class CollectedRows:
     # for timing the layer on the first file as it is, which the analysis also times the model on
     image_shape: tuple[int, int, int] | None = None  # a Conv's input [Cin, H, W] on the first file (1-D: H = 1)
     first_file_rows: int | None = None  # rows (a Conv: output positions) the first file gave
+    sources: RowSources | None = None  # which rows are noisy copies of which, when the data was augmented
+    copies: int = 0  # the noisy copies of each calibration file the rows came from (augment.AugmentedSet)
 
 
 def patch_extractor(X: np.ndarray, geometry):
@@ -276,16 +299,30 @@ def _session(model: onnx.ModelProto, tmpdir: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _add_patches(sampler: ReservoirSampler, value: np.ndarray, geometry, D: int) -> str | None:
-    """Offers the patch rows of a Conv's input (NCHW, or NCL for a 1-D Conv) to ``sampler``; a problem
-    description when it cannot."""
+def _add_patches(sampler: ReservoirSampler, value: np.ndarray, geometry, D: int, tags=None) -> str | None:
+    """Offers the patch rows of a Conv's input (NCHW, or NCL for a 1-D Conv) to ``sampler`` (``tags``: the
+    sampler's, of patch positions); a problem description when it cannot."""
     if value.ndim != (3 if geometry.conv1d else 4) or value.dtype != np.float32:
         return "a 1-D Conv needs float32 [B, Cin, L]" if geometry.conv1d else "a Conv needs float32 [B, Cin, H, W]"
     n, width, extract = patch_extractor(geometry.as_nchw(value), geometry)
     if width != D:
         return f"its patches have {width} elements, the weight expects D={D}"
-    sampler.add_lazy(n, D, extract, np.float32)
+    sampler.add_lazy(n, D, extract, np.float32, tags)
     return None
+
+
+def _source_tags(feed_number: int, copies: int):
+    """Row tags for the feed ``feed_number`` of a set that follows each file with ``copies`` noisy copies
+    (augment.AugmentedSet): a row's tag holds its file, its position in the file's rows and whether it is a copy,
+    so the copies of one calibration row share all but the last bit. None without copies."""
+    if not copies:
+        return None
+    file, copy = divmod(feed_number, copies + 1)
+    return lambda position: (((file << 32) | position) << 1) | (copy > 0)
+
+
+def _sources(tags: np.ndarray | None) -> RowSources | None:
+    return None if tags is None else RowSources(tags >> 1, (tags & 1).astype(bool))
 
 
 def collect_rows(
@@ -296,12 +333,15 @@ def collect_rows(
     seed: int = 0,
     progress: bool = True,
     desc: str = "calibrating",
+    copies: dict[str, int] | None = None,
 ) -> dict[str, CollectedRows]:
     """Run ``model`` on every calibration file and sample the rows of the target tensors.
 
     ``targets`` maps a layer name to (the tensor holding its input A, D), or for a Conv to (its input X, D, its
     ``ConvGeometry``): a Conv's rows are patches sampled uniformly over batch and output positions, and only the
     sampled ones are extracted. The model gets those tensors as extra graph outputs (it is not changed).
+    ``copies`` (of a set with noisy copies, augment.AugmentedSet): a layer named there takes only the first that
+    many copies of each file, which are the copies a set with that many would give it.
     """
     from tqdm.auto import tqdm
 
@@ -321,8 +361,12 @@ def collect_rows(
     first_rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         session = _session(augmented, tmpdir)
-        for path, feed in tqdm(calibration, total=len(calibration), desc=desc, unit="file", disable=not progress,
-                               leave=False):
+        taken = {layer: calibration.copies if copies is None else copies.get(layer, calibration.copies)
+                 for layer in targets}
+        for number, (path, feed) in enumerate(tqdm(calibration, total=len(calibration), desc=desc, unit="file",
+                                                   disable=not progress, leave=False)):
+            tags = _source_tags(number, calibration.copies)
+            copy = number % (calibration.copies + 1)
             try:
                 values = dict(zip(fetched, session.run(fetched, feed))) if fetched else {}
             except Exception as exc:  # onnxruntime raises its own exception types for a bad feed
@@ -330,12 +374,12 @@ def collect_rows(
                 raise CalibrationError(f"{path}: onnxruntime could not run the model on it: {first}") from None
             values.update({name: feed[name] for name in tensors if name in graph_inputs})
             for layer, (tensor, D, *conv) in targets.items():
-                if layer in problems:
+                if layer in problems or copy > taken[layer]:
                     continue
                 value = _as_float32(np.asarray(values[tensor]))
                 before = samplers[layer].seen + dropped[layer]
                 if conv and conv[0] is not None:
-                    problem = _add_patches(samplers[layer], value, conv[0], D)
+                    problem = _add_patches(samplers[layer], value, conv[0], D, tags)
                     if problem:
                         problems[layer] = f"its input {tensor!r} was {value.dtype.name} {list(value.shape)} on " \
                                           f"{path.name}; {problem}"
@@ -350,11 +394,12 @@ def collect_rows(
                     )
                     continue
                 rows = value.reshape(-1, D)
+                positions = np.arange(len(rows), dtype=np.int64)
                 finite = np.isfinite(rows).all(axis=1)
                 if not finite.all():
                     dropped[layer] += int((~finite).sum())
-                    rows = rows[finite]
-                samplers[layer].add(rows)
+                    rows, positions = rows[finite], positions[finite]
+                samplers[layer].add(rows, None if tags is None else tags(positions))
                 first_rows.setdefault(layer, samplers[layer].seen + dropped[layer] - before)
     out = {}
     for layer, sampler in samplers.items():
@@ -369,7 +414,8 @@ def collect_rows(
         D = targets[layer][1]
         rows = sampler.rows() if sampler.seen else np.empty((0, D), np.float32)
         out[layer] = CollectedRows(np.ascontiguousarray(rows), sampler.seen + dropped[layer], dropped[layer],
-                                   problems.get(layer), image_shapes.get(layer), first_rows.get(layer))
+                                   problems.get(layer), image_shapes.get(layer), first_rows.get(layer),
+                                   _sources(sampler.tags()) if sampler.seen and taken[layer] else None, taken[layer])
         if dropped[layer]:
             log.warning("layer %s: %d calibration rows with non-finite values left out", layer, dropped[layer])
     return out

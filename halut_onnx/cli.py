@@ -49,6 +49,23 @@ def library_path() -> None:
 _DEFAULTS = ConvertOptions()
 
 
+class _Copies(click.ParamType):
+    """--augment: a count of noisy copies, or 'auto' (None: ConvertOptions' default)."""
+
+    name = "copies"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or value == "auto":
+            return None if value == "auto" else value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor 'auto'", param, ctx)
+
+
+_COPIES = _Copies()
+
+
 @main.command("convert")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", "calib_dir", required=True, type=click.Path(),
@@ -73,9 +90,11 @@ _DEFAULTS = ConvertOptions()
               help="LUT ridge lambda (default: chosen on the held-out rows).")
 @click.option("--heldout-fraction", type=float, default=_DEFAULTS.heldout_fraction, show_default=True,
               help="Calibration rows held out to choose the ridge and measure each layer.")
-@click.option("--augment", type=int, default=_DEFAULTS.augment, show_default=True, metavar="K",
+@click.option("--augment", type=_COPIES, default=None, show_default="auto", metavar="K|auto",
               help="Feed each calibration file K more times with Gaussian noise on its float inputs (std 0.1 of the "
-                   "input's): more rows for layers that see few (one per sample), at K+1 times the calibration time.")
+                   "input's): more rows for layers that see few (one per sample), at K+1 times the calibration time. "
+                   "auto: copies only for the layers with fewer than 4 calibration rows per LUT entry, enough for 8 "
+                   "(8 copies at most); 0: none.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")
 @click.option("--memory-mb", type=int, default=_DEFAULTS.memory_mb, show_default=True,
               help="Memory for the row samples held at once; more layers take more passes over the data.")
@@ -219,7 +238,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
                    f"{DEFAULT_HELDOUT_FILES}).")
 @click.option("--heldout-data", type=click.Path(), default=None, metavar="DIR",
               help="Measure each setting on DIR's files instead and learn from every --calib file.")
-@click.option("--augment", type=int, default=_DEFAULTS.augment, show_default=True, metavar="K",
+@click.option("--augment", type=_COPIES, default=None, show_default="auto", metavar="K|auto",
               help="Learn from each calibration file and K noisy copies of it (as convert).")
 @click.option("--metric-output", default=None, metavar="NAME", help="The model output the end metrics compare.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of sampling and learning.")

@@ -16,10 +16,11 @@ from pathlib import Path
 import onnx
 
 from . import __version__
-from .augment import augmented
-from .calibrate import CalibrationSet, collect_rows, model_inputs
+from .augment import collect_layer_rows
+from .calibrate import CalibrationSet, CollectedRows, model_inputs
 from .errors import ConversionError
 from .learn import LearnOptions, learn_layer
+from .ops import NUM_CODES
 from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic, with_min_opset
 from .options import ConvertOptions
 from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
@@ -90,11 +91,21 @@ def _doc_string(sel: SelectedLayer, record: LayerRecord) -> str:
     )
 
 
+def copies_notes(rows: CollectedRows, codebooks: int, options: ConvertOptions) -> list[str]:
+    """A layer's note on the noisy copies --augment auto gave it (none when it gave none, or copies were asked for)."""
+    if not rows.copies or options.augment is not None:
+        return []
+    return [f"{rows.rows_seen // (rows.copies + 1)} calibration rows for {NUM_CODES * codebooks} LUT entries per "
+            f"output: learned from them and {rows.copies} noisy copies of each (--augment auto; --augment 0 learns "
+            "from the calibration rows alone)"]
+
+
 def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[LayerRecord, object | None]:
     cand = sel.candidate
     record = LayerRecord(
         cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.layer_encoder,
-        bias_node=cand.bias_node, rows_seen=rows.rows_seen, notes=[sel.note] if sel.note else [],
+        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=rows.copies,
+        notes=([sel.note] if sel.note else []) + copies_notes(rows, sel.codebooks, options),
     )
     if rows.problem:
         record.reason = f"not converted: {rows.problem}"
@@ -105,7 +116,7 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[Laye
     )
     try:
         layer = learn_layer(
-            rows.rows, cand.weight, cand.bias, learn_options,
+            rows.rows, cand.weight, cand.bias, learn_options, sources=rows.sources,
             progress=lambda stage: bar.set_postfix_str(f"{cand.name}: {stage}", refresh=True),
         )
     except ValueError as exc:  # e.g. too few calibration rows for this layer: skip it, convert the rest
@@ -194,7 +205,7 @@ def convert_model(
                  else "no MatMul, Gemm or Conv node")
         raise ConversionError(f"no eligible layer in {source}: {found}")
 
-    calibration = augmented(CalibrationSet(calib_dir, model_inputs(work)), options.augment, options.seed)
+    calibration = CalibrationSet(calib_dir, model_inputs(work))
     from tqdm.auto import tqdm
 
     records: dict[str, LayerRecord] = {}
@@ -205,7 +216,8 @@ def convert_model(
             targets = {sel.candidate.name: (sel.candidate.input_name, sel.candidate.D, sel.candidate.conv)
                        for sel in group}
             desc = "calibrating" + (f" ({index + 1}/{len(groups)})" if len(groups) > 1 else "")
-            collected = collect_rows(work, calibration, targets, options.max_rows, options.seed, options.progress, desc)
+            collected = collect_layer_rows(work, calibration, targets, {s.candidate.name: s.codebooks for s in group},
+                                           options.augment, options.max_rows, options.seed, options.progress, desc)
             for sel in group:
                 record, layer = _learn(sel, collected.pop(sel.candidate.name), options, bar)
                 records[record.name] = record

@@ -38,7 +38,9 @@ class ConvertOptions:
     max_rows: int = 65536  # --max-rows: calibration rows kept per layer (uniform random sample)
     ridge: float | None = None  # --ridge: LUT ridge lambda; None picks it on the held-out rows
     heldout_fraction: float = 0.2  # --heldout-fraction: calibration rows held out to measure each layer
-    augment: int = 0  # --augment K: each calibration file fed K more times with noise on its float inputs (augment.py)
+    # --augment K: each calibration file fed K more times with noise on its float inputs; None (--augment auto): copies
+    # only for the layers with few calibration rows per LUT entry (augment.py)
+    augment: int | None = None
     seed: int = 0  # --seed: row sampling and learning
     memory_mb: int = 2048  # --memory-mb: row samples held at once; more layers -> more passes over the data
     progress: bool = True  # --progress/--no-progress: tqdm bars on stderr
@@ -77,7 +79,7 @@ class ConvertOptions:
             raise ValueError(f"--heldout-fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.ridge is None and self.heldout_fraction == 0:
             raise ValueError("--heldout-fraction 0 leaves no rows to choose the ridge on: give --ridge too")
-        if self.augment < 0:
+        if self.augment is not None and self.augment < 0:
             raise ValueError(f"--augment must be >= 0, got {self.augment}")
         if self.memory_mb < 1:
             raise ValueError(f"--memory-mb must be >= 1, got {self.memory_mb}")

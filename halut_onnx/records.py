@@ -32,7 +32,8 @@ class LayerRecord:
     C: int | None = None
     encoder: str | None = None
     bias_node: str | None = None  # the bias Add (or a Conv's BatchNormalization) folded into the lookup
-    rows_seen: int | None = None  # calibration rows of this layer's input in all
+    rows_seen: int | None = None  # calibration rows of this layer's input in all (noisy copies included)
+    copies: int | None = None  # noisy copies of each calibration file the layer learned from (--augment)
     rows_train: int | None = None
     rows_heldout: int | None = None
     ridge: float | None = None

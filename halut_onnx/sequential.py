@@ -13,6 +13,7 @@ import logging
 import onnx
 from onnx import helper
 
+from .augment import augmented
 from .calibrate import CalibrationSet, CollectedRows, collect_rows
 from .learn import HalutLayer, learn_layer
 from .passes import LayerCandidate, LayerRewrite, rewrite_model
@@ -68,7 +69,7 @@ def learn_sequential(
     """Learn ``plan`` ((candidate, LearnOptions) in graph order) sequentially; return the layers by name.
 
     ``original_rows`` are the original model's sampled input rows of each layer (``collect_rows`` with the same
-    ``max_rows`` and ``seed``). A layer whose input does not depend on any layer converted before it sees the
+    ``max_rows`` and ``seed``, from ``learn_set`` with each layer's ``copies``). A layer whose input does not depend on any layer converted before it sees the
     original inputs: ``reuse[name]`` (its independently learned layer) is taken as it is when given.
     """
     from .analyze import target
@@ -79,15 +80,18 @@ def learn_sequential(
     for cand, options in plan:
         original = original_rows[cand.name]
         if not _depends_on(work, cand.input_name, converted_outputs):
-            layer = (reuse or {}).get(cand.name) or learn_layer(original.rows, cand.weight, cand.bias, options)
+            layer = (reuse or {}).get(cand.name) or learn_layer(original.rows, cand.weight, cand.bias, options,
+                                                                sources=original.sources)
         else:
             partial = _prune(rewrite_model(work, rewrites), cand.input_name)
-            seen = collect_rows(partial, learn_set, {cand.name: target(cand)}, max_rows, seed,
-                                progress, f"sequential {cand.name}")[cand.name]
+            # the same feeds the original rows came from (noisy copies included), so that the rows pair
+            seen = collect_rows(partial, augmented(learn_set, original.copies, seed), {cand.name: target(cand)},
+                                max_rows, seed, progress, f"sequential {cand.name}")[cand.name]
             if seen.rows.shape != original.rows.shape or seen.rows_seen != original.rows_seen:
                 raise ValueError(f"layer {cand.name}: the converted model's input rows do not pair with the "
                                  f"original's ({seen.rows.shape} vs {original.rows.shape})")
-            layer = learn_layer(seen.rows, cand.weight, cand.bias, options, target_inputs=original.rows)
+            layer = learn_layer(seen.rows, cand.weight, cand.bias, options, target_inputs=original.rows,
+                                sources=original.sources)
         for warning in layer.report.warnings:
             log.warning("%s: %s", cand.name, warning)
         layers[cand.name] = layer

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from halut_models import low_rank, make_model
+from halut_models import make_model
 
 
 def mlp3(rng: np.random.Generator, D: int = 32, H: int = 32, M: int = 10) -> onnx.ModelProto:

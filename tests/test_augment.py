@@ -7,10 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from budget_models import mlp3, write_files
+from halut_models import make_model
 from halut_onnx.analyze import AnalyzeOptions, analyze
-from halut_onnx.augment import NOISE, AugmentedSet, augmented
+from halut_onnx.augment import NOISE, AugmentedSet, augmented, auto_copies
 from halut_onnx.calibrate import CalibrationSet, InputSpec
 from halut_onnx.convert import convert_model
 from halut_onnx.errors import CalibrationError
@@ -73,7 +75,8 @@ def test_convert_learns_from_the_copies(case):
                                                                                 augment=2))
     for a, b in zip(plain.converted, more.converted):
         assert (a.rows_seen, b.rows_seen) == (4 * 64, 3 * 4 * 64)
-        assert b.rows_train + b.rows_heldout == 3 * (a.rows_train + a.rows_heldout)
+        # the same real rows held out, their copies in neither set (learn.split_rows), every other row trains
+        assert (b.rows_heldout, b.rows_train) == (a.rows_heldout, 3 * a.rows_train)
     settings = json.loads(get_metadata(more.model)[KEY_SETTINGS])  # recorded with the other settings
     assert settings["augment"] == 2
 
@@ -89,3 +92,109 @@ def test_a_budget_measures_on_real_inputs_only(case):
                                                                     codebooks=(4,), encoders=("pq",), timing=False))
     assert len(split.heldout_files) == 1 and split.samples_heldout == 64
     assert split.learn_rows["fc1"].rows_seen == 4 * 3 * 64
+
+
+@pytest.mark.parametrize("rows,C,copies", [
+    (4 * 16 * 32, 32, 0),  # 4 rows per LUT entry: enough
+    (4 * 16 * 32 - 1, 32, 2),  # just under: one copy would give 4094 rows for 512 entries
+    (1005, 32, 4),  # the digits MLP's first and last layers: 5025 rows for 512 entries
+    (1005, 64, 8),  # its second: 8 copies reach 9045 of 8192
+    (100, 64, 8),  # AUTO_MAX_COPIES
+])
+def test_auto_copies_reach_8_rows_per_lut_entry_below_4(rows, C, copies):
+    assert auto_copies(rows, C) == copies
+
+
+def _pooled(rng, T=16, D=32, M=16):
+    """x [N, T, D] -> tokens (MatMul, T rows a sample) -> ReduceMean over T -> head (MatMul, 1 row a sample)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, D])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", M])
+    inits = {"w1": (rng.standard_normal((D, D)) / np.sqrt(D)).astype(np.float32),
+             "w2": (rng.standard_normal((D, M)) / np.sqrt(D)).astype(np.float32),
+             "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="tokens"),
+             helper.make_node("ReduceMean", ["h", "axes"], ["p"], keepdims=0, name="pool"),
+             helper.make_node("MatMul", ["p", "w2"], ["y"], name="head")]
+    return make_model(nodes, [x], [y], inits, opset=18)
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    folder = tmp_path_factory.mktemp("pooled")
+    onnx.save(_pooled(rng), folder / "m.onnx")
+    (folder / "calib").mkdir()
+    for k in range(3):  # 3 x 40 samples: 1920 token rows, 120 pooled rows for 16 x C=8 = 128 LUT entries
+        np.savez(folder / "calib" / f"{k}.npz", x=rng.standard_normal((40, 16, 32)).astype(np.float32))
+    return folder
+
+
+def test_auto_gives_copies_only_to_the_layers_with_few_rows(pooled):
+    result = convert_model(pooled / "m.onnx", pooled / "calib", None, ConvertOptions(progress=False, codebooks=8))
+    tokens, head = result.converted
+    assert (tokens.rows_seen, tokens.copies) == (1920, 0)  # 15 rows per entry
+    assert not any("noisy copies" in note for note in tokens.notes)
+    assert (head.rows_seen, head.copies) == (9 * 120, 8)  # ceil(8 * 128 / 120) - 1 = 8
+    assert head.notes[0] == ("120 calibration rows for 128 LUT entries per output: learned from them and 8 noisy "
+                             "copies of each (--augment auto; --augment 0 learns from the calibration rows alone)")
+    assert (head.rows_heldout, head.rows_train) == (24, 9 * 96)  # held-out: real rows only, their copies unused
+    assert json.loads(get_metadata(result.model)[KEY_SETTINGS])["augment"] is None
+    none = convert_model(pooled / "m.onnx", pooled / "calib", None, ConvertOptions(progress=False, codebooks=8,
+                                                                                   augment=0))
+    assert [(r.rows_seen, r.copies) for r in none.converted] == [(1920, 0), (120, 0)]
+    assert "underdetermined" in none.converted[1].notes[0]
+    fixed = convert_model(pooled / "m.onnx", pooled / "calib", None, ConvertOptions(progress=False, codebooks=8,
+                                                                                    augment=2))
+    assert [(r.rows_seen, r.copies) for r in fixed.converted] == [(3 * 1920, 2), (3 * 120, 2)]
+    assert all(not r.notes or "noisy copies of each" not in r.notes[0] for r in fixed.converted)
+
+
+def test_auto_learns_the_head_from_the_copies_it_would_get_alone(pooled):
+    """The second pass's copies for a layer are those --augment K would give it: the same rows, so that
+    --sequential's rows of the converted model pair with the original's."""
+    from halut_onnx.augment import collect_layer_rows
+    from halut_onnx.calibrate import collect_rows, model_inputs
+
+    model = onnx.load(pooled / "m.onnx")
+    base = CalibrationSet(pooled / "calib", model_inputs(model))
+    targets = {"tokens": ("x", 32), "head": ("p", 32)}
+    auto = collect_layer_rows(model, base, targets, {"tokens": 8, "head": 8}, None, 65536, progress=False)
+    alone = collect_rows(model, AugmentedSet(base, 8), {"head": ("p", 32)}, 65536, progress=False)["head"]
+    np.testing.assert_array_equal(auto["head"].rows, alone.rows)
+    np.testing.assert_array_equal(auto["head"].sources.sample, alone.sources.sample)
+    assert auto["tokens"].sources is None and auto["tokens"].copies == 0
+    sequential = convert_model(pooled / "m.onnx", pooled / "calib", None,
+                               ConvertOptions(progress=False, codebooks=8, sequential=True))
+    assert [(r.rows_seen, r.copies) for r in sequential.converted] == [(1920, 0), (9 * 120, 8)]
+
+
+def test_auto_leaves_a_model_without_float_inputs_as_it_is(tmp_path, rng):
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])
+    table = rng.standard_normal((50, 32)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="fc")]
+    model = make_model(nodes, [ids], [y], {"table": table, "w": rng.standard_normal((32, 8)).astype(np.float32)})
+    onnx.save(model, tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    np.savez(tmp_path / "calib" / "0.npz", ids=rng.integers(0, 50, (30, 4)))
+    result = convert_model(tmp_path / "m.onnx", tmp_path / "calib", None, ConvertOptions(progress=False,
+                                                                                          codebooks=8))
+    assert [(r.rows_seen, r.copies) for r in result.converted] == [(120, 0)]
+    assert "underdetermined" in result.converted[0].notes[0]
+
+
+def test_a_budget_learns_from_the_copies_auto_gives_and_measures_on_real_inputs(pooled, tmp_path):
+    rng = np.random.default_rng(5)
+    (tmp_path / "held").mkdir()
+    for k in range(2):
+        np.savez(tmp_path / "held" / f"{k}.npz", x=rng.standard_normal((20, 16, 32)).astype(np.float32))
+    options = ConvertOptions(progress=False, codebooks=8, budget="nmse=1", objective="macs",
+                             heldout_data=str(tmp_path / "held"))
+    result = convert_model(pooled / "m.onnx", pooled / "calib", None, options)
+    learn_rows = result.budget.analysis.learn_rows
+    assert {name: (rows.rows_seen, rows.copies) for name, rows in learn_rows.items()} == {
+        "tokens": (1920, 0), "head": (9 * 120, 8)}
+    assert result.budget.analysis.samples_heldout == 40  # the held-out files as they are
+    assert [(r.name, r.copies) for r in result.converted] == [("tokens", 0), ("head", 8)]
+    assert result.converted[1].notes[0].startswith("120 calibration rows for 128 LUT entries per output")

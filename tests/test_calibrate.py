@@ -198,3 +198,27 @@ def test_rank1_layer_input_is_reported_not_collected(tmp_path, rng):
     np.savez(tmp_path / "x.npz", x=np.ones(8, np.float32))
     got = collect_rows(model, CalibrationSet(tmp_path, model_inputs(model)), {"fc": ("x", 8)}, 100, progress=False)
     assert got["fc"].problem == "its input 'x' was float32 [8] on x.npz; needs float32 [..., 8] of rank >= 2"
+
+
+@pytest.mark.parametrize("max_rows", [200, 25])  # everything, and the reservoir's replacement path
+def test_augmented_rows_carry_their_sources(tmp_path, rng, max_rows):
+    from halut_onnx.augment import AugmentedSet
+
+    model = mlp(rng)
+    x = rng.standard_normal((20, 32)).astype(np.float32)
+    for i in range(2):
+        np.savez(tmp_path / f"{i}.npz", x=x[10 * i : 10 * (i + 1)])
+    calib = CalibrationSet(tmp_path, model_inputs(model))
+    assert collect_rows(model, calib, {"fc1": ("x", 32)}, max_rows, progress=False)["fc1"].sources is None
+    got = collect_rows(model, AugmentedSet(calib, copies=2), {"fc1": ("x", 32)}, max_rows, seed=1,
+                       progress=False)["fc1"]
+    assert got.rows_seen == 60 and len(got.rows) == min(60, max_rows)
+    file, position = np.divmod(got.sources.sample, 1 << 32)
+    real = x[10 * file + position]  # the calibration row each sampled row came from
+    clean = ~got.sources.noisy
+    np.testing.assert_array_equal(got.rows[clean], real[clean])
+    noise = got.rows[~clean] - real[~clean]  # a copy: its real row plus noise of 0.1 of the file's std
+    assert np.all(noise != 0) and np.abs(noise).max() < 6 * 0.1 * x.std()
+    if max_rows == 200:
+        assert np.bincount(got.sources.noisy.astype(int)).tolist() == [20, 40]
+        assert sorted(np.unique(got.sources.sample, return_counts=True)[1]) == [3] * 20

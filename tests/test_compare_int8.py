@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 ROWS = ["fp32", "ORT int8 dynamic", "ORT int8 dynamic per-channel", "ORT int8 static QDQ",
-        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --augment 8",
+        "ORT int8 static QDQ, matrix ops only", "halut default", "halut --augment 0",
         "halut --budget agreement=0.99 --heldout-data val"]
 
 
@@ -86,8 +86,9 @@ def test_table_has_every_row_and_column(run):
     assert rows["fp32"][2] == "3 eligible"
     for name in ROWS[1:7]:
         assert rows[name][2] == "3", (name, rows[name])
-    # noisy copies of the calibration rows: the MLP's layers see one row each (docs/learning.md)
-    assert float(rows["halut --augment 8"][3]) > float(rows["halut default"][3]) + 1.5
+    # the default's noisy copies of the calibration rows (--augment auto: the MLP's layers see one row a sample,
+    # docs/learning.md) against none: measured 96.30 against 94.44
+    assert float(rows["halut default"][3]) > float(rows["halut --augment 0"][3]) + 1.0
 
 
 def test_fp32_row_is_scikit_learns_accuracy_and_int8_stays_near_it(run, trained):

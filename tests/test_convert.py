@@ -123,7 +123,10 @@ def test_convert_zoo_skips_with_reasons_and_passes_other_nodes(tmp_path, rng):
         "fcz": "converted", "gemm_ta": "Gemm with transA=1 is not supported",
         "tiny": "D=4 is below --min-dim 16: too small to gain from a lookup",
     }
-    assert {r.name: r.rows_seen for r in result.converted} == {"fc3d": 240, "k_proj": 240, "fcz": 120}
+    # --augment auto: 240 and 120 rows for 64 LUT entries are under 4 an entry; copies to reach 8 an entry (2 and
+    # 4), as many as the row cap (600) holds (1 and 4)
+    assert {r.name: (r.rows_seen, r.copies) for r in result.converted} == {
+        "fc3d": (2 * 240, 1), "k_proj": (2 * 240, 1), "fcz": (5 * 120, 4)}
     out = onnx.load(tmp_path / "out.onnx")
     assert {(o.domain, o.version) for o in out.opset_import} == {("", OPSET), ("ai.onnx.ml", 3), ("ai.halut", 1)}
     ops = [n.op_type for n in out.graph.node]
@@ -144,7 +147,14 @@ def test_include_exclude_and_codebooks_above_d(mlp_case, tmp_path):
                                                              max_rows=600, progress=False))
     fc1, fc2 = result.layers
     assert (fc1.status, fc1.C, fc1.notes[0]) == ("converted", 32, "-C 64 is more than D=32: C=D")
-    assert "underdetermined" in fc1.notes[1]  # the learning warning (480 rows for 512 LUT entries) is kept
+    # the learning warning (480 rows for 512 LUT entries) is kept: --augment auto adds no copies where the row cap
+    # already binds (800 rows seen)
+    assert "underdetermined" in fc1.notes[1] and fc1.copies == 0
+    result = convert_model(path, calib, None, ConvertOptions(include=("fc1",), codebooks=32, progress=False))
+    fc1 = result.layers[0]
+    assert fc1.notes == ["800 calibration rows for 512 LUT entries per output: learned from them and 5 noisy "
+                         "copies of each (--augment auto; --augment 0 learns from the calibration rows alone)"]
+    assert (fc1.rows_seen, fc1.copies, fc1.rows_heldout, fc1.rows_train) == (6 * 800, 5, 160, 6 * 640)
     assert (fc2.status, fc2.reason) == ("skipped", "matched by --exclude '2$'")
     result = convert_model(path, calib, None, ConvertOptions(include=("fc1",), **FAST))
     assert result.layers[1].reason == "not matched by --include"
@@ -183,9 +193,13 @@ def test_too_few_rows_skips_then_fails(tmp_path, rng):
     path = tmp_path / "mlp.onnx"
     onnx.save(model, path)
     calib = write_calibration(tmp_path / "calib", "x", low_rank(rng, (10, 32)))
+    # --augment auto gives the layers 8 copies of each row; they do not stand in for real rows
     with pytest.raises(ConversionError, match=r"^no layer of .*mlp.onnx could be converted: fc1: learning failed: "
-                                              r"A has 10 rows; learning needs at least"):
+                                              r"A has 10 rows and 80 noisy copies of them; learning needs at least "
+                                              r"20 rows \(16 training rows"):
         convert_model(path, calib, tmp_path / "out.onnx", ConvertOptions(**FAST))
+    with pytest.raises(ConversionError, match=r": fc1: learning failed: A has 10 rows; learning needs at least 20"):
+        convert_model(path, calib, tmp_path / "out.onnx", ConvertOptions(**FAST, augment=0))
     assert not (tmp_path / "out.onnx").exists()
 
 

@@ -119,6 +119,28 @@ def test_patch_calibration_is_bounded_and_uniform(tmp_path, rng):
     assert len(set(index.tolist())) == 300
     images = index // 120
     assert set(images.tolist()) == set(range(8))  # all images represented
+    assert rows.sources is None
+
+
+def test_augmented_patches_carry_their_sources(tmp_path, rng):
+    from halut_onnx.augment import AugmentedSet
+
+    shape, attrs = (1, 4, 12, 10), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    model = conv_model(rng, shape, attrs)
+    data = smooth_images(rng, (4, 4, 12, 10))
+    calib = write_calibration(tmp_path / "calib", "x", data, per_file=2)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    (cand,), _ = find_layers(inferred)
+    rows = collect_rows(inferred, AugmentedSet(CalibrationSet(calib, model_inputs(model)), copies=1),
+                        {"conv": ("x", 36, cand.conv)}, max_rows=500, progress=False)["conv"]
+    assert rows.rows.shape == (500, 36) and rows.rows_seen == 2 * 4 * 12 * 10
+    file, position = np.divmod(rows.sources.sample, 1 << 32)
+    real = reference.im2col(data, **cand.conv.kwargs())[240 * file + position]  # 2 images of 120 patches a file
+    clean = ~rows.sources.noisy
+    assert 0 < clean.sum() < 500
+    np.testing.assert_array_equal(rows.rows[clean], real[clean])
+    scale = 0.1 * np.array([data[2 * f : 2 * f + 2].std() for f in range(2)])[file[~clean]]  # augment.NOISE
+    assert np.all(np.abs(rows.rows[~clean] - real[~clean]).max(axis=1) < 6 * scale)
 
 
 # ------------------------------------------------------------------------------- 1-D Conv

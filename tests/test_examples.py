@@ -232,31 +232,31 @@ def digits_quick(tmp_path_factory) -> tuple[dict[str, list[str]], Path]:
 
 def test_digits_quick_run_converts_every_layer(digits_quick):
     rows, _ = digits_quick
-    assert set(rows) == {"default", "--encoder tree", "--augment 8"}
+    assert set(rows) == {"default", "--encoder tree", "--augment 0"}
     for setting, layers, original, converted, drop in rows.values():
         assert layers == "3 of 3" and float(original) == pytest.approx(97.78)
         assert float(drop) == pytest.approx(float(original) - float(converted), abs=0.011)
-    # Measured 4.26 points (23 of 540 test digits) at the defaults, on the model trained on the 1005 fit rows.
-    # Issue 4's target, at most 1.5, held on the model trained on all 1257 training rows (0.56, before the
-    # validation split); over training seeds the drop spreads 2.6-4.3 (benchmarks/seed_spread.py, docs/examples.md).
-    assert float(rows["default"][4]) <= 5.0
-    # With 8 noisy copies of each calibration row it is met again: measured 0.56 (3 digits); 0.2-1.9 over seeds.
-    assert float(rows["--augment 8"][4]) <= 1.5 and float(rows["--augment 8"][4]) < float(rows["default"][4])
+    # At the defaults (--augment auto: 4, 8 and 4 noisy copies of each of the 1005 calibration rows) measured 2.04
+    # points (11 of 540 test digits) on this model, 1.37 on average over 5 training seeds (0.74-2.04,
+    # benchmarks/seed_spread.py, docs/examples.md): issue 4's target, at most 1.5, holds on average, not on this
+    # seed. From the calibration rows alone (--augment 0) the LUTs are underdetermined: 3.33 here, 2.6 on average.
+    assert float(rows["default"][4]) <= 2.5
+    assert float(rows["--augment 0"][4]) > float(rows["default"][4]) + 0.5
 
 
 def test_a_budget_no_layer_fits_is_reported_not_raised(digits_quick, capsys):
-    """On the MLP's validation rows the best single layer disagrees on 3 of 252 digits: agreement=0.99 fits none,
+    """On the MLP's validation rows the best single layer disagrees on 2 of 252 digits: agreement=0.995 fits none,
     and the examples report that (after the learning's warnings on stderr) instead of failing; 0.95 fits some."""
     _, out = digits_quick
     model, calib = out / "digits_mlp.onnx", out / "calib"
     # by multiply-adds: the time objective's choice (and so the layer named) follows the kernel timings of the run
-    options = example_tools.budgets_on(out / "val", ["--budget", "agreement=0.99", "--objective", "macs"])
-    assert options == ["--budget", "agreement=0.99", "--objective", "macs", "--heldout-data", str(out / "val")]
+    options = example_tools.budgets_on(out / "val", ["--budget", "agreement=0.995", "--objective", "macs"])
+    assert options == ["--budget", "agreement=0.995", "--objective", "macs", "--heldout-data", str(out / "val")]
     assert example_tools.convert_setting(model, calib, out / "none.onnx", options) is None
     assert not (out / "none.onnx").exists()
     assert capsys.readouterr().out == (
-        f"--budget agreement=0.99 --objective macs --heldout-data {out / 'val'}: no layer can be converted within "
-        "--budget agreement=0.99; the best single layer is MatMul2 (tree C=32) with a loss of 0.0119\n")
+        f"--budget agreement=0.995 --objective macs --heldout-data {out / 'val'}: no layer can be converted within "
+        "--budget agreement=0.995; the best single layer is MatMul (pq C=32) with a loss of 0.007937\n")
     loose = example_tools.budgets_on(out / "val", ["--budget", "agreement=0.95", "--objective", "macs"])
     assert example_tools.convert_setting(model, calib, out / "some.onnx", loose) == out / "some.onnx"
     assert example_tools.converted_layers(out / "some.onnx") >= 1
