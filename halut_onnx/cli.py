@@ -137,10 +137,12 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
         result = convert_model(model, calib_dir, output, options)
     seconds = time.perf_counter() - start
     rows = [
-        [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.heldout_nmse_int8]
+        [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.copies or "-",
+         r.heldout_nmse_int8]
         for r in result.converted
     ]
-    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "held-out NMSE"], rows))
+    # rows: learned from (noisy copies included, those of held-out rows not); copies: of each calibration row
+    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out NMSE"], rows))
     notes = [f"  {r.name}: {note}" for r in result.converted for note in r.notes]
     if notes:
         click.echo("notes:\n" + "\n".join(notes))

@@ -1,6 +1,7 @@
 """The convert / inspect / eval / bench commands through click's runner: tables, and one-line errors."""
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from halut_models import low_rank, mlp, write_calibration
 from halut_onnx.cli import convert, main
 from halut_onnx.options import ConvertOptions
+from halut_onnx.records import KEY_SETTINGS, get_metadata
 
 
 @pytest.fixture
@@ -40,8 +42,9 @@ def test_convert_inspect_eval_bench(case):
     result = _run(CONVERT + ["--encoder", "tree", "--exclude", "fc2"], case)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "held-out", "NMSE"]
-    assert lines[2].split()[:7] == ["fc1", "MatMul", "32", "24", "4", "tree", "600"]
+    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out", "NMSE"]
+    # 600 rows for 64 LUT entries: no noisy copies (--augment auto)
+    assert lines[2].split()[:8] == ["fc1", "MatMul", "32", "24", "4", "tree", "600", "-"]
     assert "fc2            Gemm  matched by --exclude 'fc2'" in result.stdout
     assert re.fullmatch(r"Wrote out\.onnx: 1 layers converted, 1 skipped, in \d+\.\d s\.", lines[-1]), lines[-1]
 
@@ -125,6 +128,7 @@ def test_convert_flags_are_the_options_fields():
          "no eligible layer in mlp.onnx: 2 layers skipped: fc1: not matched by --include; "
          "fc2: not matched by --include"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
+        (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--augment", "-1"], "--augment must be >= 0, got -1"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--heldout-data", "test"],
          "--heldout-data needs --budget: held-out files measure the budget metric"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--heldout-files", "0.3"],
@@ -198,3 +202,18 @@ def test_eval_metrics_labels_and_sequences(rng):
     cosines = np.sum(r * c, axis=1) / np.sqrt(np.sum(r * r, axis=1) * np.sum(c * c, axis=1))
     assert frames.cosine == pytest.approx(cosines.mean())
     assert frames.nmse == pytest.approx(np.sum((c - r) ** 2) / np.sum(r * r))
+
+
+def test_augment_takes_a_count_or_auto(case):
+    result = _run(CONVERT + ["--augment", "two"], case)
+    assert result.exit_code == 2 and "Invalid value for '--augment': 'two' is neither a whole number nor 'auto'" in \
+        result.stderr
+    assert not (case / "out.onnx").exists()
+    # 600 rows for 64 LUT entries: auto gives none; 3 copies: 120 real rows held out, 480 and their 1440 copies train
+    for value, recorded, rows, copies in (("auto", None, "600", "-"), ("3", 3, "2040", "3")):
+        result = _run(CONVERT + ["--augment", value], case)
+        assert result.exit_code == 0, result.output
+        settings = json.loads(get_metadata(onnx.load(case / "out.onnx"))[KEY_SETTINGS])
+        assert settings["augment"] == recorded
+        assert result.stdout.splitlines()[2].split()[6:8] == [rows, copies]
+

@@ -101,16 +101,24 @@ def test_convert_single_conv(tmp_path, rng, case, encoder):
     assert nmse < 0.35, nmse
 
 
-def test_patch_calibration_is_bounded_and_uniform(tmp_path, rng):
-    """The patch sample holds at most --max-rows rows, drawn from every image and position."""
-    shape, attrs = (1, 4, 12, 10), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    model = conv_model(rng, shape, attrs)
-    data = smooth_images(rng, (8, 4, 12, 10))
+def _patch_rows(tmp_path, rng, images: int, max_rows: int, copies: int = 0):
+    """(data, the Conv's candidate, its sampled patch rows) of a 3x3 Conv over ``images`` 4x12x10 images in files of
+    two, with ``copies`` noisy copies of each file."""
+    from halut_onnx.augment import augmented
+
+    model = conv_model(rng, (1, 4, 12, 10), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    data = smooth_images(rng, (images, 4, 12, 10))
     calib = write_calibration(tmp_path / "calib", "x", data, per_file=2)
     inferred = onnx.shape_inference.infer_shapes(model)
     (cand,), _ = find_layers(inferred)
-    rows = collect_rows(inferred, CalibrationSet(calib, model_inputs(model)), {"conv": ("x", 36, cand.conv)},
-                        max_rows=300, progress=False)["conv"]
+    rows = collect_rows(inferred, augmented(CalibrationSet(calib, model_inputs(model)), copies),
+                        {"conv": ("x", 36, cand.conv)}, max_rows=max_rows, progress=False)["conv"]
+    return data, cand, rows
+
+
+def test_patch_calibration_is_bounded_and_uniform(tmp_path, rng):
+    """The patch sample holds at most --max-rows rows, drawn from every image and position."""
+    data, cand, rows = _patch_rows(tmp_path, rng, images=8, max_rows=300)
     assert rows.rows.shape == (300, 36) and rows.rows_seen == 8 * 12 * 10
     full = reference.im2col(data, **cand.conv.kwargs())
     # every sampled row is a true patch row
@@ -123,16 +131,7 @@ def test_patch_calibration_is_bounded_and_uniform(tmp_path, rng):
 
 
 def test_augmented_patches_carry_their_sources(tmp_path, rng):
-    from halut_onnx.augment import AugmentedSet
-
-    shape, attrs = (1, 4, 12, 10), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    model = conv_model(rng, shape, attrs)
-    data = smooth_images(rng, (4, 4, 12, 10))
-    calib = write_calibration(tmp_path / "calib", "x", data, per_file=2)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    (cand,), _ = find_layers(inferred)
-    rows = collect_rows(inferred, AugmentedSet(CalibrationSet(calib, model_inputs(model)), copies=1),
-                        {"conv": ("x", 36, cand.conv)}, max_rows=500, progress=False)["conv"]
+    data, cand, rows = _patch_rows(tmp_path, rng, images=4, max_rows=500, copies=1)
     assert rows.rows.shape == (500, 36) and rows.rows_seen == 2 * 4 * 12 * 10
     file, position = np.divmod(rows.sources.sample, 1 << 32)
     real = reference.im2col(data, **cand.conv.kwargs())[240 * file + position]  # 2 images of 120 patches a file
