@@ -1,11 +1,13 @@
 """Few calibration rows, with and without ``--augment``: PP-OCR rec's 9 constant-weight MatMuls (as
-examples/ppocr_rec.py converts them) learned from a few calibration lines, CER and frame agreement on 48 evaluation
-lines, and how many layers the learning warned about (fewer training rows than LUT entries).
+examples/ppocr_rec.py converts them) learned from a few calibration lines without noisy copies, with K of them and
+with the default's (``--augment auto``); CER and frame agreement on 48 evaluation lines, how many layers the learning
+warned about (fewer training rows than LUT entries) and how many auto gave copies.
 
     python benchmarks/few_rows.py [--lines 12,48] [--augment 4] [--out DIR]
 
-A line gives each MatMul about 40 rows (its time steps); at C = 64 a layer's LUT has 1024 entries per output, so
-12 lines leave every layer underdetermined and 48 none (docs/learning.md, "Few calibration rows").
+A line gives each MatMul about 80 rows (its time steps); at C = 64 a layer's LUT has 1024 entries per output, so
+12 lines leave every layer underdetermined and 48 none, though both are under auto's 4 rows per entry
+(docs/learning.md, "Few calibration rows").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ppocr_rec import top1_agreement  # noqa: E402
 
 EVAL_LINES = 48
 WARNING = "training rows for"  # the learning's note on an underdetermined LUT
+COPIED = "noisy copies of each (--augment auto"  # convert's note on a layer auto gave copies
 
 
 def rows(lines: int, augment: int, out: Path) -> list[list[str]]:
@@ -35,17 +38,18 @@ def rows(lines: int, augment: int, out: Path) -> list[list[str]]:
     matmuls = tools.only_layers(tools.matmul_layer_names(model))
     table = []
     for encoder in ("pq", "tree"):
-        for copies in (0, augment):
+        for copies in ("0", str(augment), "auto"):
             start = time.perf_counter()
             converted = out / f"rec.{lines}.{encoder}.{copies}.onnx"
             printed = tools.halut_cli(*tools.convert_args(model, calib, converted,
                                                           [*matmuls, "--encoder", encoder, "--augment", str(copies)]))
             seconds = time.perf_counter() - start
             warned = sum(WARNING in line for line in printed.stdout.splitlines())
+            copied = sum(COPIED in line for line in printed.stdout.splitlines())
             conv_texts, conv_frames = ppocr_data.run_rec(tools.session(converted, halut=True), evaluation.batches,
                                                          charset)
             cer = ppocr_data.cer(evaluation.references, conv_texts)
-            table.append([lines, encoder, copies, warned, f"{100 * cer:.2f}",
+            table.append([lines, encoder, copies, warned, copied, f"{100 * cer:.2f}",
                           f"{100 * top1_agreement(frames, conv_frames):.2f}", f"{seconds:.0f}"])
         print(f"{lines} lines, {encoder}: done", file=sys.stderr)
     print(f"{lines} calibration lines: original CER {100 * ppocr_data.cer(evaluation.references, texts):.2f} %",
@@ -64,8 +68,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         table = [row for n in args.lines.split(",") for row in rows(int(n), args.augment, out)]
     print(f"Halut custom-op library: {tools.library_status()}; {EVAL_LINES} evaluation lines")
-    print(tools.format_table(["calibration lines", "encoder", "--augment", "layers warned", "CER %", "agreement %",
-                              "convert s"], table))
+    print(tools.format_table(["calibration lines", "encoder", "--augment", "layers warned", "layers copied", "CER %",
+                              "agreement %", "convert s"], table))
 
 
 if __name__ == "__main__":
