@@ -104,4 +104,6 @@ class ConvertOptions:
         out = dataclasses.asdict(self)
         out.pop("progress")
         out["include"], out["exclude"] = list(self.include), list(self.exclude)
+        if self.augment is None:
+            out["augment"] = "auto"  # as the flag spells it: a reader of the metadata would not guess it from null
         return out

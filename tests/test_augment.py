@@ -138,7 +138,7 @@ def test_auto_gives_copies_only_to_the_layers_with_few_rows(pooled):
     assert head.notes[0] == ("120 calibration rows for 128 LUT entries per output: learned from them and 8 noisy "
                              "copies of each (--augment auto; --augment 0 learns from the calibration rows alone)")
     assert (head.rows_heldout, head.rows_train) == (24, 9 * 96)  # held-out: real rows only, their copies unused
-    assert json.loads(get_metadata(result.model)[KEY_SETTINGS])["augment"] is None
+    assert json.loads(get_metadata(result.model)[KEY_SETTINGS])["augment"] == "auto"
     none = convert_model(pooled / "m.onnx", pooled / "calib", None, ConvertOptions(progress=False, codebooks=8,
                                                                                    augment=0))
     assert [(r.rows_seen, r.copies) for r in none.converted] == [(1920, 0), (120, 0)]

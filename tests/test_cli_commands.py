@@ -210,7 +210,7 @@ def test_augment_takes_a_count_or_auto(case):
         result.stderr
     assert not (case / "out.onnx").exists()
     # 600 rows for 64 LUT entries: auto gives none; 3 copies: 120 real rows held out, 480 and their 1440 copies train
-    for value, recorded, rows, copies in (("auto", None, "600", "-"), ("3", 3, "2040", "3")):
+    for value, recorded, rows, copies in (("auto", "auto", "600", "-"), ("3", 3, "2040", "3")):
         result = _run(CONVERT + ["--augment", value], case)
         assert result.exit_code == 0, result.output
         settings = json.loads(get_metadata(onnx.load(case / "out.onnx"))[KEY_SETTINGS])
