@@ -115,8 +115,7 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
     plan = [(s.candidate, Setting(options.layer_encoder, s.codebooks)) for s in selected]
     layers = learn_sequential(work, calibration, [(c, learn_options(options, s)) for c, s in plan], rows,
                               options.max_rows, options.seed, progress=options.progress)
-    return _finish(original, work, plan, layers, rows, skipped, options,
-                   output_path)
+    return _finish(original, work, plan, layers, rows, skipped, options, output_path)
 
 
 def default_objective(objective: str | None) -> str:

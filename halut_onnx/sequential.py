@@ -69,8 +69,9 @@ def learn_sequential(
     """Learn ``plan`` ((candidate, LearnOptions) in graph order) sequentially; return the layers by name.
 
     ``original_rows`` are the original model's sampled input rows of each layer (``collect_rows`` with the same
-    ``max_rows`` and ``seed``, from ``learn_set`` with each layer's ``copies``). A layer whose input does not depend on any layer converted before it sees the
-    original inputs: ``reuse[name]`` (its independently learned layer) is taken as it is when given.
+    ``max_rows`` and ``seed``, from ``learn_set`` with each layer's ``copies``). A layer whose input does not depend
+    on any layer converted before it sees the original inputs: ``reuse[name]`` (its independently learned layer) is
+    taken as it is when given.
     """
     from .analyze import target
 

@@ -128,7 +128,8 @@ def test_convert_flags_are_the_options_fields():
          "no eligible layer in mlp.onnx: 2 layers skipped: fc1: not matched by --include; "
          "fc2: not matched by --include"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--max-rows", "0"], "--max-rows must be >= 1, got 0"),
-        (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--augment", "-1"], "--augment must be >= 0, got -1"),
+        (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--augment", "-1"],
+         "--augment must be >= 0, got -1"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--heldout-data", "test"],
          "--heldout-data needs --budget: held-out files measure the budget metric"),
         (["convert", "mlp.onnx", "--calib", "calib", "-o", "o.onnx", "--heldout-files", "0.3"],

@@ -16,7 +16,8 @@ import numpy as np
 
 from .. import reference
 from ..ops import NUM_CODES
-from .lut import add_stats, fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut, ridge_grid, rows_layout
+from .lut import (add_stats, fit_ridge, linear_code_stats, lookup_float, lookup_int8, quantize_lut, ridge_grid,
+                  rows_layout)
 from .pq import encode_pq, learn_pq
 from .tree import encode_trees, learn_trees
 
