@@ -13,6 +13,7 @@ from budget_models import mlp3, write_files
 from halut_models import make_model
 from halut_onnx.analyze import AnalyzeOptions, analyze
 from halut_onnx.augment import NOISE, AugmentedSet, augmented, auto_copies
+from halut_onnx.budget_report import analysis_table
 from halut_onnx.calibrate import CalibrationSet, InputSpec
 from halut_onnx.convert import convert_model
 from halut_onnx.errors import CalibrationError
@@ -198,3 +199,5 @@ def test_a_budget_learns_from_the_copies_auto_gives_and_measures_on_real_inputs(
     assert result.budget.analysis.samples_heldout == 40  # the held-out files as they are
     assert [(r.name, r.copies) for r in result.converted] == [("tokens", 0), ("head", 8)]
     assert result.converted[1].notes[0].startswith("120 calibration rows for 128 LUT entries per output")
+    assert ("learned from noisy copies of each calibration row too (--augment; train rows count them): head 8"
+            in analysis_table(result.budget.analysis).splitlines())
