@@ -32,7 +32,7 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
     if skipped:
         lines.append(f"not learned nor measured, as no budget chooses a setting that saves nothing "
                      f"(objective {analysis.objective}):\n" + "\n".join(skipped))
-    copies = [f"{name} {rows.copies}" for name, rows in (analysis.learn_rows or {}).items() if rows.copies]
+    copies = [f"{name} {rows.copies}" for name, rows in analysis.learn_rows.items() if rows.copies]
     if copies:
         lines.append("learned from noisy copies of each calibration row too (--augment; train rows count them): "
                      + ", ".join(copies))

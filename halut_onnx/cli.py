@@ -55,8 +55,8 @@ class _Copies(click.ParamType):
     name = "copies"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int) or value == "auto":
-            return None if value == "auto" else value
+        if value == "auto":
+            return None
         try:
             return int(value)
         except ValueError:
