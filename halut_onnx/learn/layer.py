@@ -43,6 +43,9 @@ class LearnOptions:
     encoder_rows: int = 16384
     tree_candidates: int = 4  # tree: columns tried per level, highest within-bucket SSE first
     ridge_points: int = 43  # ridge=None: lambdas tried, 6 per decade (see lut.ridge_grid)
+    # with noisy copies among the rows (--augment auto): learn again from the real rows alone and keep the one with
+    # the lower int8 held-out NMSE (both measured on the same real held-out rows)
+    try_without_copies: bool = False
 
 
 @dataclass
@@ -54,6 +57,23 @@ class LearnReport:
     heldout_nmse: float  # float LUT, held-out rows (nan without held-out rows)
     heldout_nmse_int8: float  # int8 LUT through the lookup op, held-out rows
     warnings: list[str] = field(default_factory=list)
+    copies: bool | None = None  # learned from noisy copies too (None: there were none among the rows)
+    other_nmse_int8: float | None = None  # try_without_copies: held-out int8 NMSE of the fit not kept
+
+
+@dataclass
+class _Fit:
+    """One learning of the encoder and LUT from a set of training rows, measured on the held-out rows."""
+
+    train: np.ndarray  # the training rows' indices
+    encoder: tuple  # split_dims, thresholds, vectors, biases (tree's or pq's pair, the others None)
+    encode: Callable[[np.ndarray], np.ndarray]
+    stats: list  # CodeStats of the training and held-out rows (None without held-out rows)
+    fit: object  # lut.RidgeFit
+    q: object  # lut.QuantizedLUT
+    train_nmse: float
+    heldout_nmse: float
+    heldout_nmse_int8: float
 
 
 @dataclass
@@ -287,60 +307,74 @@ def learn_layer(
     step("split")
     rng = np.random.default_rng(options.seed)
     held, train = split_rows(rows, options.heldout_fraction, rng, sources)
-    nh, nt = len(held), len(train)
+    nh = len(held)
     A_h = A[held]
-    A_tr = np.ascontiguousarray(A[train])
     T_h = A_h if T is A else T[held]
-    T_tr = A_tr if T is A else np.ascontiguousarray(T[train])
 
-    step("encoder")
-    split_dims = thresholds = vectors = biases = None
-    sample = A_tr
-    if 0 < options.encoder_rows < len(A_tr):
-        sample = A_tr[np.sort(rng.choice(len(A_tr), options.encoder_rows, replace=False))]
-    if options.encoder == "tree":
-        split_dims, thresholds = learn_trees(sample, bounds, options.tree_candidates)
-    else:
-        vectors, biases, _ = learn_pq(sample, W, bounds, options.kmeans_iters, rng)
-
-    step("encode")
-
-    def encode(X: np.ndarray) -> np.ndarray:
+    def fit_on(train: np.ndarray) -> _Fit:
+        A_tr = np.ascontiguousarray(A[train])
+        T_tr = A_tr if T is A else np.ascontiguousarray(T[train])
+        step("encoder")
+        split_dims = thresholds = vectors = biases = None
+        sample = A_tr
+        if 0 < options.encoder_rows < len(A_tr):
+            sample = A_tr[np.sort(rng.choice(len(A_tr), options.encoder_rows, replace=False))]
         if options.encoder == "tree":
-            return encode_trees(X, split_dims, thresholds)
-        return encode_pq(X, vectors, biases, bounds)
+            split_dims, thresholds = learn_trees(sample, bounds, options.tree_candidates)
+        else:
+            vectors, biases, _ = learn_pq(sample, W, bounds, options.kmeans_iters, rng)
 
-    codes_tr = encode(A_tr)
-    codes_h = encode(A_h)
+        step("encode")
 
-    step("lut")
-    train_stats = linear_code_stats(codes_tr, T_tr, W32, b32)
-    heldout_stats = linear_code_stats(codes_h, T_h, W32, b32) if nh else None
-    ridges = np.array([options.ridge]) if options.ridge is not None else ridge_grid(train_stats, options.ridge_points)
-    fit = fit_ridge(train_stats, heldout_stats, ridges, W, bias)
+        def encode(X: np.ndarray) -> np.ndarray:
+            if options.encoder == "tree":
+                return encode_trees(X, split_dims, thresholds)
+            return encode_pq(X, vectors, biases, bounds)
 
-    step("quantize")
-    q = quantize_lut(fit, C)
+        codes_h = encode(A_h)
+        step("lut")
+        train_stats = linear_code_stats(encode(A_tr), T_tr, W32, b32)
+        heldout_stats = linear_code_stats(codes_h, T_h, W32, b32) if nh else None
+        ridges = (np.array([options.ridge]) if options.ridge is not None
+                  else ridge_grid(train_stats, options.ridge_points))
+        fit = fit_ridge(train_stats, heldout_stats, ridges, W, bias)
 
-    step("measure")
-    if nh:
-        sse = heldout_errors(T_h, codes_h, W32, b32, _lut_table(fit, C, M), fit.intercept.astype(np.float32), q)
-        heldout_nmse = _nmse(sse["float"], sse["ss"])
-        heldout_nmse_int8 = _nmse(sse["int8"], sse["ss"])
-    else:
+        step("quantize")
+        q = quantize_lut(fit, C)
+
+        step("measure")
         heldout_nmse = heldout_nmse_int8 = float("nan")
-    train_nmse = _nmse(fit.train_sse, fit.train_ss)
+        if nh:
+            sse = heldout_errors(T_h, codes_h, W32, b32, _lut_table(fit, C, M), fit.intercept.astype(np.float32), q)
+            heldout_nmse, heldout_nmse_int8 = _nmse(sse["float"], sse["ss"]), _nmse(sse["int8"], sse["ss"])
+        return _Fit(train, (split_dims, thresholds, vectors, biases), encode, [train_stats, heldout_stats], fit, q,
+                    _nmse(fit.train_sse, fit.train_ss), heldout_nmse, heldout_nmse_int8)
+
+    chosen = fit_on(train)
+    without = None
+    if options.try_without_copies and nh and sources is not None and sources.noisy[train].any():
+        without = fit_on(train[~sources.noisy[train]])
+        if without.heldout_nmse_int8 < chosen.heldout_nmse_int8:
+            chosen, without = without, chosen
+    copies_kept = sources is not None and bool(sources.noisy[chosen.train].any())
+    split_dims, thresholds, vectors, biases = chosen.encoder
+    fit, q = chosen.fit, chosen.q
 
     if nh:
         step("refit")
-        rest = np.setdiff1d(np.arange(rows), np.concatenate([held, train]), assume_unique=True)
-        parts = [train_stats, heldout_stats]
-        if len(rest):  # the noisy copies of held-out rows
-            parts.append(linear_code_stats(encode(A[rest]), T[rest], W32, b32))
+        # the rows in neither set: copies of held-out rows, and (learned without copies) every copy
+        rest = np.setdiff1d(np.arange(rows), np.concatenate([held, chosen.train]), assume_unique=True)
+        if not copies_kept and sources is not None:
+            rest = rest[~sources.noisy[rest]]
+        parts = list(chosen.stats)
+        if len(rest):
+            parts.append(linear_code_stats(chosen.encode(A[rest]), T[rest], W32, b32))
         fit = fit_ridge(add_stats(parts), None, np.array([fit.ridge]), W, bias)
         q = quantize_lut(fit, C)
     lut = _lut_table(fit, C, M)
     lut_bias = fit.intercept.astype(np.float32)
+    nt, train_nmse = len(chosen.train), chosen.train_nmse
+    heldout_nmse, heldout_nmse_int8 = chosen.heldout_nmse, chosen.heldout_nmse_int8
 
     warnings: list[str] = []
     unknowns = NUM_CODES * C
@@ -349,8 +383,9 @@ def learn_layer(
             f"only {nt} training rows for {unknowns} LUT entries per output (16 x C={C}): the LUT is "
             f"underdetermined, the fit leans on the ridge penalty and may overfit (train NMSE {train_nmse:.3g}, "
             f"held-out {heldout_nmse:.3g}); "
-            f"use at least {unknowns} training rows (several times more is better; --augment feeds noisy copies of "
-            f"the calibration inputs) or fewer codebooks"
+            f"use at least {unknowns} training rows (several times more is better"
+            + ("" if without else "; --augment feeds noisy copies of the calibration inputs")  # tried: no help
+            + ") or fewer codebooks"
         )
     report = LearnReport(
         rows_train=nt,
@@ -360,6 +395,8 @@ def learn_layer(
         heldout_nmse=heldout_nmse,
         heldout_nmse_int8=heldout_nmse_int8,
         warnings=warnings,
+        copies=None if sources is None else copies_kept,
+        other_nmse_int8=None if without is None else without.heldout_nmse_int8,
     )
     log.info("learned %s layer D=%d M=%d C=%d: %s", options.encoder, D, M, C, report)
     return HalutLayer(
