@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .augment import collect_layer_rows
+from .augment import collect_layer_rows, learned_copies
 from .budget import Option, split_files
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
 from .errors import CalibrationError, ConversionError
@@ -130,6 +130,7 @@ class SensitivityRow:
     C: int
     rows_per_sample: float  # rows the layer sees per sample (1 after a flatten or pooling)
     rows_train: int | None = None
+    copies: int = 0  # noisy copies of each calibration row learned from (augment.learned_copies)
     train_nmse: float | None = None  # layer output, learn rows
     heldout_nmse: float | None = None  # layer output, held-out rows of the learn files
     file_nmse: float | None = None  # layer output, rows of the held-out files (int8 LUT)
@@ -384,7 +385,8 @@ def target(cand: LayerCandidate) -> tuple:
 
 def learn_options(options: ConvertOptions, setting: Setting) -> LearnOptions:
     return LearnOptions(codebooks=setting.codebooks, encoder=setting.encoder, ridge=options.ridge,
-                        heldout_fraction=options.heldout_fraction, seed=options.seed)
+                        heldout_fraction=options.heldout_fraction, seed=options.seed,
+                        try_without_copies=options.augment is None)
 
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.PathLike,
@@ -484,6 +486,7 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     for warning in rep.warnings:
         log.warning("%s (%s): %s", cand.name, setting.key, warning)
     row.rows_train, row.train_nmse, row.heldout_nmse = rep.rows_train, rep.train_nmse, rep.heldout_nmse_int8
+    row.copies = learned_copies(rows, rep)
     if len(held.rows):
         W32 = cand.weight.astype(np.float32)
         b32 = np.zeros(cand.M, np.float32) if cand.bias is None else cand.bias.astype(np.float32)

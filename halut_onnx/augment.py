@@ -11,7 +11,8 @@ augmented: they measure the model on real inputs.
 The default, ``--augment auto`` (``ConvertOptions.augment = None``), gives copies only to the layers that need them:
 the files are read once as they are, and the layers that saw fewer than AUTO_MIN_ROWS_PER_ENTRY rows per LUT entry
 get their rows again from one more pass over the files with enough copies to reach AUTO_ROWS_PER_ENTRY
-(``collect_layer_rows``).
+(``collect_layer_rows``); each such layer is then learned with and without its copies and keeps the lower held-out
+error (``LearnOptions.try_without_copies``, ``learned_copies``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from .calibrate import CalibrationSet, CollectedRows, collect_rows
 from .errors import CalibrationError
+from .learn import LearnReport
 from .ops import NUM_CODES
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,12 @@ def auto_copies(rows: int, codebooks: int) -> int:
     if rows >= AUTO_MIN_ROWS_PER_ENTRY * entries:
         return 0
     return min(AUTO_MAX_COPIES, math.ceil(AUTO_ROWS_PER_ENTRY * entries / max(rows, 1)) - 1)
+
+
+def learned_copies(rows: CollectedRows, report: LearnReport) -> int:
+    """The noisy copies of each calibration row a layer learned from: those it was given, unless learning without
+    them did better on its held-out rows (``LearnOptions.try_without_copies``)."""
+    return rows.copies if report.copies is not False else 0
 
 
 def collect_layer_rows(model, base: CalibrationSet, targets: dict, codebooks: dict[str, int], copies: int | None,

@@ -22,6 +22,14 @@ def _row(r: SensitivityRow) -> list:
             r.in_model_ms, r.halut_ms]
 
 
+def _copies_text(analysis: Analysis, layer: str, copies: int) -> str:
+    """``layer copies``, and how many of its learned settings kept them (--augment auto keeps them where they lower
+    the held-out error)."""
+    learned = [r for r in analysis.rows if r.layer == layer and r.rows_train is not None]
+    kept = sum(1 for r in learned if r.copies)
+    return f"{layer} {copies}" + ("" if kept == len(learned) else f" (kept by {kept} of {len(learned)} settings)")
+
+
 def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
     """The aligned table, one row per (layer, setting), then what it was measured on and what it cost."""
     lines = [format_table(HEADERS, [_row(r) for r in analysis.rows])]
@@ -32,7 +40,7 @@ def analysis_table(analysis: Analysis, budget: str | None = None) -> str:
     if skipped:
         lines.append(f"not learned nor measured, as no budget chooses a setting that saves nothing "
                      f"(objective {analysis.objective}):\n" + "\n".join(skipped))
-    copies = [f"{name} {rows.copies}" for name, rows in analysis.learn_rows.items() if rows.copies]
+    copies = [_copies_text(analysis, name, rows.copies) for name, rows in analysis.learn_rows.items() if rows.copies]
     if copies:
         lines.append("learned from noisy copies of each calibration row too (--augment; train rows count them): "
                      + ", ".join(copies))

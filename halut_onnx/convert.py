@@ -16,10 +16,10 @@ from pathlib import Path
 import onnx
 
 from . import __version__
-from .augment import collect_layer_rows
+from .augment import collect_layer_rows, learned_copies
 from .calibrate import CalibrationSet, CollectedRows, model_inputs
 from .errors import ConversionError
-from .learn import LearnOptions, learn_layer
+from .learn import LearnOptions, LearnReport, learn_layer
 from .ops import NUM_CODES
 from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic, with_min_opset
 from .options import ConvertOptions
@@ -91,28 +91,36 @@ def _doc_string(sel: SelectedLayer, record: LayerRecord) -> str:
     )
 
 
-def copies_notes(rows: CollectedRows, codebooks: int, options: ConvertOptions) -> list[str]:
-    """A layer's note on the noisy copies --augment auto gave it (none when it gave none, or copies were asked for)."""
+def copies_notes(rows: CollectedRows, codebooks: int, options: ConvertOptions, report: LearnReport) -> list[str]:
+    """A layer's note on the noisy copies --augment auto gave it and whether it kept them (none when it gave none,
+    or copies were asked for)."""
     if not rows.copies or options.augment is not None:
         return []
-    return [f"{rows.rows_seen // (rows.copies + 1)} calibration rows for {NUM_CODES * codebooks} LUT entries per "
-            f"output: learned from them and {rows.copies} noisy copies of each (--augment auto; --augment 0 learns "
-            "from the calibration rows alone)"]
+    head = (f"{rows.rows_seen // (rows.copies + 1)} calibration rows for {NUM_CODES * codebooks} LUT entries per "
+            "output: learned from them")
+    if report.other_nmse_int8 is None:
+        return [f"{head} and {rows.copies} noisy copies of each (--augment auto; --augment 0 learns from the "
+                "calibration rows alone)"]
+    ours, other = _fmt(report.heldout_nmse_int8), _fmt(report.other_nmse_int8)
+    if report.copies:
+        return [f"{head} and {rows.copies} noisy copies of each (--augment auto: held-out NMSE {ours} with the "
+                f"copies, {other} without)"]
+    return [f"{head} alone (--augment auto: held-out NMSE {ours} without noisy copies, {other} with "
+            f"{rows.copies} of each)"]
 
 
 def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[LayerRecord, object | None]:
     cand = sel.candidate
     record = LayerRecord(
         cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.layer_encoder,
-        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=rows.copies,
-        notes=([sel.note] if sel.note else []) + copies_notes(rows, sel.codebooks, options),
+        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=rows.copies, notes=[sel.note] if sel.note else [],
     )
     if rows.problem:
         record.reason = f"not converted: {rows.problem}"
         return record, None
     learn_options = LearnOptions(
         codebooks=sel.codebooks, encoder=options.layer_encoder, ridge=options.ridge,
-        heldout_fraction=options.heldout_fraction, seed=options.seed,
+        heldout_fraction=options.heldout_fraction, seed=options.seed, try_without_copies=options.augment is None,
     )
     try:
         layer = learn_layer(
@@ -124,6 +132,8 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[Laye
         return record, None
     rep = layer.report
     record.status = "converted"
+    record.copies = learned_copies(rows, rep)
+    record.notes += copies_notes(rows, sel.codebooks, options, rep)
     record.rows_train, record.rows_heldout, record.ridge = rep.rows_train, rep.rows_heldout, float(rep.ridge)
     record.train_nmse, record.heldout_nmse = float(rep.train_nmse), float(rep.heldout_nmse)
     record.heldout_nmse_int8 = float(rep.heldout_nmse_int8)
