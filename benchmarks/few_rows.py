@@ -1,7 +1,8 @@
 """Few calibration rows, with and without ``--augment``: PP-OCR rec's 9 constant-weight MatMuls (as
 examples/ppocr_rec.py converts them) learned from a few calibration lines without noisy copies, with K of them and
 with the default's (``--augment auto``); CER and frame agreement on 48 evaluation lines, how many layers the learning
-warned about (fewer training rows than LUT entries) and how many auto gave copies.
+warned about (fewer training rows than LUT entries), how many learned from auto's copies and how many auto gave
+copies that learning dropped (the layer did better on its held-out rows without them).
 
     python benchmarks/few_rows.py [--lines 12,48] [--augment 4] [--out DIR]
 
@@ -25,7 +26,8 @@ from ppocr_rec import top1_agreement  # noqa: E402
 
 EVAL_LINES = 48
 WARNING = "training rows for"  # the learning's note on an underdetermined LUT
-COPIED = "noisy copies of each (--augment auto"  # convert's note on a layer auto gave copies
+COPIED = "noisy copies of each (--augment auto"  # convert's note on a layer that learned from auto's copies
+DROPPED = "alone (--augment auto"  # ... on a layer auto gave copies that did better on its held-out rows without
 
 
 def rows(lines: int, augment: int, out: Path) -> list[list[str]]:
@@ -46,10 +48,11 @@ def rows(lines: int, augment: int, out: Path) -> list[list[str]]:
             seconds = time.perf_counter() - start
             warned = sum(WARNING in line for line in printed.stdout.splitlines())
             copied = sum(COPIED in line for line in printed.stdout.splitlines())
+            dropped = sum(DROPPED in line for line in printed.stdout.splitlines())
             conv_texts, conv_frames = ppocr_data.run_rec(tools.session(converted, halut=True), evaluation.batches,
                                                          charset)
             cer = ppocr_data.cer(evaluation.references, conv_texts)
-            table.append([lines, encoder, copies, warned, copied, f"{100 * cer:.2f}",
+            table.append([lines, encoder, copies, warned, copied, dropped, f"{100 * cer:.2f}",
                           f"{100 * top1_agreement(frames, conv_frames):.2f}", f"{seconds:.0f}"])
         print(f"{lines} lines, {encoder}: done", file=sys.stderr)
     print(f"{lines} calibration lines: original CER {100 * ppocr_data.cer(evaluation.references, texts):.2f} %",
@@ -68,8 +71,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         table = [row for n in args.lines.split(",") for row in rows(int(n), args.augment, out)]
     print(f"Halut custom-op library: {tools.library_status()}; {EVAL_LINES} evaluation lines")
-    print(tools.format_table(["calibration lines", "encoder", "--augment", "layers warned", "layers copied", "CER %",
-                              "agreement %", "convert s"], table))
+    print(tools.format_table(["calibration lines", "encoder", "--augment", "layers warned", "layers copied",
+                              "copies dropped", "CER %", "agreement %", "convert s"], table))
 
 
 if __name__ == "__main__":
