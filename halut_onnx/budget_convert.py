@@ -21,8 +21,9 @@ from .augment import augmented, collect_layer_rows, learned_copies
 from .bench import latencies
 from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
 from .calibrate import CalibrationSet, CollectedRows, model_inputs
-from .convert import ConvertResult, _check, _doc_string, copies_notes
+from .convert import ConvertResult, _check, _doc_string, copies_notes, time_record
 from .errors import ConversionError
+from .kernel_timing import library_available
 from .learn import HalutLayer
 from .metrics import MIN_SE_SAMPLES
 from .model_io import EXTERNAL_DATA_THRESHOLD, same_file, save_model_atomic
@@ -74,8 +75,11 @@ def _record(cand: LayerCandidate, setting: Setting, layer: HalutLayer, rows: Col
 
 def _finish(original, work, plan, layers, rows, skipped, options, output_path, cls=ConvertResult, **extra):
     rewrites, records = [], {}
+    timed = library_available()
     for cand, setting in plan:
         record = _record(cand, setting, layers[cand.name], rows[cand.name], options)
+        if timed:
+            time_record(record, cand, rows[cand.name])
         records[cand.name] = record
         rewrites.append(LayerRewrite(cand, layers[cand.name], _doc_string(SelectedLayer(cand, setting.codebooks),
                                                                             record)))

@@ -138,11 +138,20 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     seconds = time.perf_counter() - start
     rows = [
         [r.name, r.op_type, r.D, r.M, r.C, r.encoder, r.rows_train + r.rows_heldout, r.copies or "-",
-         r.heldout_nmse_int8]
+         r.heldout_nmse_int8, _speed(r.speedup)]
         for r in result.converted
     ]
     # rows: learned from (noisy copies included, those of held-out rows not); copies: of each calibration row
-    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out NMSE"], rows))
+    click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out NMSE", "speed"],
+                            rows))
+    if any(r.speedup is not None for r in result.converted):
+        click.echo("speed: onnxruntime's time for the layer / the encode + lookup ops' (1 thread, the kernels alone on "
+                   "the first calibration file's rows; `halut-onnx bench` times the whole model)")
+        slower = [r.name for r in result.converted if r.speedup is not None and r.speedup < 1]
+        if slower:
+            click.echo(f"{_names(slower)} {'runs' if len(slower) == 1 else 'run'} slower than onnxruntime's own op: "
+                       "converted, they slow the model down; --exclude them, or let --budget choose (its time "
+                       "objective leaves out layers that save no time)")
     notes = [f"  {r.name}: {note}" for r in result.converted for note in r.notes]
     if notes:
         click.echo("notes:\n" + "\n".join(notes))
@@ -156,6 +165,10 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
         from .budget_report import budget_summary
 
         click.echo("\n" + budget_summary(report))
+
+
+def _speed(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 @main.command("inspect")
@@ -174,8 +187,8 @@ def inspect_cmd(model: str) -> None:
         click.echo(f"No Halut layers in {model}.")
     else:
         click.echo(format_table(
-            ["layer", "op", "D", "M", "C", "encoder", "LUT bytes", "held-out NMSE"],
-            [[x.name, x.op_type or "?", x.D, x.M, x.C, x.encoder or "?", x.lut_bytes, x.heldout_nmse]
+            ["layer", "op", "D", "M", "C", "encoder", "LUT bytes", "held-out NMSE", "speed"],
+            [[x.name, x.op_type or "?", x.D, x.M, x.C, x.encoder or "?", x.lut_bytes, x.heldout_nmse, _speed(x.speedup)]
              for x in summary.layers],
         ))
     if summary.skipped:
@@ -275,6 +288,13 @@ def analyze_cmd(model, calib_dir, codebooks_list, encoders, budget, include, exc
         write_csv(result, csv_path)
 
 
+def _names(names: list[str]) -> str:
+    """Up to three names, or the first two and how many more."""
+    if len(names) > 3:
+        return f"{names[0]}, {names[1]} and {len(names) - 2} more"
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+
+
 def _skipped_table(records) -> str:
     """The skipped layers; many layers skipped for the same reason (e.g. every Conv) share one row."""
     from .tables import format_table
@@ -285,7 +305,7 @@ def _skipped_table(records) -> str:
     rows = []
     for (op, reason), names in groups.items():
         if len(names) > 3:
-            rows.append([f"{names[0]}, {names[1]} and {len(names) - 2} more", op, reason])
+            rows.append([_names(names), op, reason])
         else:
             rows += [[name, op, reason] for name in names]
     return format_table(["skipped layer", "op", "reason"], rows)

@@ -19,11 +19,12 @@ from . import __version__
 from .augment import collect_layer_rows, learned_copies
 from .calibrate import CalibrationSet, CollectedRows, model_inputs
 from .errors import ConversionError
+from .kernel_timing import library_available, time_candidate
 from .learn import LearnOptions, LearnReport, learn_layer
 from .ops import NUM_CODES
 from .model_io import EXTERNAL_DATA_THRESHOLD, load_model, same_file, save_model_atomic, with_min_opset
 from .options import ConvertOptions
-from .passes import LayerRewrite, find_layers, name_nodes, rewrite_model
+from .passes import LayerCandidate, LayerRewrite, find_layers, name_nodes, rewrite_model
 from .passes.functions import MIN_OPSET
 from .records import LayerRecord, write_records
 from .selection import SelectedLayer, select_layers
@@ -109,7 +110,16 @@ def copies_notes(rows: CollectedRows, codebooks: int, options: ConvertOptions, r
             f"{rows.copies} of each)"]
 
 
-def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[LayerRecord, object | None]:
+def time_record(record: LayerRecord, cand: LayerCandidate, rows: CollectedRows) -> None:
+    """Time a converted layer's kernels on the first calibration file's rows (``kernel_timing.time_candidate``: its
+    shape, random values, 1 thread) into ``record``: speed is what a conversion is for, and a layer too small to
+    gain (the digits MLP's, 64 wide) makes the model slower."""
+    n = rows.first_file_rows or rows.rows_seen
+    t = time_candidate(n, cand, rows.image_shape, record.C, record.encoder)
+    record.timed_rows, record.original_ms, record.halut_ms = n, t.matmul_ms, t.halut_ms
+
+
+def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar, timed: bool) -> tuple[LayerRecord, object | None]:
     cand = sel.candidate
     record = LayerRecord(
         cand.name, cand.op_type, "skipped", D=cand.D, M=cand.M, C=sel.codebooks, encoder=options.layer_encoder,
@@ -139,6 +149,8 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar) -> tuple[Laye
     record.heldout_nmse_int8 = float(rep.heldout_nmse_int8)
     record.lut_bytes = int(layer.lut_q.nbytes)
     record.notes += list(rep.warnings)
+    if timed:
+        time_record(record, cand, rows)
     if record.heldout_nmse_int8 > HIGH_NMSE:
         record.notes.append(
             f"held-out NMSE {record.heldout_nmse_int8:.3g}: above {HIGH_NMSE:g} a layer keeps too little of its output "
@@ -220,6 +232,7 @@ def convert_model(
 
     records: dict[str, LayerRecord] = {}
     rewrites: list[LayerRewrite] = []
+    timed = library_available()  # without the library the function bodies would run: their speed means nothing
     groups = _groups(selected, options.max_rows, options.memory_mb)
     with tqdm(total=len(selected), desc="learning", unit="layer", disable=not options.progress) as bar:
         for index, group in enumerate(groups):
@@ -229,7 +242,7 @@ def convert_model(
             collected = collect_layer_rows(work, calibration, targets, {s.candidate.name: s.codebooks for s in group},
                                            options.augment, options.max_rows, options.seed, options.progress, desc)
             for sel in group:
-                record, layer = _learn(sel, collected.pop(sel.candidate.name), options, bar)
+                record, layer = _learn(sel, collected.pop(sel.candidate.name), options, bar, timed)
                 records[record.name] = record
                 if layer is not None:
                     rewrites.append(LayerRewrite(sel.candidate, layer, _doc_string(sel, record)))

@@ -41,11 +41,23 @@ class LayerRecord:
     heldout_nmse: float | None = None  # float LUT
     heldout_nmse_int8: float | None = None  # int8 LUT, what the lookup op computes
     lut_bytes: int | None = None
+    # the layer's kernels alone on the first calibration file's rows, 1 thread (convert.time_record): onnxruntime's
+    # MatMul / Conv and the encode + lookup ops, medians of a few runs in ms (None: the library did not load)
+    timed_rows: int | None = None
+    original_ms: float | None = None
+    halut_ms: float | None = None
     notes: list[str] = field(default_factory=list)  # learning warnings, C adjustments
 
     @property
     def converted(self) -> bool:
         return self.status == "converted"
+
+    @property
+    def speedup(self) -> float | None:
+        """original_ms / halut_ms: above 1 the converted layer is faster."""
+        if self.original_ms is None or not self.halut_ms:
+            return None
+        return self.original_ms / self.halut_ms
 
     def to_json(self) -> dict:
         out = {}

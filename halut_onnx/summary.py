@@ -24,6 +24,7 @@ class HalutLayerInfo:
     encoder: str | None
     lut_bytes: int
     heldout_nmse: float | None  # int8 LUT, from the metadata
+    speedup: float | None = None  # the kernels' speed against onnxruntime's op at conversion (LayerRecord.speedup)
 
 
 @dataclass
@@ -58,7 +59,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
         layers.append(
             HalutLayerInfo(
                 name, record.op_type if record else None, D, M, C, encoder, lut_bytes,
-                record.heldout_nmse_int8 if record else None,
+                record.heldout_nmse_int8 if record else None, record.speedup if record else None,
             )
         )
     meta = get_metadata(model)

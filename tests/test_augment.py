@@ -202,6 +202,8 @@ def test_a_budget_learns_from_the_copies_auto_gives_and_measures_on_real_inputs(
         "tokens": (1920, 0), "head": (9 * 120, 8)}
     assert result.budget.analysis.samples_heldout == 40  # the held-out files as they are
     assert [(r.name, r.copies) for r in result.converted] == [("tokens", 0), ("head", 8)]
+    # timed on the first learn file's rows as it is (40 samples), not on its copies
+    assert [(r.timed_rows, r.speedup > 0) for r in result.converted] == [(40 * 16, True), (40, True)]
     assert result.converted[1].notes[0].startswith("120 calibration rows for 128 LUT entries per output")
     assert ("learned from noisy copies of each calibration row too (--augment; train rows count them): head 8"
             in analysis_table(result.budget.analysis).splitlines())

@@ -42,9 +42,13 @@ def test_convert_inspect_eval_bench(case):
     result = _run(CONVERT + ["--encoder", "tree", "--exclude", "fc2"], case)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out", "NMSE"]
+    assert lines[0].split() == ["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out", "NMSE",
+                                "speed"]
     # 600 rows for 64 LUT entries: no noisy copies (--augment auto)
-    assert lines[2].split()[:8] == ["fc1", "MatMul", "32", "24", "4", "tree", "600", "-"]
+    fc1 = lines[2].split()
+    assert fc1[:8] == ["fc1", "MatMul", "32", "24", "4", "tree", "600", "-"]
+    assert re.fullmatch(r"\d+\.\d\dx", fc1[9]), fc1  # the kernels timed on the first file's 100 rows
+    assert lines[3].startswith("speed: onnxruntime's time for the layer / the encode + lookup ops' (1 thread")
     assert "fc2            Gemm  matched by --exclude 'fc2'" in result.stdout
     assert re.fullmatch(r"Wrote out\.onnx: 1 layers converted, 1 skipped, in \d+\.\d s\.", lines[-1]), lines[-1]
 
@@ -52,8 +56,10 @@ def test_convert_inspect_eval_bench(case):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Converted by halut-onnx ")
-    assert lines[1].split() == ["layer", "op", "D", "M", "C", "encoder", "LUT", "bytes", "held-out", "NMSE"]
+    assert lines[1].split() == ["layer", "op", "D", "M", "C", "encoder", "LUT", "bytes", "held-out", "NMSE",
+                                "speed"]
     assert lines[3].split()[:7] == ["fc1", "MatMul", "32", "24", "4", "tree", str(24 * 4 * 16)]
+    assert lines[3].split()[8] == fc1[9]  # from the metadata
     assert lines[-1].split()[:2] == ["fc2", "Gemm"]
 
     result = _run(["eval", "mlp.onnx", "out.onnx", "--data", "test", "--no-progress"], case)
@@ -66,6 +72,28 @@ def test_convert_inspect_eval_bench(case):
     result = _run(["bench", "mlp.onnx", "out.onnx", "--runs", "3", "--warmup", "1", "--batch", "4"], case)
     assert result.exit_code == 0, result.output
     assert "speedup (original / converted): " in result.stdout and "inputs x [4, 32]" in result.stdout
+
+
+@pytest.mark.parametrize("speeds,line", [
+    ((2.0, 0.5), "fc2 runs slower than onnxruntime's own op: converted, they slow the model down; --exclude them, "
+                 "or let --budget choose (its time objective leaves out layers that save no time)"),
+    ((0.8, 0.5), "fc1 and fc2 run slower than onnxruntime's own op: "),
+    ((2.0, 1.0), None),
+])
+def test_convert_names_the_layers_slower_than_onnxruntime(case, monkeypatch, speeds, line):
+    import halut_onnx.convert as convert_module
+    from halut_onnx.kernel_timing import KernelTime
+
+    speed = dict(zip(["fc1", "fc2"], speeds))
+    monkeypatch.setattr(convert_module, "time_candidate",
+                        lambda n, cand, image_shape, C, encoder: KernelTime(speed[cand.name], 1.0))
+    result = _run(CONVERT, case)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [row.split()[-1] for row in lines[2:4]] == [f"{v:.2f}x" for v in speeds]
+    slower = [x for x in lines if "slower than onnxruntime" in x]
+    assert slower == ([] if line is None else [x for x in slower if x.startswith(line)])
+    assert len(slower) == (line is not None)
 
 
 NO_CUDA = "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers()

@@ -304,3 +304,42 @@ def test_old_opset_the_converter_cannot_upgrade_is_a_clear_error(mlp_case, monke
         convert_model(old, calib, None, ConvertOptions(**FAST))
     assert str(err.value) == ("the model imports default-domain opset 9; halut-onnx needs opset >= 11 and onnx's "
                               "version converter could not upgrade it to 13: No Adapter From Version $9 for Gemm")
+
+
+def test_each_converted_layer_is_timed_against_onnxruntime_on_the_first_files_rows(mlp_case, monkeypatch):
+    import halut_onnx.convert as convert_module
+    from halut_onnx.kernel_timing import KernelTime, time_candidate
+    from halut_onnx.records import read_records
+
+    path, calib, _ = mlp_case  # 8 files of 100 rows
+    result = convert_model(path, calib, None, ConvertOptions(**FAST))
+    for r in result.converted:
+        assert r.timed_rows == 100
+        assert r.original_ms > 0 and r.halut_ms > 0 and r.speedup == r.original_ms / r.halut_ms
+    # the timing is kernel_timing's for the layer's shape (cached per shape: the same numbers)
+    fc1 = result.converted[0]
+    t = time_candidate(100, _candidate(path, "fc1"), None, 4, "pq")
+    assert (fc1.original_ms, fc1.halut_ms) == (t.matmul_ms, t.halut_ms)
+    assert [r.speedup for r in read_records(result.model)[0]] == [r.speedup for r in result.converted]
+
+    calls = []
+
+    def fixed(n, cand, image_shape, C, encoder):
+        calls.append((n, cand.name, image_shape, C, encoder))
+        return KernelTime(1.0, 2.5) if cand.name == "fc2" else KernelTime(3.0, 1.0)
+
+    monkeypatch.setattr(convert_module, "time_candidate", fixed)
+    result = convert_model(path, calib, None, ConvertOptions(**FAST))
+    assert calls == [(100, "fc1", None, 4, "pq"), (100, "fc2", None, 4, "pq")]
+    assert [r.speedup for r in result.converted] == [3.0, 0.4]
+
+    # without the custom-op library the function bodies would run: nothing timed
+    monkeypatch.setattr(convert_module, "library_available", lambda: False)
+    result = convert_model(path, calib, None, ConvertOptions(**FAST))
+    assert all(r.speedup is None and r.timed_rows is None for r in result.converted)
+
+
+def _candidate(path, name):
+    from halut_onnx.passes import find_layers
+
+    return next(c for c in find_layers(onnx.load(path))[0] if c.name == name)
