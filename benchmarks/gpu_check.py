@@ -569,10 +569,9 @@ def speed(run: Runner, manifest, quick: bool) -> tuple[list, list, list, int]:
     except Exception as e:  # noqa: BLE001
         torch = None
         print(f"torch not importable ({e}): cuBLAS columns and the copy bandwidth are skipped")
-    peak, peak_name, copy_bw = None, "-", None
+    peak, copy_bw = None, None
     if torch is not None and gpu:
         name = torch.cuda.get_device_name()
-        peak_name = name
         for key, value in NOMINAL_BANDWIDTH.items():
             if key in name:
                 peak = value

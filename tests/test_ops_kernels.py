@@ -109,7 +109,7 @@ def test_lookup_extreme_tables_are_exact(isa, rng):
 
 def test_pq_nan_and_ties_follow_the_scan(isa):
     """Equal scores go to the lowest index; NaN scores never win, and a NaN at prototype 0 keeps code 0."""
-    D, C = 4, 2
+    D = 4
     vectors = np.zeros((16, D), np.float32)
     biases = np.array([[5, 3, 3, 7, np.nan, 1, 1, 2, 9, 9, 9, 9, 9, 9, 9, 9],
                        [np.nan, 0, -1, -2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.float32)
@@ -121,7 +121,6 @@ def test_pq_nan_and_ties_follow_the_scan(isa):
 
 
 def test_tree_nan_goes_left(isa):
-    D, C = 4, 1
     split_dims = np.array([[0, 1, 2, 3]], np.int64)
     thresholds = np.full((1, 15), -1.0, np.float32)
     X = np.array([[np.nan, np.nan, np.nan, np.nan], [0, 0, 0, 0], [np.inf, -np.inf, np.inf, np.nan]], np.float32)

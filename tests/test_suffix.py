@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import halut_onnx.analyze as analyze_module
 from budget_models import mlp3, write_files
 from halut_models import make_model
-from halut_onnx.analyze import AnalyzeOptions, HeldoutEvaluator, analyze, model_session
+from halut_onnx.analyze import AnalyzeOptions, analyze, model_session
 from halut_onnx.options import ConvertOptions
 from halut_onnx.passes import LayerRewrite, rewrite_model
 from halut_onnx.suffix import downstream, suffix_model
