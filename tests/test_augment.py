@@ -224,3 +224,47 @@ def test_the_analysis_table_says_how_many_settings_kept_the_copies():
     analysis = Analysis(rows, "y", [], [], 0, None, 0, 0.0, False, learn_rows=learn_rows)
     assert ("learned from noisy copies of each calibration row too (--augment; train rows count them): "
             "head 8 (kept by 2 of 3 settings), fc 2" in analysis_table(analysis).splitlines())
+
+
+def test_finetuning_learns_from_the_copies_of_the_chosen_layers_only():
+    from halut_onnx.analyze import Analysis, Setting, SensitivityRow
+    from halut_onnx.budget import Option
+    from halut_onnx.budget_convert import finetune_copies
+
+    rows = [SensitivityRow("tokens", "MatMul", 32, 32, "pq", 8, 16.0, rows_train=100, copies=0),
+            SensitivityRow("head", "MatMul", 32, 16, "pq", 8, 1.0, rows_train=100, copies=8),
+            SensitivityRow("head", "MatMul", 32, 16, "pq", 16, 1.0, rows_train=100, copies=0)]
+    analysis = Analysis(rows, "y", [], [], 0, None, 0, 0.0, False)
+    key = {C: Setting("pq", C).key for C in (8, 16)}
+    assert finetune_copies(analysis, {"tokens": Option("tokens", key[8], 0.0, 1.0)}) == 0
+    assert finetune_copies(analysis, {"tokens": Option("tokens", key[8], 0.0, 1.0),
+                                      "head": Option("head", key[8], 0.0, 1.0)}) == 8
+    assert finetune_copies(analysis, {"head": Option("head", key[16], 0.0, 1.0)}) == 0  # that setting dropped them
+    assert finetune_copies(analysis, {}) == 0
+
+
+def test_budget_finetune_feeds_the_chosen_layers_copies(pooled, tmp_path, monkeypatch):
+    import halut_onnx.budget_convert as budget_convert
+    import halut_onnx.finetune as finetune_module
+
+    seen = []
+
+    def fake_finetune(work, plan, layers, learn_feeds, *args, **kwargs):  # the layers as learned
+        seen.append(([c.name for c in plan], len(learn_feeds)))
+        return layers, finetune_module.FinetuneReport("nmse", history=[(0, 0.0, 0.5)])
+
+    def tune_the_choice(chosen, budget, search, tune):  # nmse=1 leaves no wider budget: tune the choice itself
+        tune(chosen)
+        return None, []
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    monkeypatch.setattr(budget_convert, "widen", tune_the_choice)
+    rng = np.random.default_rng(5)
+    (tmp_path / "held").mkdir()
+    for k in range(2):
+        np.savez(tmp_path / "held" / f"{k}.npz", x=rng.standard_normal((20, 16, 32)).astype(np.float32))
+    options = ConvertOptions(progress=False, codebooks=8, budget="nmse=1", objective="macs", finetune=True,
+                             heldout_data=str(tmp_path / "held"))
+    result = convert_model(pooled / "m.onnx", pooled / "calib", None, options)
+    assert [(r.name, r.copies) for r in result.converted] == [("tokens", 0), ("head", 8)]
+    assert seen == [(["tokens", "head"], 3 * 9)]  # 3 learn files, each with the head's 8 copies
