@@ -408,9 +408,6 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
 
     targets = {c.name: target(c) for c in candidates}
     grids = {c.name: codebook_grid(c.D, options.codebooks, options.divisors) for c in candidates}
-    # a layer's copies are those its largest C needs: every setting learns from the same rows
-    learn_rows = collect_layer_rows(work, learn_set, targets, {name: max(grid) for name, grid in grids.items()},
-                                    conv.augment, conv.max_rows, conv.seed, conv.progress, "calibrating")
     held_rows = collect_rows(work, heldout_set, targets, min(conv.max_rows, HELDOUT_ROWS), conv.seed + 1,
                              conv.progress, "held-out rows")
     evaluator = HeldoutEvaluator(work, heldout_set, output)
@@ -434,31 +431,42 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.Path
     # what the whole model could save by the objective, for NEGLIGIBLE_SAVING (ms: the model on one held-out file)
     whole = {"time": model_ms, "macs": total}.get(objective)
     plan = [(c, Setting(e, C)) for c in candidates for C in grids[c.name] for e in options.encoders]
+    for cand, setting in tqdm(plan, desc="timing" if timed else "sizing", unit="setting",
+                              disable=not (conv.progress and timed)):
+        rows.append(_sized_row(cand, setting, held_rows[cand.name], evaluator.samples, len(heldout_files),
+                               time_candidate if timed else None, in_model.get(cand.name), objective, whole))
+    # a layer's copies are those the largest C it learns needs (every setting learns from the same rows); a layer
+    # whose every setting saves nothing learns nothing and needs none (PP-OCR det: 21 of 61 layers)
+    learns: dict[str, int] = {}
+    for (cand, setting), row in zip(plan, rows):
+        if row.error is None and row.skipped is None:
+            learns[cand.name] = max(learns.get(cand.name, 0), setting.codebooks)
+    learn_rows = collect_layer_rows(work, learn_set, targets, learns, conv.augment, conv.max_rows, conv.seed,
+                                    conv.progress, "calibrating")
     evaluator.plan([c.input_name for c, _ in plan], options.sensitivity_files)
     with tqdm(total=len(plan), desc="analyzing", unit="setting", disable=not conv.progress) as bar:
-        for cand, setting in plan:
+        for (cand, setting), row in zip(plan, rows):
             bar.set_postfix_str(f"{cand.name}: {setting.key}", refresh=False)
-            row = _measure(cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv, learned,
-                           len(heldout_files), time_candidate if timed else None, options.sensitivity_files,
-                           in_model.get(cand.name), objective, whole)
-            rows.append(row)
+            if row.error is None and row.skipped is None:
+                _measure(row, cand, setting, learn_rows[cand.name], held_rows[cand.name], evaluator, conv, learned,
+                         options.sensitivity_files)
             bar.update(1)
     return Analysis(rows, output, [str(f) for f in learn_files], [str(f) for f in heldout_files], evaluator.samples,
                     model_ms, total, time.perf_counter() - start, timed, skipped, objective,
                     {c.name: c for c in candidates}, learned, learn_rows, work, evaluator, learn_set)
 
 
-def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator: HeldoutEvaluator,
-             conv: ConvertOptions, learned: dict, n_heldout_files: int, timer,
-             sensitivity_files: int = 0, in_model_ms: float | None = None,
-             objective: str | None = None, whole: float | None = None) -> SensitivityRow:
-    per_sample, macs = layer_macs(cand, held, evaluator.samples)
+def _sized_row(cand, setting, held: CollectedRows, samples: int, n_heldout_files: int, timer,
+               in_model_ms: float | None = None, objective: str | None = None,
+               whole: float | None = None) -> SensitivityRow:
+    """(layer, setting)'s row before any learning: its multiply-adds, its kernel times (``timer``, on the first
+    held-out file) and, by ``objective``, why it is not worth learning (``skipped``)."""
+    per_sample, macs = layer_macs(cand, held, samples)
     row = SensitivityRow(cand.name, cand.op_type, cand.D, cand.M, setting.encoder, setting.codebooks, per_sample,
                          macs=macs)
     row.macs_removed = int(round(macs - per_sample * halut_macs(cand.D, cand.M, setting.codebooks, setting.encoder)))
-    problem = rows.problem or held.problem
-    if problem:
-        row.error = problem
+    if held.problem:
+        row.error = held.problem
         return row
     if timer is not None:
         # the first held-out file, as the model is timed on (model_ms, in_model_ms)
@@ -469,18 +477,25 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     if saving is not None and saving <= 0:
         row.skipped = (f"removes no multiply-adds ({row.macs_removed} per sample)" if objective == "macs" else
                        f"saves no time: {row.halut_ms:.3g} ms converted against {row.halut_ms + saving:.3g} ms")
-        return row
-    if saving is not None and whole and saving < NEGLIGIBLE_SAVING * whole:
+    elif saving is not None and whole and saving < NEGLIGIBLE_SAVING * whole:
         what = "eligible multiply-adds" if objective == "macs" else "model's time"
         row.skipped = (f"saves {100 * saving / whole:.2g} % of the {what}, "
                        f"under the {100 * NEGLIGIBLE_SAVING:g} % measured")
-        return row
+    return row
+
+
+def _measure(row: SensitivityRow, cand, setting, rows: CollectedRows, held: CollectedRows,
+             evaluator: HeldoutEvaluator, conv: ConvertOptions, learned: dict, sensitivity_files: int = 0) -> None:
+    """Learn ``row``'s setting from the learn rows and measure the model with it converted alone, into ``row``."""
+    if rows.problem:
+        row.error = rows.problem
+        return
     t0 = time.perf_counter()
     try:
         layer = learn_layer(rows.rows, cand.weight, cand.bias, learn_options(conv, setting), sources=rows.sources)
     except ValueError as exc:
         row.error = f"learning failed: {exc}"
-        return row
+        return
     row.learn_s = time.perf_counter() - t0
     rep = layer.report
     for warning in rep.warnings:
@@ -496,4 +511,3 @@ def _measure(cand, setting, rows: CollectedRows, held: CollectedRows, evaluator:
     values = evaluator.compare(single, sensitivity_files, start=cand.input_name).values()
     row.agreement, row.cosine, row.nmse, row.ctc = values["agreement"], values["cosine"], values["nmse"], values["ctc"]
     learned[(cand.name, setting.key)] = layer
-    return row

@@ -268,3 +268,22 @@ def test_budget_finetune_feeds_the_chosen_layers_copies(pooled, tmp_path, monkey
     result = convert_model(pooled / "m.onnx", pooled / "calib", None, options)
     assert [(r.name, r.copies) for r in result.converted] == [("tokens", 0), ("head", 8)]
     assert seen == [(["tokens", "head"], 3 * 9)]  # 3 learn files, each with the head's 8 copies
+
+
+@pytest.mark.parametrize("encoder,copies", [("pq", 0), ("tree", 8)])
+def test_the_analysis_gives_no_copies_to_a_layer_it_will_not_learn(pooled, tmp_path, encoder, copies):
+    # the head (D = 32, M = 16, C = 8): a pq encode costs 16 D = 512 multiply-adds a row, as many as the layer, so
+    # by the macs objective no pq setting is learned and the head needs no copies; tree's 4 C does save
+    from halut_onnx.analyze import AnalyzeOptions, analyze
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "held").mkdir()
+    for k in range(2):
+        np.savez(tmp_path / "held" / f"{k}.npz", x=rng.standard_normal((20, 16, 32)).astype(np.float32))
+    options = AnalyzeOptions(ConvertOptions(progress=False, heldout_data=str(tmp_path / "held")), codebooks=(8,),
+                             encoders=(encoder,), timing=False, objective="macs")
+    analysis = analyze(pooled / "m.onnx", pooled / "calib", options)
+    head = analysis.row("head", f"{encoder} C=8")
+    assert (head.skipped is not None) == (copies == 0)
+    assert (analysis.learn_rows["head"].rows_seen, analysis.learn_rows["head"].copies) == (120 * (copies + 1), copies)
+    assert head.copies == copies
