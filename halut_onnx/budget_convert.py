@@ -66,10 +66,11 @@ def _record(cand: LayerCandidate, setting: Setting, layer: HalutLayer, rows: Col
     rep = layer.report
     return LayerRecord(
         cand.name, cand.op_type, "converted", D=cand.D, M=cand.M, C=setting.codebooks, encoder=setting.encoder,
-        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=learned_copies(rows, rep), rows_train=rep.rows_train,
-        rows_heldout=rep.rows_heldout, ridge=float(rep.ridge), train_nmse=float(rep.train_nmse),
-        heldout_nmse=float(rep.heldout_nmse), heldout_nmse_int8=float(rep.heldout_nmse_int8),
-        lut_bytes=int(layer.lut_q.nbytes), notes=copies_notes(rows, setting.codebooks, options, rep) + list(rep.warnings),
+        bias_node=cand.bias_node, rows_seen=rows.rows_seen, copies=learned_copies(rows, rep),
+        rows_train=rep.rows_train, rows_heldout=rep.rows_heldout, ridge=float(rep.ridge),
+        train_nmse=float(rep.train_nmse), heldout_nmse=float(rep.heldout_nmse),
+        heldout_nmse_int8=float(rep.heldout_nmse_int8), lut_bytes=int(layer.lut_q.nbytes),
+        notes=copies_notes(rows, setting.codebooks, options, rep) + list(rep.warnings),
     )
 
 

@@ -145,8 +145,8 @@ def convert(model: str, calib_dir: str, output: str, **flags) -> None:
     click.echo(format_table(["layer", "op", "D", "M", "C", "encoder", "rows", "copies", "held-out NMSE", "speed"],
                             rows))
     if any(r.speedup is not None for r in result.converted):
-        click.echo("speed: onnxruntime's time for the layer / the encode + lookup ops' (1 thread, the kernels alone on "
-                   "the first calibration file's rows; `halut-onnx bench` times the whole model)")
+        click.echo("speed: onnxruntime's time for the layer / the encode + lookup ops' (1 thread, the kernels alone "
+                   "on the first calibration file's rows; `halut-onnx bench` times the whole model)")
         slower = [r.name for r in result.converted if r.speedup is not None and r.speedup < 1]
         if slower:
             click.echo(f"{_names(slower)} {'runs' if len(slower) == 1 else 'run'} slower than onnxruntime's own op: "
@@ -188,8 +188,8 @@ def inspect_cmd(model: str) -> None:
     else:
         click.echo(format_table(
             ["layer", "op", "D", "M", "C", "encoder", "LUT bytes", "held-out NMSE", "speed"],
-            [[x.name, x.op_type or "?", x.D, x.M, x.C, x.encoder or "?", x.lut_bytes, x.heldout_nmse, _speed(x.speedup)]
-             for x in summary.layers],
+            [[x.name, x.op_type or "?", x.D, x.M, x.C, x.encoder or "?", x.lut_bytes, x.heldout_nmse,
+              _speed(x.speedup)] for x in summary.layers],
         ))
     if summary.skipped:
         click.echo("")

@@ -132,8 +132,8 @@ def test_convert_zoo_skips_with_reasons_and_passes_other_nodes(tmp_path, rng):
     assert notes["fc3d"].startswith("240 calibration rows for 64 LUT entries per output: learned from them alone "
                                     "(--augment auto: held-out NMSE ")
     assert notes["fc3d"].endswith(" with 1 of each)")
-    assert notes["fcz"].startswith("120 calibration rows for 64 LUT entries per output: learned from them and 4 noisy "
-                                   "copies of each (--augment auto: held-out NMSE ")
+    assert notes["fcz"].startswith("120 calibration rows for 64 LUT entries per output: learned from them and 4 "
+                                   "noisy copies of each (--augment auto: held-out NMSE ")
     out = onnx.load(tmp_path / "out.onnx")
     assert {(o.domain, o.version) for o in out.opset_import} == {("", OPSET), ("ai.onnx.ml", 3), ("ai.halut", 1)}
     ops = [n.op_type for n in out.graph.node]
