@@ -22,8 +22,9 @@ import onnx
 from .augment import collect_layer_rows, learned_copies
 from .budget import Option, split_files
 from .calibrate import CalibrationSet, CollectedRows, collect_rows, model_inputs
+from .convert import learn_options
 from .errors import CalibrationError, ConversionError
-from .learn import HalutLayer, LearnOptions, learn_layer
+from .learn import HalutLayer, learn_layer
 from .learn.layer import heldout_errors
 from .metrics import OutputComparison, loss, metric_output
 from .model_io import load_model, with_min_opset
@@ -383,12 +384,6 @@ def target(cand: LayerCandidate) -> tuple:
     return (cand.input_name, cand.D) if conv is None else (cand.input_name, cand.D, conv)
 
 
-def learn_options(options: ConvertOptions, setting: Setting) -> LearnOptions:
-    return LearnOptions(codebooks=setting.codebooks, encoder=setting.encoder, ridge=options.ridge,
-                        heldout_fraction=options.heldout_fraction, seed=options.seed,
-                        try_without_copies=options.augment is None)
-
-
 def analyze(model: str | os.PathLike | onnx.ModelProto, calib_dir: str | os.PathLike,
             options: AnalyzeOptions = AnalyzeOptions()) -> Analysis:
     """Measure every (eligible layer, setting) converted alone; see the module doc."""
@@ -492,7 +487,8 @@ def _measure(row: SensitivityRow, cand, setting, rows: CollectedRows, held: Coll
         return
     t0 = time.perf_counter()
     try:
-        layer = learn_layer(rows.rows, cand.weight, cand.bias, learn_options(conv, setting), sources=rows.sources)
+        options = learn_options(conv, setting.codebooks, setting.encoder)
+        layer = learn_layer(rows.rows, cand.weight, cand.bias, options, sources=rows.sources)
     except ValueError as exc:
         row.error = f"learning failed: {exc}"
         return

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import onnx
 
 from . import __version__
-from .analyze import Analysis, AnalyzeOptions, Setting, analyze, learn_options, model_session, prepare, target
+from .analyze import Analysis, AnalyzeOptions, Setting, analyze, model_session, prepare, target
 from .augment import augmented, collect_layer_rows, learned_copies
 from .bench import latencies
 from .budget import Budget, Option, choice_key, climb, parse_budget, select_within, widen
 from .calibrate import CalibrationSet, CollectedRows, model_inputs
-from .convert import ConvertResult, _check, _doc_string, copies_notes, time_record
+from .convert import ConvertResult, _check, _doc_string, copies_notes, learn_options, time_record
 from .errors import ConversionError
 from .kernel_timing import library_available
 from .learn import HalutLayer
@@ -125,8 +125,9 @@ def convert_sequential(model, calib_dir, output_path, options: ConvertOptions) -
     if problems:
         raise ConversionError(f"layer {problems[0][0].name}: {problems[0][1]}")
     plan = [(s.candidate, Setting(options.layer_encoder, s.codebooks)) for s in selected]
-    layers = learn_sequential(work, calibration, [(c, learn_options(options, s)) for c, s in plan], rows,
-                              options.max_rows, options.seed, progress=options.progress)
+    learning = [(c, learn_options(options, s.codebooks, s.encoder)) for c, s in plan]
+    layers = learn_sequential(work, calibration, learning, rows, options.max_rows, options.seed,
+                              progress=options.progress)
     return _finish(original, work, plan, layers, rows, skipped, options, output_path)
 
 
@@ -170,8 +171,9 @@ def convert_under_budget(model, calib_dir, output_path, options: ConvertOptions,
         if not options.sequential:
             return {c.name: analysis.learned[(c.name, s.key)] for c, s in plan}
         reuse = {c.name: analysis.learned[(c.name, s.key)] for c, s in plan}
-        return learn_sequential(work, analysis.learn_set, [(c, learn_options(options, s)) for c, s in plan],
-                                analysis.learn_rows, options.max_rows, options.seed, reuse)
+        learning = [(c, learn_options(options, s.codebooks, s.encoder)) for c, s in plan]
+        return learn_sequential(work, analysis.learn_set, learning, analysis.learn_rows, options.max_rows, options.seed,
+                                reuse)
 
     def measure_se(choice: dict[str, Option], tuned: dict[str, HalutLayer] | None = None,
                    store: dict[tuple, tuple] = measured) -> tuple[float, float]:

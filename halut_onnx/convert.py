@@ -110,6 +110,14 @@ def copies_notes(rows: CollectedRows, codebooks: int, options: ConvertOptions, r
             f"{rows.copies} of each)"]
 
 
+def learn_options(options: ConvertOptions, codebooks: int, encoder: str) -> LearnOptions:
+    """How one layer is learned at ``codebooks`` with ``encoder`` under ``options``: the one mapping of convert's
+    options onto the learning's, for convert, the budget analysis and sequential learning alike."""
+    return LearnOptions(codebooks=codebooks, encoder=encoder, ridge=options.ridge,
+                        heldout_fraction=options.heldout_fraction, seed=options.seed,
+                        try_without_copies=options.augment is None)
+
+
 def time_record(record: LayerRecord, cand: LayerCandidate, rows: CollectedRows) -> None:
     """Time a converted layer's kernels on the first calibration file's rows (``kernel_timing.time_candidate``: its
     shape, random values, 1 thread) into ``record``: speed is what a conversion is for, and a layer too small to
@@ -128,13 +136,10 @@ def _learn(sel: SelectedLayer, rows, options: ConvertOptions, bar, timed: bool) 
     if rows.problem:
         record.reason = f"not converted: {rows.problem}"
         return record, None
-    learn_options = LearnOptions(
-        codebooks=sel.codebooks, encoder=options.layer_encoder, ridge=options.ridge,
-        heldout_fraction=options.heldout_fraction, seed=options.seed, try_without_copies=options.augment is None,
-    )
     try:
         layer = learn_layer(
-            rows.rows, cand.weight, cand.bias, learn_options, sources=rows.sources,
+            rows.rows, cand.weight, cand.bias, learn_options(options, sel.codebooks, options.layer_encoder),
+            sources=rows.sources,
             progress=lambda stage: bar.set_postfix_str(f"{cand.name}: {stage}", refresh=True),
         )
     except ValueError as exc:  # e.g. too few calibration rows for this layer: skip it, convert the rest
